@@ -1,0 +1,89 @@
+"""The ``gigastream`` console command.
+
+Every module in :mod:`gigastream.cli` other than this one defines one subcommand:
+
+- ``COMMAND``: a tuple naming it, e.g. ``("bench", "streaming")`` for ``gigastream bench streaming``;
+- ``HELP``: a one-line description;
+- ``add_arguments(parser)``: adds its flags to an :class:`argparse.ArgumentParser`;
+- ``run(args) -> int``: does the work by calling the library, returns the exit code.
+
+Subcommands are discovered, so adding one never touches this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+import gigastream
+
+logger = logging.getLogger(__name__)
+
+
+def _command_modules() -> list:
+    import gigastream.cli as pkg
+
+    modules = []
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name in {"main"} or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"gigastream.cli.{info.name}")
+        if hasattr(module, "COMMAND") and hasattr(module, "run"):
+            modules.append(module)
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gigastream",
+        description="Exact, memory-bounded training on gigapixel images and huge MIL bags.",
+    )
+    parser.add_argument("--version", action="version", version=f"gigastream {gigastream.__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
+        (): parser.add_subparsers(dest="command", metavar="COMMAND")
+    }
+    parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {(): parser}
+    for module in _command_modules():
+        path: tuple[str, ...] = tuple(module.COMMAND)
+        for depth in range(1, len(path)):
+            prefix = path[:depth]
+            if prefix not in parsers:
+                sub = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
+                parsers[prefix] = sub
+                groups[prefix] = sub.add_subparsers(dest="_".join(prefix) + "_command", metavar="COMMAND")
+            elif prefix not in groups:
+                groups[prefix] = parsers[prefix].add_subparsers(metavar="COMMAND")
+        leaf = groups[path[:-1]].add_parser(
+            path[-1], help=getattr(module, "HELP", ""), description=getattr(module, "HELP", "")
+        )
+        module.add_arguments(leaf)
+        leaf.set_defaults(_run=module.run)
+        parsers[path] = leaf
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    run = getattr(args, "_run", None)
+    if run is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(run(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # user-facing errors
+        if args.verbose >= 2:
+            raise
+        print(f"gigastream: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The piecewise-recompute primitive shared by streaming and MIL gradient accumulation.
+
+Streaming convolution (Pinckaers et al., TPAMI 2020) splits an image *in space*; end-to-end
+MIL with gradient accumulation (Andersson et al., 2022) splits a bag *over instances*. Both
+are the same computation:
+
+1. forward: run ``fn`` on every piece of the input **without** an autograd graph and write
+   the part of each piece's output that the piece *owns* into the full output;
+2. the rest of the network runs normally and gives ``dL/d(output)``;
+3. backward: recompute every piece **with** a graph and back-propagate the slice of
+   ``dL/d(output)`` it owns. Input and parameter gradients are summed over pieces.
+
+Because every output position is owned by exactly one piece, the summed gradients equal
+those of running ``fn`` on the whole input (chain rule), while memory holds one piece's
+activations. Parameter gradients are returned once per backward (as gradients of the
+autograd function's inputs), so ``DistributedDataParallel`` hooks fire once per parameter.
+
+Pieces may instead *keep* their graph from the forward pass (no recomputation), which
+trades memory for time; a planner decides which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+Index = tuple[slice, ...]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One piece of a piecewise computation.
+
+    Attributes:
+        in_index: slices selecting the piece's input from the full input.
+        out_index: slices of the full output that the piece owns.
+        crop: slices of the piece's own output that hold the owned values; the cropped
+            tensor has the shape of ``full_output[out_index]``.
+        keep_graph: keep the forward graph of this piece instead of recomputing it in
+            backward (faster, costs the piece's activation memory until backward).
+    """
+
+    in_index: Index
+    out_index: Index
+    crop: Index
+    keep_graph: bool = False
+
+
+@runtime_checkable
+class InputSource(Protocol):
+    """A lazy input: the full input is never materialised; pieces are read on demand.
+
+    ``shape``, ``dtype`` and ``device`` describe the full input; ``read(index)`` returns
+    ``full_input[index]`` as a tensor. No gradient flows into a source.
+    """
+
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+    def read(self, index: Index) -> Tensor: ...
+
+
+def _read(x: Tensor | InputSource, index: Index) -> Tensor:
+    if isinstance(x, Tensor):
+        return x[index]
+    return x.read(index)
+
+
+def _has_stochastic(module: nn.Module | None) -> bool:
+    if module is None:
+        return True  # unknown function: be safe
+    return any(
+        isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
+        for m in module.modules()
+    )
+
+
+class _RngState:
+    """CPU (and the piece's CUDA device) RNG state, so a recompute replays dropout masks."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cpu = torch.get_rng_state()
+        self.device = device if device.type == "cuda" else None
+        self.cuda = torch.cuda.get_rng_state(device) if self.device is not None else None
+
+    @contextlib.contextmanager
+    def restored(self):
+        devices = [self.device] if self.device is not None else []
+        with torch.random.fork_rng(devices=devices, enabled=True):
+            torch.set_rng_state(self.cpu)
+            if self.device is not None:
+                torch.cuda.set_rng_state(self.cuda, self.device)
+            yield
+
+
+@dataclass
+class _AutocastState:
+    device_type: str
+    enabled: bool
+    dtype: torch.dtype
+
+    @classmethod
+    def capture(cls, device: torch.device) -> _AutocastState:
+        device_type = device.type if device.type in ("cuda", "cpu", "xpu", "mps") else "cpu"
+        enabled = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type)
+        return cls(device_type, enabled, dtype)
+
+    def __call__(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+
+class _Runner:
+    """Holds everything one application of the primitive needs between forward and backward."""
+
+    def __init__(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        pieces: Sequence[Piece],
+        out_shape: Sequence[int],
+        params: Sequence[Tensor],
+        replay_rng: bool,
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        self.fn = fn
+        self.pieces = list(pieces)
+        self.out_shape = tuple(out_shape)
+        self.params = list(params)
+        self.replay_rng = replay_rng
+        self.progress = progress
+        self.rng: list[_RngState | None] = []
+        self.kept: dict[int, tuple[Tensor | None, Tensor]] = {}
+        self.autocast: _AutocastState | None = None
+        self.source: InputSource | None = None
+
+
+class _PiecewiseFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, runner: _Runner, x: Tensor | None, *params: Tensor) -> Tensor:
+        source = runner.source if x is None else x
+        assert source is not None
+        device = source.device
+        runner.autocast = _AutocastState.capture(device)
+        out: Tensor | None = None
+        for i, piece in enumerate(runner.pieces):
+            runner.rng.append(_RngState(device) if runner.replay_rng else None)
+            xin = _read(source, piece.in_index)
+            if piece.keep_graph:
+                with torch.enable_grad():
+                    xin_leaf = xin.detach()
+                    if x is not None and x.requires_grad:
+                        xin_leaf.requires_grad_(True)
+                    y = runner.fn(xin_leaf)[piece.crop]
+                runner.kept[i] = (xin_leaf if xin_leaf.requires_grad else None, y)
+                y = y.detach()
+            else:
+                y = runner.fn(xin)[piece.crop]
+            if out is None:
+                memory_format = (
+                    torch.channels_last
+                    if y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last)
+                    and not y.is_contiguous()
+                    else torch.contiguous_format
+                )
+                out = torch.empty(
+                    runner.out_shape, dtype=y.dtype, device=y.device, memory_format=memory_format
+                )
+            out[piece.out_index] = y
+            del xin, y
+            if runner.progress is not None:
+                runner.progress(1)
+        assert out is not None, "piecewise_recompute needs at least one piece"
+        ctx.runner = runner
+        ctx.has_input = x is not None
+        ctx.save_for_backward(x if x is not None else torch.empty(0))
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        runner: _Runner = ctx.runner
+        (x,) = ctx.saved_tensors
+        source = x if ctx.has_input else runner.source
+        want_x = ctx.has_input and ctx.needs_input_grad[1]
+        want_p = [ctx.needs_input_grad[2 + k] for k in range(len(runner.params))]
+        params = [p for p, w in zip(runner.params, want_p, strict=True) if w]
+        grad_x = torch.zeros_like(x) if want_x else None
+        grad_p: list[Tensor | None] = [None] * len(params)
+        for i, piece in enumerate(runner.pieces):
+            g = grad_out[piece.out_index]
+            if i in runner.kept:
+                xin_leaf, y = runner.kept.pop(i)
+            else:
+                xin = _read(source, piece.in_index).detach()
+                xin_leaf = xin.requires_grad_(True) if want_x else None
+                rng = runner.rng[i]
+                rng_ctx = rng.restored() if rng is not None else contextlib.nullcontext()
+                assert runner.autocast is not None
+                with torch.enable_grad(), rng_ctx, runner.autocast():
+                    y = runner.fn(xin_leaf if xin_leaf is not None else xin)[piece.crop]
+            inputs = ([xin_leaf] if want_x else []) + params
+            if not inputs:
+                break
+            if not y.requires_grad:
+                continue  # this piece's output does not depend on anything that wants a gradient
+            grads = torch.autograd.grad(y, inputs, g.to(y.dtype), allow_unused=True)
+            offset = 0
+            if want_x:
+                assert grad_x is not None
+                gx = grads[0]
+                if gx is not None:
+                    grad_x[piece.in_index] += gx
+                offset = 1
+            for k, gp in enumerate(grads[offset:]):
+                if gp is None:
+                    continue
+                grad_p[k] = gp if grad_p[k] is None else grad_p[k].add_(gp)
+            del y, grads
+        runner.kept.clear()
+        it = iter(grad_p)
+        param_grads = [next(it) if w else None for w in want_p]
+        return (None, grad_x, *param_grads)
+
+
+def piecewise_recompute(
+    fn: Callable[[Tensor], Tensor],
+    x: Tensor | InputSource,
+    pieces: Sequence[Piece],
+    out_shape: Sequence[int],
+    params: Sequence[Tensor] = (),
+    *,
+    module: nn.Module | None = None,
+    progress: Callable[[int], Any] | None = None,
+) -> Tensor:
+    """Apply ``fn`` piece by piece, exactly and in bounded memory (see the module docstring).
+
+    Args:
+        fn: the function applied to each piece's input (e.g. a conv trunk or an encoder).
+        x: the full input tensor, or an :class:`InputSource` read piece by piece.
+        pieces: the pieces; their ``out_index`` must partition the output.
+        out_shape: shape of the full output.
+        params: the tensors ``fn`` closes over that need gradients (usually
+            ``module.parameters()``); they receive their gradient once per backward.
+        module: the module behind ``fn`` if any; used to decide whether random state
+            must be replayed (dropout). Without it the state is always replayed.
+        progress: called with 1 after each piece of the forward pass.
+
+    Returns:
+        The full output, identical to ``fn(x)`` (pieces must be chosen so that it is),
+        connected to ``x`` and ``params`` for autograd.
+
+    Example:
+        >>> enc = torch.nn.Linear(4, 2)
+        >>> x = torch.randn(10, 4)
+        >>> pieces = [Piece((slice(i, i + 3),), (slice(i, i + 3),), (slice(None),))
+        ...           for i in range(0, 10, 3)]
+        >>> h = piecewise_recompute(enc, x, pieces, (10, 2), list(enc.parameters()))
+        >>> torch.allclose(h, enc(x))
+        True
+    """
+    params = [p for p in params if p.requires_grad]
+    runner = _Runner(fn, pieces, out_shape, params, _has_stochastic(module), progress)
+    if isinstance(x, Tensor):
+        return _PiecewiseFunction.apply(runner, x, *params)
+    runner.source = x
+    return _PiecewiseFunction.apply(runner, None, *params)
