@@ -1,0 +1,245 @@
+"""Exact gradient accumulation over the instances of a bag (Andersson et al., 2022).
+
+:class:`ChunkedEncoder` runs an instance encoder ``f`` over a bag of ``N`` instances in
+chunks of ``chunk_size`` and returns ``H = [f(x_1) .. f(x_N)]`` with autograd support:
+
+1. forward: every chunk runs **without** a graph; only ``H`` (``N x D``, small) is kept;
+2. the head and the loss run normally on ``H`` and give ``G = dL/dH``;
+3. backward: every chunk is recomputed **with** a graph and back-propagates ``G[chunk]``.
+
+By the chain rule the summed gradients equal those of running ``f`` on the whole bag,
+while memory holds one chunk's activations plus ``H``. The cost is O(N): one extra forward
+per chunk (about 4/3 of the ordinary forward + backward), not the head re-run per chunk.
+A memory budget lets some chunks keep their graph from the forward pass instead of being
+recomputed, which is faster. It is built on the shared primitive
+:func:`gigastream.streaming.recompute.piecewise_recompute`.
+
+Dropout is replayed exactly (same masks in the recompute). BatchNorm in train mode is
+refused: its statistics over a chunk are not the bag's, so gradients would not be exact;
+:func:`freeze_batchnorm` replaces it by its frozen (running-statistics) form.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gigastream.streaming.recompute import Piece, piecewise_recompute
+
+logger = logging.getLogger(__name__)
+
+_MIB = 2**20
+
+
+class FrozenBatchNorm(nn.Module):
+    """BatchNorm that always normalises with its running statistics (train mode or not).
+
+    The affine ``weight`` and ``bias`` stay trainable; the running statistics are buffers
+    that never change. Works for any input ``(N, C, ...)``.
+
+    Args:
+        bn: the BatchNorm module to freeze; its statistics and affine parameters are copied.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        if bn.running_mean is None or bn.running_var is None:
+            raise ValueError(
+                "cannot freeze a BatchNorm built with track_running_stats=False: it has no "
+                "running statistics to normalise with"
+            )
+        self.eps = bn.eps
+        self.register_buffer("running_mean", bn.running_mean.detach().clone())
+        self.register_buffer("running_var", bn.running_var.detach().clone())
+        if bn.affine:
+            self.weight = nn.Parameter(bn.weight.detach().clone())
+            self.bias = nn.Parameter(bn.bias.detach().clone())
+        else:
+            self.weight = None
+            self.bias = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        scale = torch.rsqrt(self.running_var + self.eps)
+        shift = -self.running_mean * scale
+        if self.weight is not None:
+            scale = scale * self.weight
+            shift = shift * self.weight + self.bias
+        return x * scale.reshape(shape) + shift.reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.running_mean.shape[0]}, eps={self.eps}"
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm in ``module`` by a :class:`FrozenBatchNorm`, in place.
+
+    Frozen BatchNorm is a per-instance affine map, so chunked gradients are exact; it stays
+    frozen when the model is put back in train mode.
+
+    Args:
+        module: a model, or a BatchNorm module itself.
+
+    Returns:
+        ``module`` (or its frozen replacement when ``module`` is itself a BatchNorm).
+
+    Example:
+        >>> enc = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+        >>> enc = freeze_batchnorm(enc)
+        >>> type(enc[1]).__name__
+        'FrozenBatchNorm'
+    """
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return FrozenBatchNorm(module)
+    for name, child in module.named_children():
+        setattr(module, name, freeze_batchnorm(child))
+    return module
+
+
+def _training_batchnorms(module: nn.Module) -> list[str]:
+    return [
+        name or type(module).__name__
+        for name, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+    ]
+
+
+def _activation_bytes(fn: Callable[[Tensor], Tensor], sample: Tensor, skip: set[int]) -> int:
+    """Bytes of the tensors autograd saves when ``fn`` runs on ``sample`` (parameters excluded)."""
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        if t.data_ptr() not in skip:
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(sample)
+    return total
+
+
+class ChunkedEncoder(nn.Module):
+    """Encode a bag in chunks, with exact gradients and memory bounded by one chunk.
+
+    Args:
+        encoder: the instance encoder; maps ``(n, *instance_shape)`` to ``(n, *feature_shape)``
+            instance by instance (no coupling across instances: no train-mode BatchNorm).
+        chunk_size: instances per chunk.
+        memory_budget_mib: extra memory (MiB) the forward may spend keeping chunk graphs so
+            that those chunks are not recomputed in backward; ``None`` or 0: recompute all.
+        progress: optional callback called with the number of instances of each chunk the
+            forward pass finishes (e.g. ``tqdm.update``).
+
+    Example:
+        >>> enc = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 32), nn.ReLU())
+        >>> chunked = ChunkedEncoder(enc, chunk_size=64)
+        >>> bag = torch.randn(1000, 1, 28, 28)
+        >>> features = chunked(bag)  # (1000, 32), same values and gradients as enc(bag)
+        >>> torch.allclose(features, enc(bag))
+        True
+    """
+
+    def __init__(
+        self, encoder: nn.Module, chunk_size: int = 64, memory_budget_mib: float | None = None,
+        progress: Callable[[int], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if memory_budget_mib is not None and memory_budget_mib < 0:
+            raise ValueError(f"memory_budget_mib must be >= 0, got {memory_budget_mib}")
+        self.encoder = encoder
+        self.chunk_size = chunk_size
+        self.memory_budget_mib = memory_budget_mib
+        self.progress = progress
+        self.kept_chunks = 0  # chunks whose graph the last forward kept (for inspection)
+
+    def _check_encoder(self) -> None:
+        names = _training_batchnorms(self.encoder)
+        if names:
+            raise ValueError(
+                f"ChunkedEncoder: the encoder has BatchNorm in training mode ({', '.join(names)}); "
+                "its statistics over one chunk are not the bag's, so chunked gradients would "
+                "not be exact. Freeze it: `encoder = gigastream.mil.chunked.freeze_batchnorm("
+                "encoder)` (normalise with the running statistics, keep the affine parameters "
+                "trainable), or put those modules in eval mode with `.eval()`."
+            )
+
+    def _probe(self, bag: Tensor, params: list[Tensor]) -> tuple[tuple[int, ...], int]:
+        """Feature shape of one instance and activation bytes per instance (0 if not needed)."""
+        sample = bag[:1].detach()
+        want_bytes = bool(self.memory_budget_mib) and torch.is_grad_enabled()
+        with torch.random.fork_rng(devices=[bag.device] if bag.device.type == "cuda" else []):
+            if want_bytes:
+                skip = {p.data_ptr() for p in params}
+                out_bytes = _activation_bytes(self.encoder, sample, skip)
+                with torch.no_grad():
+                    shape = tuple(self.encoder(sample).shape[1:])
+            else:
+                with torch.no_grad():
+                    shape = tuple(self.encoder(sample).shape[1:])
+                out_bytes = 0
+        return shape, out_bytes
+
+    def forward(self, bag: Tensor) -> Tensor:
+        """Encode one bag.
+
+        Args:
+            bag: instances, shape ``(N, *instance_shape)``, e.g. ``(N, C, H, W)``.
+
+        Returns:
+            Instance features ``(N, *feature_shape)``, e.g. ``(N, D)``, connected to the bag
+            (if it requires grad) and to the encoder's parameters.
+
+        Raises:
+            ValueError: on an empty bag or a train-mode BatchNorm in the encoder.
+        """
+        if bag.dim() < 1 or bag.shape[0] == 0:
+            raise ValueError(f"empty bag: ChunkedEncoder needs N >= 1 instances, got shape "
+                             f"{tuple(bag.shape)}")
+        self._check_encoder()
+        n = bag.shape[0]
+        params = [p for p in self.encoder.parameters() if p.requires_grad]
+        needs_graph = torch.is_grad_enabled() and (bag.requires_grad or bool(params))
+        if not needs_graph:
+            return self._encode_without_graph(bag)
+        feature_shape, bytes_per_instance = self._probe(bag, params)
+        starts = range(0, n, self.chunk_size)
+        keep = 0
+        if self.memory_budget_mib and bytes_per_instance:
+            chunk_mib = bytes_per_instance * self.chunk_size / _MIB
+            keep = min(len(starts), math.floor(self.memory_budget_mib / chunk_mib))
+            logger.debug("keeping the graph of %d of %d chunks (%.1f MiB each)",
+                         keep, len(starts), chunk_mib)
+        self.kept_chunks = keep
+        pieces = [
+            Piece((slice(i, i + self.chunk_size),), (slice(i, i + self.chunk_size),),
+                  (slice(None),), keep_graph=k < keep)
+            for k, i in enumerate(starts)
+        ]
+        progress = None
+        if self.progress is not None:
+            sizes = [min(self.chunk_size, n - i) for i in starts]
+            calls = iter(sizes)
+
+            def progress(_: int) -> None:
+                self.progress(next(calls))
+
+        return piecewise_recompute(
+            self.encoder, bag, pieces, (n, *feature_shape), params,
+            module=self.encoder, progress=progress,
+        )
+
+    def _encode_without_graph(self, bag: Tensor) -> Tensor:
+        outputs = []
+        for i in range(0, bag.shape[0], self.chunk_size):
+            outputs.append(self.encoder(bag[i : i + self.chunk_size]))
+            if self.progress is not None:
+                self.progress(outputs[-1].shape[0])
+        return torch.cat(outputs)

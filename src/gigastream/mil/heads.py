@@ -1,0 +1,87 @@
+"""The MIL head registry: ``create_mil_head(name, in_dim, num_classes, **options)``.
+
+Every registered head shares the interface of :class:`gigastream.mil.base.MILHead`:
+``out = head(H)`` / ``head(H, label=y)`` for ``H`` of shape ``(N, in_dim)`` gives a
+:class:`~gigastream.mil.base.MILOutput`, and ``head.loss(out, y)`` the training loss.
+
+Registered heads: ``abmil`` and ``gated_abmil`` (Ilse et al. 2018), ``clam_sb`` and
+``clam_mb`` (Lu et al. 2021), ``mean`` and ``max`` pooling.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from gigastream.mil.attention import AttentionMIL
+from gigastream.mil.base import MILHead
+from gigastream.mil.clam import CLAM
+from gigastream.mil.pooling import MaxPoolMIL, MeanPoolMIL
+
+HeadFactory = Callable[..., MILHead]
+
+_REGISTRY: dict[str, HeadFactory] = {
+    "abmil": functools.partial(AttentionMIL, gated=False),
+    "gated_abmil": functools.partial(AttentionMIL, gated=True),
+    "clam_sb": functools.partial(CLAM, multi_branch=False),
+    "clam_mb": functools.partial(CLAM, multi_branch=True),
+    "mean": MeanPoolMIL,
+    "max": MaxPoolMIL,
+}
+
+
+def register_mil_head(name: str, factory: HeadFactory) -> None:
+    """Add a head to the registry.
+
+    Args:
+        name: the registry name; must be new.
+        factory: called as ``factory(in_dim, num_classes, **options)``, returns a
+            :class:`~gigastream.mil.base.MILHead`.
+
+    Raises:
+        ValueError: if the name is taken.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"MIL head {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def list_mil_heads() -> list[str]:
+    """Names of the registered MIL heads, sorted.
+
+    Example:
+        >>> list_mil_heads()
+        ['abmil', 'clam_mb', 'clam_sb', 'gated_abmil', 'max', 'mean']
+    """
+    return sorted(_REGISTRY)
+
+
+def create_mil_head(name: str, in_dim: int, num_classes: int, **options) -> MILHead:
+    """Build a registered MIL head.
+
+    Args:
+        name: one of :func:`list_mil_heads`.
+        in_dim: instance feature size ``D`` of the bags ``(N, D)`` it will pool.
+        num_classes: number of bag classes.
+        **options: head options, e.g. ``attn_dim``, ``hidden_dim``, ``dropout``; for CLAM
+            also ``instance_samples``, ``bag_weight``, ``subtyping``.
+
+    Returns:
+        The head.
+
+    Raises:
+        ValueError: for an unknown name.
+
+    Example:
+        >>> import torch
+        >>> head = create_mil_head("gated_abmil", in_dim=64, num_classes=2, attn_dim=32)
+        >>> head(torch.randn(100, 64)).logits.shape
+        torch.Size([2])
+    """
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown MIL head {name!r}; available: {', '.join(list_mil_heads())}"
+        ) from None
+    return factory(in_dim, num_classes, **options)

@@ -1,0 +1,72 @@
+"""Mean and max pooling MIL baselines (embedding-level pooling, as in Ilse et al. 2018).
+
+Their ``attention`` is the share of the bag embedding each instance contributes: ``1/N``
+each for mean pooling; for max pooling, the fraction of feature dimensions whose maximum an
+instance attains (ties share the credit equally), so it sums to 1 and permutes with the bag.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from gigastream.mil.base import MILHead, MILOutput, projection
+
+
+class MeanPoolMIL(MILHead):
+    """Mean of the (projected) instance features, then a linear classifier.
+
+    Args:
+        in_dim: instance feature size.
+        num_classes: number of bag classes.
+        hidden_dim: optional per-instance projection size (``None``: none).
+        dropout: dropout after the projection.
+
+    Example:
+        >>> import torch
+        >>> MeanPoolMIL(8, 2)(torch.randn(4, 8)).attention
+        tensor([0.2500, 0.2500, 0.2500, 0.2500])
+    """
+
+    def __init__(
+        self, in_dim: int, num_classes: int, hidden_dim: int | None = None, dropout: float = 0.0
+    ) -> None:
+        super().__init__(in_dim, num_classes)
+        self.fc, dim = projection(in_dim, hidden_dim, dropout)
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def pool(self, features: Tensor, label: Tensor | None) -> MILOutput:
+        hidden = self.fc(features)  # (N, dim)
+        embedding = hidden.mean(dim=0)  # (dim,)
+        attention = hidden.new_full((hidden.shape[0],), 1.0 / hidden.shape[0])  # (N,)
+        return MILOutput(self.classifier(embedding), attention, embedding)
+
+
+class MaxPoolMIL(MILHead):
+    """Feature-wise maximum of the (projected) instance features, then a linear classifier.
+
+    Args:
+        in_dim: instance feature size.
+        num_classes: number of bag classes.
+        hidden_dim: optional per-instance projection size (``None``: none).
+        dropout: dropout after the projection.
+
+    Example:
+        >>> import torch
+        >>> MaxPoolMIL(8, 2)(torch.randn(4, 8)).logits.shape
+        torch.Size([2])
+    """
+
+    def __init__(
+        self, in_dim: int, num_classes: int, hidden_dim: int | None = None, dropout: float = 0.0
+    ) -> None:
+        super().__init__(in_dim, num_classes)
+        self.fc, dim = projection(in_dim, hidden_dim, dropout)
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def pool(self, features: Tensor, label: Tensor | None) -> MILOutput:
+        hidden = self.fc(features)  # (N, dim)
+        embedding = hidden.max(dim=0).values  # (dim,)
+        winners = (hidden == embedding).to(hidden.dtype).detach()  # (N, dim), 1 where max
+        share = winners / winners.sum(dim=0, keepdim=True)  # ties split each feature's credit
+        attention = share.mean(dim=1)  # (N,)
+        return MILOutput(self.classifier(embedding), attention, embedding)

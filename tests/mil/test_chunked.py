@@ -1,0 +1,185 @@
+"""ChunkedEncoder: output, input gradient and every parameter gradient equal the full bag's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gigastream import ChunkedEncoder, create_mil_head
+from gigastream.mil.chunked import FrozenBatchNorm, freeze_batchnorm
+
+# float64: only summation order differs -> 1e-10. float32: conv kernels chosen per batch size
+# and summation order give ~1e-6 relative differences; 1e-5 is the documented tolerance.
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+
+
+class Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = nn.GroupNorm(2, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, dilation=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.conv2(torch.relu(self.norm(self.conv1(x)))))
+
+
+def conv_pool() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+
+
+def conv_dropout() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Dropout2d(0.3), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(6 * 5 * 5, 10), nn.Dropout(0.5),
+    )
+
+
+def residual() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), Residual(4), Residual(4),
+        nn.AdaptiveMaxPool2d(2), nn.Flatten(), nn.Linear(16, 10),
+    )
+
+
+def frozen_bn() -> nn.Module:
+    enc = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 10 * 10, 10))
+    enc[1].running_mean.uniform_(-1, 1)
+    enc[1].running_var.uniform_(0.5, 2)
+    return freeze_batchnorm(enc)
+
+
+ENCODERS = {"conv_pool": conv_pool, "conv_dropout": conv_dropout, "residual": residual,
+            "frozen_bn": frozen_bn}
+
+
+def _reference(encoder, bag, chunk_size, stochastic):
+    """The ordinary computation with a graph (chunk by chunk only to draw the same dropout
+    masks as the chunked forward; without dropout, one pass over the whole bag)."""
+    if not stochastic:
+        return encoder(bag)
+    return torch.cat([encoder(bag[i : i + chunk_size]) for i in range(0, len(bag), chunk_size)])
+
+
+def _grads(encoder, head, bag, chunked: bool, chunk_size: int, seed: int, **kw):
+    encoder.zero_grad(set_to_none=True)
+    head.zero_grad(set_to_none=True)
+    bag = bag.detach().clone().requires_grad_(True)
+    torch.manual_seed(seed)
+    if chunked:
+        feats = ChunkedEncoder(encoder, chunk_size=chunk_size, **kw)(bag)
+    else:
+        feats = _reference(encoder, bag, chunk_size, stochastic=encoder.training)
+    out = head(feats, label=1)
+    loss = head.loss(out, 1) + (feats**2).mean()  # a second path into H
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in encoder.named_parameters()}
+    # (CLAM's instance classifier of the other class gets no gradient from a label-1 bag)
+    grads.update({f"head.{n}": p.grad.clone() for n, p in head.named_parameters()
+                  if p.grad is not None})
+    return feats.detach(), bag.grad.clone(), grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("enc_name", list(ENCODERS))
+@pytest.mark.parametrize("head_name,n,chunk", [("gated_abmil", 37, 8), ("clam_mb", 50, 16),
+                                               ("max", 9, 4)])
+def test_chunked_equals_full_bag(dtype, enc_name, head_name, n, chunk):
+    torch.manual_seed(0)
+    encoder = ENCODERS[enc_name]().to(dtype).train()
+    head = create_mil_head(head_name, 10, 2, hidden_dim=6).to(dtype)
+    bag = torch.randn(n, 1, 12, 12, dtype=dtype)
+    ref = _grads(encoder, head, bag, chunked=False, chunk_size=chunk, seed=5)
+    got = _grads(encoder, head, bag, chunked=True, chunk_size=chunk, seed=5)
+    tol = TOL[dtype]
+    torch.testing.assert_close(got[0], ref[0], **tol)
+    torch.testing.assert_close(got[1], ref[1], **tol)
+    assert got[2].keys() == ref[2].keys()
+    for name in ref[2]:
+        torch.testing.assert_close(got[2][name], ref[2][name], **tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_dropout_is_replayed_not_redrawn():
+    """Without the RNG replay the recompute would draw new masks and gradients would differ."""
+    torch.manual_seed(0)
+    encoder = conv_dropout().double().train()
+    head = create_mil_head("abmil", 10, 2).double()
+    bag = torch.randn(20, 1, 12, 12, dtype=torch.float64)
+    ref = _grads(encoder, head, bag, chunked=False, chunk_size=6, seed=1)
+    got = _grads(encoder, head, bag, chunked=True, chunk_size=6, seed=1)
+    other = _grads(encoder, head, bag, chunked=False, chunk_size=6, seed=2)
+    torch.testing.assert_close(got[2]["0.weight"], ref[2]["0.weight"], rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(other[2]["0.weight"], ref[2]["0.weight"])
+
+
+@pytest.mark.parametrize("budget,expected_kept", [(None, 0), (1e-6, 0), (0.3, None), (1e4, 5)])
+def test_memory_budget_keeps_graphs_and_stays_exact(budget, expected_kept):
+    torch.manual_seed(0)
+    encoder = conv_pool().double()
+    head = create_mil_head("gated_abmil", 10, 2).double()
+    bag = torch.randn(33, 1, 12, 12, dtype=torch.float64)
+    ref = _grads(encoder, head, bag, chunked=False, chunk_size=7, seed=0)
+    chunked = ChunkedEncoder(encoder, chunk_size=7, memory_budget_mib=budget)
+    bag_leaf = bag.clone().requires_grad_(True)
+    encoder.zero_grad(set_to_none=True)
+    head.zero_grad(set_to_none=True)
+    feats = chunked(bag_leaf)
+    (head.loss(head(feats, label=1), 1) + (feats**2).mean()).backward()
+    if expected_kept is None:
+        assert 0 < chunked.kept_chunks < 5
+    else:
+        assert chunked.kept_chunks == expected_kept
+    torch.testing.assert_close(bag_leaf.grad, ref[1], rtol=1e-10, atol=1e-10)
+    for name, p in encoder.named_parameters():
+        torch.testing.assert_close(p.grad, ref[2][name], rtol=1e-10, atol=1e-10)
+
+
+def test_train_mode_batchnorm_is_refused_with_a_fix():
+    enc = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten())
+    with pytest.raises(ValueError, match=r"BatchNorm in training mode \(1\).*freeze_batchnorm"):
+        ChunkedEncoder(enc)(torch.randn(4, 1, 8, 8))
+    enc[1].eval()
+    ChunkedEncoder(enc)(torch.randn(4, 1, 8, 8))  # eval mode is fine
+
+
+def test_freeze_batchnorm_matches_eval_and_survives_train():
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(4, 3, 5, 5)
+    expected = bn.eval()(x)
+    model = freeze_batchnorm(nn.Sequential(bn)).train()
+    assert isinstance(model[0], FrozenBatchNorm)
+    torch.testing.assert_close(model(x), expected)
+    assert {n for n, _ in model.named_parameters()} == {"0.weight", "0.bias"}
+    with pytest.raises(ValueError, match="track_running_stats"):
+        freeze_batchnorm(nn.BatchNorm1d(3, track_running_stats=False))
+
+
+def test_empty_bag_and_bad_chunk_size():
+    with pytest.raises(ValueError, match="empty bag"):
+        ChunkedEncoder(nn.Flatten())(torch.zeros(0, 1, 4, 4))
+    with pytest.raises(ValueError, match="chunk_size"):
+        ChunkedEncoder(nn.Flatten(), chunk_size=0)
+
+
+def test_no_grad_path_and_progress():
+    enc = conv_pool().eval()
+    seen: list[int] = []
+    bag = torch.randn(10, 1, 12, 12)
+    chunked = ChunkedEncoder(enc, chunk_size=4, progress=seen.append)
+    with torch.no_grad():
+        feats = chunked(bag)
+        torch.testing.assert_close(feats, enc(bag), rtol=1e-5, atol=1e-6)
+    assert seen == [4, 4, 2]
+    seen.clear()
+    chunked(bag).sum().backward()
+    assert seen == [4, 4, 2]
+    assert all(p.grad is not None for p in enc.parameters())
