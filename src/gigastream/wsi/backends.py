@@ -1,0 +1,231 @@
+"""Slide reader backends: OpenSlide, tiffslide, in-memory arrays, and the dispatch between them."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from gigastream.wsi.reader import Level, SlideError, SlideReader
+from gigastream.wsi.resample import downsample2
+
+logger = logging.getLogger(__name__)
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".svs", ".btf", ".tf8", ".tf2")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+BACKENDS = ("auto", "openslide", "tiffslide", "image")
+
+
+def _positive_float(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """RGBA (premultiplied or not, as OpenSlide/tiffslide return it) to RGB on white."""
+    if rgba.shape[-1] == 3:
+        return np.ascontiguousarray(rgba)
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    rgb = rgba[..., :3].astype(np.uint16)
+    return (rgb * alpha // 255 + (255 - alpha)).astype(np.uint8)
+
+
+class ArrayReader(SlideReader):
+    """An image held in memory, with a 2x pyramid down to 256 px."""
+
+    backend = "array"
+
+    def __init__(
+        self, image: np.ndarray, mpp: float | None, objective_power: float | None = None,
+        path: Path | None = None,
+    ) -> None:
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (3, 4):
+            image = np.moveaxis(image, 0, -1)  # (C, H, W) -> (H, W, C)
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        if image.ndim != 3 or image.shape[-1] not in (3, 4) or min(image.shape[:2]) < 1:
+            raise SlideError(
+                f"{self._name(path)}: expected an (H, W, 3) RGB image, got shape {image.shape}"
+            )
+        if image.dtype != np.uint8:
+            raise SlideError(f"{self._name(path)}: expected uint8 pixels, got {image.dtype}")
+        pyramid = [_composite_on_white(image)]
+        while max(pyramid[-1].shape[:2]) > 256:
+            pyramid.append(downsample2(pyramid[-1]))
+        h0, w0 = pyramid[0].shape[:2]
+        levels = tuple(
+            Level((p.shape[1], p.shape[0]), (w0 / p.shape[1] + h0 / p.shape[0]) / 2) for p in pyramid
+        )
+        super().__init__(path, levels, mpp, objective_power)
+        self._pyramid = pyramid
+
+    def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        img = self._pyramid[level]
+        out = np.full((height, width, 3), 255, np.uint8)
+        h, w = img.shape[:2]
+        xs, ys = max(x, 0), max(y, 0)
+        xe, ye = min(x + width, w), min(y + height, h)
+        if xe > xs and ye > ys:
+            out[ys - y : ye - y, xs - x : xe - x] = img[ys:ye, xs:xe]
+        return out
+
+
+class _OpenSlideLike(SlideReader):
+    """Shared code of the OpenSlide and tiffslide backends (they share an API)."""
+
+    prefix = ""
+
+    def __init__(self, path: Path, handle, mpp: float | None) -> None:
+        props = handle.properties
+        file_mpp = None
+        mpp_x = _positive_float(props.get(f"{self.prefix}.mpp-x"))
+        mpp_y = _positive_float(props.get(f"{self.prefix}.mpp-y"))
+        if mpp_x and mpp_y:
+            file_mpp = (mpp_x + mpp_y) / 2
+        if mpp is None and file_mpp is None:
+            logger.info("%s: no mpp metadata", path)
+        levels = tuple(
+            Level((int(w), int(h)), float(ds))
+            for (w, h), ds in zip(handle.level_dimensions, handle.level_downsamples, strict=True)
+        )
+        objective = _positive_float(props.get(f"{self.prefix}.objective-power"))
+        super().__init__(path, levels, mpp if mpp is not None else file_mpp, objective)
+        self._handle = handle
+
+    def _location0(self, level: int, x: int, y: int) -> tuple[int, int]:
+        # level-0 coordinates whose division by the level's downsample lands on (x, y)
+        ds = self.levels[level].downsample
+        return math.floor(x * ds + 1e-6), math.floor(y * ds + 1e-6)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class OpenSlideReader(_OpenSlideLike):
+    """A slide read with OpenSlide."""
+
+    backend = "openslide"
+    prefix = "openslide"
+
+    def __init__(self, path: Path, mpp: float | None = None) -> None:
+        import openslide
+
+        try:
+            handle = openslide.OpenSlide(str(path))
+        except (openslide.OpenSlideError, OSError) as exc:
+            raise SlideError(f"{path}: OpenSlide cannot open it: {exc}") from exc
+        super().__init__(path, handle, mpp)
+
+    def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        region = self._handle.read_region(self._location0(level, x, y), level, (width, height))
+        return _composite_on_white(np.asarray(region))
+
+
+class TiffSlideReader(_OpenSlideLike):
+    """A TIFF/OME-TIFF slide read with tiffslide."""
+
+    backend = "tiffslide"
+    prefix = "tiffslide"
+
+    def __init__(self, path: Path, mpp: float | None = None) -> None:
+        import tiffslide
+
+        try:
+            handle = tiffslide.TiffSlide(str(path))
+            handle.level_dimensions  # noqa: B018  (parses the pyramid now, not at first read)
+        except Exception as exc:  # tiffslide/tifffile raise many types
+            raise SlideError(f"{path}: tiffslide cannot open it: {exc}") from exc
+        super().__init__(path, handle, mpp)
+
+    def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        w, h = self.levels[level].dimensions
+        out = np.full((height, width, 3), 255, np.uint8)
+        xs, ys = max(x, 0), max(y, 0)
+        xe, ye = min(x + width, w), min(y + height, h)
+        if xe <= xs or ye <= ys:
+            return out
+        region = self._handle.read_region(
+            self._location0(level, xs, ys), level, (xe - xs, ye - ys), as_array=True
+        )
+        out[ys - y : ye - y, xs - x : xe - x] = _composite_on_white(np.asarray(region))[..., :3]
+        return out
+
+
+def check_tiff_complete(path: Path) -> None:
+    """Raise :class:`SlideError` if a TIFF's tiles or strips reach past the end of the file.
+
+    Catches truncated downloads at open time instead of at the first read of a missing
+    tile. Files that tifffile cannot parse are left to the backends to judge.
+    """
+    import tifffile
+
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for index, page in enumerate(tif.pages):
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
+                if ends and max(ends) > size:
+                    raise SlideError(
+                        f"{path}: file is truncated: page {index} needs {max(ends)} bytes, "
+                        f"the file has {size}"
+                    )
+    except SlideError:
+        raise
+    except Exception as exc:  # not a TIFF tifffile understands
+        if path.suffix.lower() in (".tif", ".tiff", ".svs", ".btf"):
+            raise SlideError(f"{path}: not a readable TIFF (truncated or corrupt?): {exc}") from exc
+        logger.debug("%s: tifffile cannot parse it (%s); leaving it to the backends", path, exc)
+
+
+def _read_image(path: Path, mpp: float | None) -> ArrayReader:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            image = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise SlideError(f"{path}: cannot read the image: {exc}") from exc
+    return ArrayReader(image, mpp=mpp, path=path)
+
+
+def open_slide(path: Path, mpp: float | None = None, backend: str = "auto") -> SlideReader:
+    """Open ``path`` with ``backend`` (see :meth:`SlideReader.open`)."""
+    if backend not in BACKENDS:
+        raise SlideError(f"{path}: unknown backend {backend!r}; choose one of {BACKENDS}")
+    if not path.exists():
+        raise SlideError(f"{path}: file not found")
+    if path.is_dir():
+        raise SlideError(f"{path}: is a directory, not a slide file")
+    if path.stat().st_size == 0:
+        raise SlideError(f"{path}: file is empty")
+    name = path.name.lower()
+    if backend == "image" or (backend == "auto" and name.endswith(IMAGE_SUFFIXES)):
+        return _read_image(path, mpp)
+    is_tiff = name.endswith(TIFF_SUFFIXES) or name.endswith(".ndpi")
+    if is_tiff:
+        check_tiff_complete(path)
+    if backend == "tiffslide":
+        return TiffSlideReader(path, mpp)
+    if backend == "openslide":
+        return OpenSlideReader(path, mpp)
+    import openslide
+
+    try:
+        vendor = openslide.OpenSlide.detect_format(str(path))
+    except (openslide.OpenSlideError, OSError) as exc:
+        raise SlideError(f"{path}: cannot inspect the file: {exc}") from exc
+    if vendor is not None:
+        return OpenSlideReader(path, mpp)
+    if is_tiff:
+        logger.debug("%s: OpenSlide does not recognise it; using tiffslide", path)
+        return TiffSlideReader(path, mpp)
+    raise SlideError(
+        f"{path}: unsupported format (OpenSlide does not recognise it and it is not a TIFF "
+        f"or an image: {', '.join(TIFF_SUFFIXES + IMAGE_SUFFIXES)})"
+    )
