@@ -166,6 +166,9 @@ def check_tiff_complete(path: Path) -> None:
     import tifffile
 
     size = path.stat().st_size
+    problems = _LogCollector()
+    tiff_logger = logging.getLogger("tifffile")
+    tiff_logger.addHandler(problems)
     try:
         with tifffile.TiffFile(path) as tif:
             for index, page in enumerate(tif.pages):
@@ -175,12 +178,28 @@ def check_tiff_complete(path: Path) -> None:
                         f"{path}: file is truncated: page {index} needs {max(ends)} bytes, "
                         f"the file has {size}"
                     )
+        bad_ifd = [m for m in problems.messages if "invalid page offset" in m]
+        if bad_ifd:
+            raise SlideError(f"{path}: file is truncated or corrupt: {bad_ifd[0]}")
     except SlideError:
         raise
     except Exception as exc:  # not a TIFF tifffile understands
         if path.suffix.lower() in (".tif", ".tiff", ".svs", ".btf"):
             raise SlideError(f"{path}: not a readable TIFF (truncated or corrupt?): {exc}") from exc
         logger.debug("%s: tifffile cannot parse it (%s); leaving it to the backends", path, exc)
+    finally:
+        tiff_logger.removeHandler(problems)
+
+
+class _LogCollector(logging.Handler):
+    """Keeps the messages of warnings and errors logged while it is attached."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def _read_image(path: Path, mpp: float | None) -> ArrayReader:

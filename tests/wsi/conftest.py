@@ -1,0 +1,48 @@
+"""Shared fixtures of the whole-slide tests: the real CMU-1 slide and small written slides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gigastream.wsi.pyramid import PyramidConfig, write_pyramid
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+CMU1 = DATA / "slides" / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"shared test data not found at {DATA} (clone with ../shared/data to run)")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def cmu1() -> Path:
+    if not CMU1.is_file():
+        pytest.skip(f"real test slide not found at {CMU1} (clone with ../shared/data to run)")
+    return CMU1
+
+
+def make_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth colourful test image (JPEG-friendly), (H, W, 3) uint8."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    phase = rng.uniform(0, 6, size=3)
+    image = np.stack(
+        [128 + 100 * np.sin(xx / 37 + phase[c]) * np.cos(yy / 53 + c) for c in range(3)], axis=-1
+    )
+    return image.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiff_slide(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """A 3-level 1000x1300 pyramidal JPEG TIFF at 0.25 um/px and its level-0 pixels."""
+    image = make_image(1000, 1300)
+    path = tmp_path_factory.mktemp("slides") / "pyramid.tif"
+    strips = (image[y : y + 96] for y in range(0, 1000, 96))
+    write_pyramid(path, strips, 1300, 1000, mpp=0.25, config=PyramidConfig(tile_size=256, quality=95))
+    return path, image

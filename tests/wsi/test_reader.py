@@ -1,0 +1,190 @@
+"""SlideReader: backends, levels, mpp, regions, thumbnails and every documented error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gigastream import SlideError, SlideReader
+from gigastream.wsi.backends import ArrayReader, OpenSlideReader, TiffSlideReader
+from gigastream.wsi.resample import downsample2
+
+
+def test_cmu1_metadata_and_reads(cmu1):
+    with SlideReader.open(cmu1) as slide:
+        assert isinstance(slide, OpenSlideReader)
+        assert slide.dimensions == (2220, 2967)
+        assert slide.mpp == pytest.approx(0.499)
+        assert slide.objective_power == 20
+        region = slide.region((100, 200), (64, 48), level=0)
+        assert region.shape == (48, 64, 3) and region.dtype == np.uint8
+        half = slide.region((100, 200), (32, 24), mpp=0.998)
+        assert half.shape == (24, 32, 3)
+        thumb = slide.thumbnail(256)
+        assert max(thumb.shape[:2]) == 256
+        whole = slide.read_at_mpp(8.0)
+        assert whole.shape[:2] == (round(2967 / (8 / 0.499)), round(2220 / (8 / 0.499)))
+
+
+def test_cmu1_with_tiffslide_agrees(cmu1):
+    with SlideReader.open(cmu1, backend="tiffslide") as ts, SlideReader.open(cmu1) as os_:
+        assert isinstance(ts, TiffSlideReader)
+        assert ts.mpp == pytest.approx(0.499) and ts.dimensions == os_.dimensions
+        a = ts.region((500, 600), (128, 128), level=0).astype(int)
+        b = os_.region((500, 600), (128, 128), level=0).astype(int)
+        assert np.abs(a - b).mean() < 3  # two JPEG decoders
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_written_pyramid_levels_and_mpp(tiff_slide, backend):
+    path, image = tiff_slide
+    with SlideReader.open(path, backend=backend) as slide:
+        assert slide.backend == backend
+        assert [lv.dimensions for lv in slide.levels] == [(1300, 1000), (650, 500), (325, 250), (163, 125)]
+        assert slide.mpp == pytest.approx(0.25)
+        expected = image
+        for level in range(len(slide.levels)):
+            w, h = slide.levels[level].dimensions
+            got = slide.read_level(level, 0, 0, w, h).astype(int)
+            assert np.abs(got - expected).mean() < 4, level
+            expected = downsample2(expected)
+
+
+def test_auto_backend_for_generic_tiff_is_openslide(tiff_slide):
+    with SlideReader.open(tiff_slide[0]) as slide:
+        assert slide.backend == "openslide"
+
+
+def test_mpp_read_picks_level_and_crops_are_exact(tiff_slide):
+    with SlideReader.open(tiff_slide[0]) as slide:
+        res = slide.resolution(1.0)
+        assert (res.level, res.scale) == (2, 1.0)
+        res = slide.resolution(0.7)  # between level 1 (0.5) and level 2 (1.0)
+        assert res.level == 1 and res.scale == pytest.approx(1.4)
+        whole = slide.read_scaled(res, 0, 0, *res.dimensions)
+        assert whole.shape[:2] == (round(500 / 1.4), round(650 / 1.4))
+        crop = slide.read_scaled(res, 101, 37, 90, 70)
+        np.testing.assert_array_equal(crop, whole[37:107, 101:191])
+        np.testing.assert_array_equal(slide.read_at_mpp(0.7), whole)
+
+
+def test_region_at_mpp_uses_level0_location(tiff_slide):
+    with SlideReader.open(tiff_slide[0]) as slide:
+        a = slide.region((400, 200), (50, 40), mpp=1.0)
+        b = slide.region((400, 200), (50, 40), level=2)
+        c = slide.read_level(2, 100, 50, 50, 40)
+        np.testing.assert_array_equal(b, c)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_array_reader_pyramid_and_out_of_bounds():
+    image = np.zeros((600, 1000, 3), np.uint8)
+    slide = SlideReader.from_array(image, mpp=0.5, objective_power=20)
+    assert isinstance(slide, ArrayReader)
+    assert [lv.dimensions for lv in slide.levels] == [(1000, 600), (500, 300), (250, 150)]
+    region = slide.read_level(0, 990, -5, 20, 10)
+    assert (region[:5] == 255).all() and (region[5:, :10] == 0).all() and (region[5:, 10:] == 255).all()
+    chw = SlideReader.from_array(np.zeros((3, 40, 50), np.uint8), mpp=1.0)
+    assert chw.dimensions == (50, 40)
+
+
+def test_thumbnail_without_mpp_and_mpp_override(tmp_path):
+    slide = SlideReader.from_array(np.full((300, 400, 3), 200, np.uint8), mpp=None)
+    assert slide.mpp is None
+    assert slide.thumbnail(100).shape == (75, 100, 3)
+    with pytest.raises(SlideError, match="no microns-per-pixel metadata; pass mpp"):
+        slide.read_at_mpp(2.0)
+    with pytest.raises(SlideError, match="no microns-per-pixel"):
+        slide.region((0, 0), (10, 10), mpp=1.0)
+
+
+def test_image_file_needs_user_mpp(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "tile.png"
+    Image.fromarray(np.full((64, 64, 3), 180, np.uint8)).save(path)
+    with SlideReader.open(path) as slide:
+        with pytest.raises(SlideError, match=r"tile\.png: the slide has no microns-per-pixel"):
+            slide.require_mpp()
+    with SlideReader.open(path, mpp=0.5) as slide:
+        assert slide.read_at_mpp(1.0).shape == (32, 32, 3)
+
+
+def test_user_mpp_overrides_metadata(cmu1):
+    with SlideReader.open(cmu1, mpp=0.25) as slide:
+        assert slide.mpp == 0.25
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "file not found"),
+        (lambda p: p.write_bytes(b""), "file is empty"),
+        (lambda p: p.write_bytes(b"this is not a slide at all" * 10), "unsupported format"),
+        (lambda p: p.mkdir(), "is a directory"),
+    ],
+    ids=["missing", "empty", "unsupported", "directory"],
+)
+def test_open_errors_name_file_and_cause(tmp_path, make, message):
+    path = tmp_path / "bad.xyz"
+    make(path)
+    with pytest.raises(SlideError, match=message) as info:
+        SlideReader.open(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_tiff_is_reported(tmp_path, tiff_slide):
+    data = tiff_slide[0].read_bytes()
+    path = tmp_path / "truncated.tif"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideError, match="truncated") as info:
+        SlideReader.open(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_svs_is_reported(tmp_path, cmu1):
+    data = cmu1.read_bytes()
+    path = tmp_path / "cut.svs"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(SlideError, match=r"cut\.svs.*truncated"):
+        SlideReader.open(path)
+
+
+def test_garbage_tiff_is_reported(tmp_path):
+    path = tmp_path / "garbage.tif"
+    path.write_bytes(b"II*\x00" + b"\xff" * 100)
+    with pytest.raises(SlideError, match=r"garbage\.tif"):
+        SlideReader.open(path)
+
+
+def test_bad_arguments_raise(tiff_slide):
+    with SlideReader.open(tiff_slide[0]) as slide:
+        with pytest.raises(SlideError, match="exactly one of level= or mpp="):
+            slide.region((0, 0), (10, 10))
+        with pytest.raises(SlideError, match="exactly one of level= or mpp="):
+            slide.region((0, 0), (10, 10), level=0, mpp=1.0)
+        with pytest.raises(SlideError, match="level 9 does not exist"):
+            slide.region((0, 0), (10, 10), level=9)
+        with pytest.raises(SlideError, match="size must be positive"):
+            slide.region((0, 0), (0, 10), level=0)
+        with pytest.raises(SlideError, match="target mpp must be a positive number"):
+            slide.resolution(-1.0)
+    with pytest.raises(SlideError, match="unknown backend"):
+        SlideReader.open(tiff_slide[0], backend="vips")
+    with pytest.raises(SlideError, match="mpp must be a positive number"):
+        SlideReader.from_array(np.zeros((8, 8, 3), np.uint8), mpp=0.0)
+    with pytest.raises(SlideError, match=r"expected an \(H, W, 3\) RGB image"):
+        SlideReader.from_array(np.zeros((8, 8, 5), np.uint8), mpp=1.0)
+    with pytest.raises(SlideError, match="expected uint8"):
+        SlideReader.from_array(np.zeros((8, 8, 3), np.float32), mpp=1.0)
+
+
+def test_unreadable_image_file(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG not really")
+    with pytest.raises(SlideError, match=r"broken\.png: cannot read the image"):
+        SlideReader.open(path, mpp=1.0)
+
+
+def test_slide_error_is_a_runtime_error():
+    assert issubclass(SlideError, RuntimeError)  # the CLI reports RuntimeErrors cleanly
