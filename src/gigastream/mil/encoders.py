@@ -1,0 +1,43 @@
+"""Small instance encoders for bags of small images (e.g. MNIST digits)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class SmallCNN(nn.Module):
+    """A LeNet-style encoder: two 5x5 conv + max-pool stages and a linear layer.
+
+    No BatchNorm, so it can be chunked exactly in train mode; no dropout by default, so the
+    full-bag and chunked computations consume the random stream identically.
+
+    Args:
+        in_channels: image channels.
+        out_dim: instance feature size ``D``.
+        width: channels of the first conv (the second has twice as many).
+        image_size: input height = width (28 for MNIST).
+        dropout: dropout before the linear layer.
+
+    Example:
+        >>> import torch
+        >>> SmallCNN(out_dim=32)(torch.randn(5, 1, 28, 28)).shape
+        torch.Size([5, 32])
+    """
+
+    def __init__(self, in_channels: int = 1, out_dim: int = 64, width: int = 8,
+                 image_size: int = 28, dropout: float = 0.0) -> None:
+        super().__init__()
+        side = ((image_size - 4) // 2 - 4) // 2
+        if side < 1:
+            raise ValueError(f"image_size {image_size} is too small for two 5x5 conv stages")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 5), nn.ReLU(), nn.MaxPool2d(2),  # (n, w, 12, 12)
+            nn.Conv2d(width, 2 * width, 5), nn.ReLU(), nn.MaxPool2d(2),  # (n, 2w, 4, 4)
+            nn.Flatten(),
+        )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Sequential(nn.Linear(2 * width * side * side, out_dim), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Encode images ``(n, C, H, W)`` into features ``(n, out_dim)``."""
+        return self.fc(self.dropout(self.features(x)))
