@@ -39,6 +39,12 @@ def make_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def image_factory():
+    """:func:`make_image` as a fixture (test modules here are not a package)."""
+    return make_image
+
+
+@pytest.fixture(scope="session")
 def tiff_slide(tmp_path_factory) -> tuple[Path, np.ndarray]:
     """A 3-level 1000x1300 pyramidal JPEG TIFF at 0.25 um/px and its level-0 pixels."""
     image = make_image(1000, 1300)
