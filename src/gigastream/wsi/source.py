@@ -1,0 +1,153 @@
+"""A slide as a lazy streaming input: pixels are read only when a tile needs them.
+
+:class:`SlideSource` implements :class:`gigastream.streaming.recompute.InputSource`: it
+describes the whole slide at a target mpp as a ``(1, 3, H, W)`` float tensor that is
+never materialised; ``read(index)`` returns ``full_input[index]`` by reading that region
+from the slide (resized on the global grid of :mod:`gigastream.wsi.resample`, so tiles
+agree exactly with the whole image). With a tissue mask, the virtual image is the slide
+with every pixel outside tissue set to the background colour, and regions without tissue
+are returned without touching the file. Memory is one tile's pixels, whatever the slide
+size.
+
+Example:
+    >>> import numpy as np
+    >>> from gigastream import SlideReader
+    >>> slide = SlideReader.from_array(np.full((1024, 2048, 3), 200, np.uint8), mpp=0.5)
+    >>> source = SlideSource(slide, mpp=1.0, normalize=IMAGENET)
+    >>> source.shape
+    torch.Size([1, 3, 512, 1024])
+    >>> source.read((slice(None), slice(None), slice(0, 64), slice(100, 164))).shape
+    torch.Size([1, 3, 64, 64])
+
+    Streamed through a trunk without holding the slide:
+    ``StreamingModule(trunk, tile_size=2048)(source)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gigastream.wsi.reader import SlideError, SlideReader
+from gigastream.wsi.tissue import TissueMask
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel ``(x / 255 - mean) / std`` of RGB pixels."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+#: The ImageNet statistics torchvision's pretrained models expect.
+IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+class SlideSource:
+    """A slide at a target mpp as a lazily read ``(1, 3, H, W)`` input.
+
+    Args:
+        reader: the slide.
+        mpp: target microns per pixel.
+        tissue_mask: if given, pixels outside tissue are ``background`` and tissue-free
+            regions are not read.
+        normalize: per-channel normalisation; ``None`` gives pixels in [0, 1].
+        dtype: floating dtype of the tensors returned.
+        device: device of the tensors returned.
+        background: RGB colour of non-tissue pixels (0-255).
+
+    Attributes:
+        shape: ``(1, 3, H, W)`` of the whole virtual image.
+        reads: number of regions read from the file so far.
+        skipped: number of regions answered from the mask without reading.
+    """
+
+    def __init__(
+        self,
+        reader: SlideReader,
+        mpp: float,
+        tissue_mask: TissueMask | None = None,
+        normalize: Normalization | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        background: tuple[int, int, int] = (255, 255, 255),
+    ) -> None:
+        if not dtype.is_floating_point:
+            raise SlideError(f"{reader.name}: SlideSource dtype must be floating point, got {dtype}")
+        self.reader = reader
+        self.resolution = reader.resolution(mpp)
+        level = reader.levels[self.resolution.level]
+        self.mpp = reader.require_mpp() * level.downsample * self.resolution.scale  # exact
+        width, height = self.resolution.dimensions
+        self.shape = torch.Size((1, 3, height, width))
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.tissue_mask = tissue_mask
+        mean = torch.tensor(normalize.mean if normalize else (0.0, 0.0, 0.0), dtype=torch.float64)
+        std = torch.tensor(normalize.std if normalize else (1.0, 1.0, 1.0), dtype=torch.float64)
+        # x -> x * scale + shift, from uint8: (x / 255 - mean) / std
+        self._scale = (1.0 / (255.0 * std)).to(dtype).view(3, 1, 1)
+        self._shift = (-mean / std).to(dtype).view(3, 1, 1)
+        self._background = torch.tensor(background, dtype=torch.float64).to(dtype).view(3, 1, 1)
+        self.reads = 0
+        self.skipped = 0
+
+    def _bounds(self, index: tuple[slice, ...]) -> list[tuple[int, int]]:
+        if len(index) > 4:
+            raise IndexError(f"index has {len(index)} entries for a 4-d input")
+        index = tuple(index) + (slice(None),) * (4 - len(index))
+        bounds = []
+        for dim, (s, size) in enumerate(zip(index, self.shape, strict=True)):
+            if not isinstance(s, slice):
+                raise IndexError(f"SlideSource supports slices only, got {s!r} for dim {dim}")
+            start, stop, step = s.indices(size)
+            if step != 1:
+                raise IndexError(f"SlideSource supports step 1 only, got {step} for dim {dim}")
+            bounds.append((start, max(start, stop)))
+        return bounds
+
+    def _tissue(self, x0: int, y0: int, width: int, height: int) -> np.ndarray | None:
+        """``(height, width)`` bool tissue of a region, or None if the region has none."""
+        mask = self.tissue_mask
+        assert mask is not None
+        um = self.mpp
+        if not mask.any_in(x0 * um, y0 * um, (x0 + width) * um, (y0 + height) * um):
+            return None
+        h, w = mask.mask.shape
+        # nearest mask pixel of every target pixel centre, on the global grid
+        rows = np.minimum(((np.arange(y0, y0 + height) + 0.5) * um / mask.mpp).astype(np.int64), h - 1)
+        cols = np.minimum(((np.arange(x0, x0 + width) + 0.5) * um / mask.mpp).astype(np.int64), w - 1)
+        return mask.mask[rows[:, None], cols[None, :]]
+
+    def read(self, index: tuple[slice, ...]) -> Tensor:
+        """``full_input[index]`` for a tuple of slices over ``(B, C, H, W)``.
+
+        Returns:
+            ``(b, c, h, w)`` tensor of :attr:`dtype` on :attr:`device`.
+        """
+        (b0, b1), (c0, c1), (y0, y1), (x0, x1) = self._bounds(index)
+        height, width = y1 - y0, x1 - x0
+        if height == 0 or width == 0 or b1 == b0 or c1 == c0:
+            return torch.zeros((b1 - b0, c1 - c0, height, width), dtype=self.dtype, device=self.device)
+        tissue = self._tissue(x0, y0, width, height) if self.tissue_mask is not None else True
+        if tissue is None:
+            self.skipped += 1
+            pixels = self._background.expand(3, height, width)
+        else:
+            self.reads += 1
+            rgb = self.reader.read_scaled(self.resolution, x0, y0, width, height)  # (h, w, 3) uint8
+            pixels = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).to(self.dtype)
+            if tissue is not True:
+                pixels = torch.where(torch.from_numpy(tissue), pixels, self._background)
+        out = (pixels * self._scale + self._shift)[c0:c1]
+        return out.unsqueeze(0).expand(b1 - b0, -1, -1, -1).to(self.device)
+
+    def __repr__(self) -> str:
+        return f"SlideSource({self.reader.name!r}, mpp={self.mpp:.4g}, shape={tuple(self.shape)})"

@@ -1,0 +1,106 @@
+"""SlideSource: a lazy InputSource whose reads equal crops of the whole virtual image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gigastream import SlideError, SlideReader
+from gigastream.streaming.recompute import InputSource
+from gigastream.wsi.source import IMAGENET, SlideSource
+from gigastream.wsi.tissue import TissueMask
+
+
+def _full(source: SlideSource) -> torch.Tensor:
+    return source.read((slice(None),) * 4)
+
+
+@pytest.mark.parametrize("mpp", [0.25, 0.5, 0.7, 1.3])
+def test_reads_are_crops_of_the_whole(tiff_slide, mpp):
+    with SlideReader.open(tiff_slide[0]) as slide:
+        source = SlideSource(slide, mpp=mpp, normalize=IMAGENET, dtype=torch.float64)
+        assert isinstance(source, InputSource)
+        full = _full(source)
+        assert full.shape == source.shape and full.dtype == torch.float64
+        _, _, h, w = source.shape
+        for y0, y1, x0, x1 in [(0, 17, 3, 40), (h // 3, h - 1, w // 2, w), (5, 6, 7, 8)]:
+            index = (slice(0, 1), slice(None), slice(y0, y1), slice(x0, x1))
+            torch.testing.assert_close(source.read(index), full[index], rtol=0, atol=0)
+        index = (slice(None), slice(1, 3), slice(0, 4), slice(0, 4))
+        torch.testing.assert_close(source.read(index), full[index], rtol=0, atol=0)
+
+
+def test_values_and_normalisation(image_factory):
+    image = image_factory(64, 96)
+    slide = SlideReader.from_array(image, mpp=1.0)
+    plain = _full(SlideSource(slide, mpp=1.0))
+    expected = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float() / 255
+    torch.testing.assert_close(plain, expected)
+    normed = _full(SlideSource(slide, mpp=1.0, normalize=IMAGENET))
+    mean = torch.tensor(IMAGENET.mean).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(normed, (expected - mean) / std)
+
+
+def test_tissue_mask_blanks_background_and_skips_reads(image_factory):
+    image = image_factory(256, 256)
+    slide = SlideReader.from_array(image, mpp=1.0)
+    mask = TissueMask(np.zeros((16, 16), bool), mpp=16.0)
+    mask.mask[4:8, 4:12] = True  # tissue: rows 64..128, cols 64..192 (pixels)
+    source = SlideSource(slide, mpp=2.0, tissue_mask=mask)
+    full = _full(source)
+    assert (full[..., :32, :] == 1).all()  # background is white
+    assert (full[..., 32:64, 32:96] != 1).any()
+    reads = source.reads
+    empty = source.read((slice(None), slice(None), slice(80, 128), slice(0, 128)))
+    assert (empty == 1).all() and source.reads == reads and source.skipped == 1
+    index = (slice(None), slice(None), slice(20, 50), slice(10, 100))
+    torch.testing.assert_close(source.read(index), full[index], rtol=0, atol=0)
+
+
+@pytest.fixture
+def float64_default():
+    # the streaming planner profiles the trunk on meta tensors of the default dtype
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_streaming_a_slide_equals_the_whole_image(tiff_slide, float64_default):
+    from gigastream.streaming.module import StreamingModule
+
+    torch.manual_seed(0)
+    trunk = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    ).double()
+    with SlideReader.open(tiff_slide[0]) as slide:
+        source = SlideSource(slide, mpp=0.9, normalize=IMAGENET, dtype=torch.float64)  # resized
+        streamed = StreamingModule(trunk, tile_size=128)
+        out = streamed(source)
+        reference = trunk(_full(source))
+        torch.testing.assert_close(out, reference, rtol=1e-10, atol=1e-10)
+        out.square().sum().backward()  # recomputes tiles: reads the slide again
+    grads = [p.grad.clone() for p in trunk.parameters()]
+    trunk.zero_grad()
+    reference.square().sum().backward()
+    for got, want in zip(grads, (p.grad for p in trunk.parameters()), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert source.reads > 1
+
+
+def test_errors():
+    slide = SlideReader.from_array(np.zeros((64, 64, 3), np.uint8), mpp=None)
+    with pytest.raises(SlideError, match="no microns-per-pixel"):
+        SlideSource(slide, mpp=1.0)
+    slide = SlideReader.from_array(np.zeros((64, 64, 3), np.uint8), mpp=1.0)
+    with pytest.raises(SlideError, match="dtype must be floating point"):
+        SlideSource(slide, mpp=1.0, dtype=torch.uint8)
+    source = SlideSource(slide, mpp=1.0)
+    with pytest.raises(IndexError, match="step 1 only"):
+        source.read((slice(None), slice(None), slice(0, 8, 2), slice(0, 8)))
+    with pytest.raises(IndexError, match="slices only"):
+        source.read((0, slice(None), slice(0, 8), slice(0, 8)))
