@@ -82,3 +82,13 @@ def test_evaluate_auc_and_eval_mode():
 def test_model_parameters_dedupes():
     shared = nn.Linear(2, 2)
     assert len(model_parameters(shared, nn.Sequential(shared))) == 2
+
+
+def test_small_cnn_takes_uint8_or_unit_floats():
+    from gigastream.mil.datasets import bag_tensor
+
+    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8).numpy()
+    encoder = SmallCNN(out_dim=4).double()
+    raw = bag_tensor(images, [0, 2, 4])
+    assert raw.dtype == torch.uint8 and raw.shape == (3, 1, 28, 28)
+    torch.testing.assert_close(encoder(raw), encoder(bag_tensor(images, [0, 2, 4], torch.float64)))

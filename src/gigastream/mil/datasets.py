@@ -32,7 +32,7 @@ _SETS = [
     ("qmnist-train-images-idx3-ubyte", "qmnist-train-labels-idx2-int"),
 ]
 
-# normalisation of MNIST digits (mean and standard deviation of the pixel values / 255)
+# mean and standard deviation of MNIST pixel values scaled to [0, 1]
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
@@ -197,20 +197,27 @@ def make_bags(labels: np.ndarray, pool: np.ndarray, num_bags: int, config: BagsC
     return [bags[i] for i in order]
 
 
-def bag_tensor(images: np.ndarray, indices: np.ndarray, dtype: torch.dtype = torch.float32
+def bag_tensor(images: np.ndarray, indices: np.ndarray, dtype: torch.dtype | None = None
                ) -> Tensor:
-    """The normalised image tensor of one bag.
+    """The image tensor of one bag.
+
+    Bags stay uint8 by default (a quarter of float32's memory) and are converted by the
+    encoder (:class:`~gigastream.mil.encoders.SmallCNN` normalises its input), so a chunked
+    encoder only ever holds one chunk in floating point.
 
     Args:
         images: all digits, uint8 ``(M, 28, 28)``.
         indices: the bag's digit indices ``(N,)``.
-        dtype: floating dtype of the result.
+        dtype: ``None`` for the raw uint8 pixels, or a floating dtype for values
+            ``pixel / 255`` in [0, 1].
 
     Returns:
-        ``(N, 1, 28, 28)`` tensor, ``(pixel / 255 - mean) / std``.
+        ``(N, 1, 28, 28)`` tensor.
     """
-    x = torch.from_numpy(images[indices]).to(dtype).unsqueeze(1)  # (N, 1, 28, 28)
-    return (x / 255.0 - MNIST_MEAN) / MNIST_STD
+    x = torch.from_numpy(images[indices]).unsqueeze(1)  # (N, 1, 28, 28) uint8
+    if dtype is None:
+        return x
+    return x.to(dtype).div_(255.0)
 
 
 class BagSet:
@@ -219,11 +226,11 @@ class BagSet:
     Args:
         images: all digits, uint8 ``(M, 28, 28)``.
         bags: ``(indices, label)`` pairs from :func:`make_bags`.
-        dtype: floating dtype of the bag tensors.
+        dtype: ``None`` for uint8 bags (the default), or a floating dtype for values in [0, 1].
     """
 
     def __init__(self, images: np.ndarray, bags: list[tuple[np.ndarray, int]],
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype | None = None) -> None:
         self.images = images
         self.bags = bags
         self.dtype = dtype

@@ -12,7 +12,26 @@ from torch import Tensor, nn
 from gigastream.mil.base import MILHead, MILOutput, projection
 
 
-class MeanPoolMIL(MILHead):
+class _PoolingMIL(MILHead):
+    """Projection, a pooling of the instances, and a linear classifier."""
+
+    def __init__(
+        self, in_dim: int, num_classes: int, hidden_dim: int | None = None, dropout: float = 0.0
+    ) -> None:
+        super().__init__(in_dim, num_classes)
+        self.fc, dim = projection(in_dim, hidden_dim, dropout)
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def pool(self, features: Tensor, label: Tensor | None) -> MILOutput:
+        hidden = self.fc(features)  # (N, dim)
+        embedding, attention = self.reduce(hidden)  # (dim,), (N,)
+        return MILOutput(self.classifier(embedding), attention, embedding)
+
+    def reduce(self, hidden: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class MeanPoolMIL(_PoolingMIL):
     """Mean of the (projected) instance features, then a linear classifier.
 
     Args:
@@ -27,21 +46,12 @@ class MeanPoolMIL(MILHead):
         tensor([0.2500, 0.2500, 0.2500, 0.2500])
     """
 
-    def __init__(
-        self, in_dim: int, num_classes: int, hidden_dim: int | None = None, dropout: float = 0.0
-    ) -> None:
-        super().__init__(in_dim, num_classes)
-        self.fc, dim = projection(in_dim, hidden_dim, dropout)
-        self.classifier = nn.Linear(dim, num_classes)
-
-    def pool(self, features: Tensor, label: Tensor | None) -> MILOutput:
-        hidden = self.fc(features)  # (N, dim)
-        embedding = hidden.mean(dim=0)  # (dim,)
+    def reduce(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
         attention = hidden.new_full((hidden.shape[0],), 1.0 / hidden.shape[0])  # (N,)
-        return MILOutput(self.classifier(embedding), attention, embedding)
+        return hidden.mean(dim=0), attention
 
 
-class MaxPoolMIL(MILHead):
+class MaxPoolMIL(_PoolingMIL):
     """Feature-wise maximum of the (projected) instance features, then a linear classifier.
 
     Args:
@@ -56,17 +66,8 @@ class MaxPoolMIL(MILHead):
         torch.Size([2])
     """
 
-    def __init__(
-        self, in_dim: int, num_classes: int, hidden_dim: int | None = None, dropout: float = 0.0
-    ) -> None:
-        super().__init__(in_dim, num_classes)
-        self.fc, dim = projection(in_dim, hidden_dim, dropout)
-        self.classifier = nn.Linear(dim, num_classes)
-
-    def pool(self, features: Tensor, label: Tensor | None) -> MILOutput:
-        hidden = self.fc(features)  # (N, dim)
+    def reduce(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
         embedding = hidden.max(dim=0).values  # (dim,)
         winners = (hidden == embedding).to(hidden.dtype).detach()  # (N, dim), 1 where max
         share = winners / winners.sum(dim=0, keepdim=True)  # ties split each feature's credit
-        attention = share.mean(dim=1)  # (N,)
-        return MILOutput(self.classifier(embedding), attention, embedding)
+        return embedding, share.mean(dim=1)  # (dim,), (N,)

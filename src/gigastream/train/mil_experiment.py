@@ -144,7 +144,7 @@ def run_mnist_bags(config: MnistBagsConfig) -> dict[str, Any]:
     pools = split_pools(labels, config.bags.pool_fractions, config.bags.split_seed)
     rng = np.random.default_rng(config.seed)
     splits = [
-        BagSet(images, make_bags(labels, pool, n, config.bags, rng), dtype)
+        BagSet(images, make_bags(labels, pool, n, config.bags, rng))  # uint8 bags
         for pool, n in zip(pools, (config.train_bags, config.val_bags, config.test_bags),
                            strict=True)
     ]
