@@ -1,0 +1,43 @@
+"""``gigastream synth`` end to end at a small size, and its errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gigastream import SlideReader
+from gigastream.cli.main import main
+from gigastream.wsi.manifest import read_manifest
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+@pytest.fixture
+def sources() -> list[str]:
+    if not (DATA / "images").is_dir():
+        pytest.skip(f"shared H&E images not found at {DATA / 'images'}")
+    return [str(DATA / "images"), str(DATA / "slides")]
+
+
+def test_synth_writes_dataset(tmp_path, sources, capsys):
+    code = main([
+        "synth", "--out", str(tmp_path / "ds"), "--slides", "2", "--size", "1024",
+        "--lesion-size", "64", "--seed", "5", "--no-progress", "--sources", *sources,
+    ])
+    assert code == 0
+    assert "wrote 2 slides" in capsys.readouterr().out
+    manifest = read_manifest(tmp_path / "ds" / "manifest.csv")
+    assert len(manifest) == 2
+    for row in manifest.rows:
+        with SlideReader.open(row.path) as slide:
+            assert slide.dimensions == (1024, 1024) and slide.mpp == pytest.approx(0.5)
+        assert (tmp_path / "ds" / "lesions" / f"{row.slide_id}.png").is_file()
+
+
+def test_synth_bad_settings_and_sources(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--slides", "0", "--no-progress"]) == 1
+    assert "slides must be >= 1" in capsys.readouterr().err
+    assert main(["synth", "--out", str(tmp_path), "--size", "1024", "--no-progress",
+                 "--sources", str(tmp_path / "none")]) == 1
+    assert "H&E source not found" in capsys.readouterr().err
