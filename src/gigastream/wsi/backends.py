@@ -27,12 +27,16 @@ def _positive_float(value: object) -> float | None:
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """RGBA (premultiplied or not, as OpenSlide/tiffslide return it) to RGB on white."""
+    """RGBA (not premultiplied, as OpenSlide/tiffslide return it) to RGB on white."""
     if rgba.shape[-1] == 3:
         return np.ascontiguousarray(rgba)
-    alpha = rgba[..., 3:4].astype(np.uint16)
-    rgb = rgba[..., :3].astype(np.uint16)
-    return (rgb * alpha // 255 + (255 - alpha)).astype(np.uint8)
+    rgb = np.ascontiguousarray(rgba[..., :3])
+    alpha = rgba[..., 3]
+    clear = alpha < 255
+    if clear.any():  # only outside the slide or in its empty tiles: blend those pixels
+        a = alpha[clear].astype(np.uint16)[:, None]
+        rgb[clear] = (rgb[clear].astype(np.uint16) * a // 255 + (255 - a)).astype(np.uint8)
+    return rgb
 
 
 class ArrayReader(SlideReader):
