@@ -1,1 +1,1 @@
-"""gigastream.viz."""
+"""Visualisation: :mod:`~gigastream.viz.heatmap` (score maps over slides, PNG and pyramidal TIFF)."""

@@ -143,7 +143,9 @@ class SlideSource:
         else:
             self.reads += 1
             rgb = self.reader.read_scaled(self.resolution, x0, y0, width, height)  # (h, w, 3) uint8
-            pixels = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).to(self.dtype)
+            if not rgb.flags.writeable:  # backends may hand out read-only buffers
+                rgb = rgb.copy()
+            pixels = torch.from_numpy(rgb).permute(2, 0, 1).to(self.dtype).contiguous()  # (3, h, w)
             if tissue is not True:
                 pixels = torch.where(torch.from_numpy(tissue), pixels, self._background)
         out = (pixels * self._scale + self._shift)[c0:c1]

@@ -1,0 +1,43 @@
+"""``gigastream tissue``: compute tissue masks of slides and save them as PNG."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from gigastream.wsi.reader import SlideError, SlideReader
+from gigastream.wsi.tissue import TissueMaskConfig, compute_tissue_mask
+
+logger = logging.getLogger(__name__)
+
+COMMAND = ("tissue",)
+HELP = "compute tissue masks (Otsu on saturation) and save them as PNG; report slides without tissue"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TissueMaskConfig()
+    parser.add_argument("slides", type=Path, nargs="+", help="slide files")
+    parser.add_argument("--out", type=Path, required=True, help="folder for <slide>.tissue.png")
+    parser.add_argument("--mpp", type=float, default=defaults.mpp, help="mask resolution (um/px)")
+    parser.add_argument("--slide-mpp", type=float, default=None, help="mpp of slides without metadata")
+    parser.add_argument("--min-tissue-fraction", type=float, default=defaults.min_tissue_fraction)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = TissueMaskConfig(mpp=args.mpp, min_tissue_fraction=args.min_tissue_fraction)
+    args.out.mkdir(parents=True, exist_ok=True)
+    empty = failed = 0
+    for path in args.slides:
+        try:
+            with SlideReader.open(path, mpp=args.slide_mpp) as slide:
+                mask = compute_tissue_mask(slide, config)
+        except SlideError as exc:
+            print(f"error: {exc}")
+            failed += 1
+            continue
+        target = mask.save(args.out / f"{path.stem}.tissue.png")
+        flag = "NO TISSUE" if mask.is_empty(config.min_tissue_fraction) else "ok"
+        empty += flag != "ok"
+        print(f"{path}: tissue {mask.tissue_fraction:.1%} [{flag}] -> {target}")
+    return 1 if failed or empty == len(args.slides) else 0
