@@ -188,3 +188,27 @@ def test_unreadable_image_file(tmp_path):
 
 def test_slide_error_is_a_runtime_error():
     assert issubclass(SlideError, RuntimeError)  # the CLI reports RuntimeErrors cleanly
+
+
+def test_corrupt_tile_raises_slide_error_on_read(tmp_path, tiff_slide):
+    import tifffile
+
+    data = bytearray(tiff_slide[0].read_bytes())
+    with tifffile.TiffFile(tiff_slide[0]) as tif:
+        offset, count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    data[offset : offset + count] = b"\x00" * count  # first tile of level 0: not a JPEG
+    path = tmp_path / "corrupt.tif"
+    path.write_bytes(bytes(data))
+    for backend in ("openslide", "tiffslide"):
+        with SlideReader.open(path, backend=backend) as slide:
+            with pytest.raises(SlideError, match=r"corrupt\.tif: reading level 0 at \(0, 0\) failed"):
+                slide.read_level(0, 0, 0, 64, 64)
+
+
+def test_openslide_backend_on_a_png_says_it_cannot_open(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "plain.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    with pytest.raises(SlideError, match=r"plain\.png: OpenSlide cannot open it"):
+        SlideReader.open(path, backend="openslide")

@@ -104,3 +104,9 @@ def test_errors():
         source.read((slice(None), slice(None), slice(0, 8, 2), slice(0, 8)))
     with pytest.raises(IndexError, match="slices only"):
         source.read((0, slice(None), slice(0, 8), slice(0, 8)))
+
+
+def test_too_many_index_entries():
+    source = SlideSource(SlideReader.from_array(np.zeros((16, 16, 3), np.uint8), mpp=1.0), mpp=1.0)
+    with pytest.raises(IndexError, match="5 entries for a 4-d input"):
+        source.read((slice(None),) * 5)

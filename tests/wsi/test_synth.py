@@ -114,3 +114,25 @@ def test_config_and_source_errors(tmp_path):
         find_sources([tmp_path / "absent"])
     with pytest.raises(FileNotFoundError, match="no H&E source images"):
         find_sources([tmp_path])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"size": 128}, "size must be >= 256"),
+        ({"block_size": 100}, "block_size must be a multiple of 16"),
+        ({"positive_fraction": 1.5}, "positive_fraction"),
+        ({"min_lesions": 3, "max_lesions": 2}, "min_lesions <= max_lesions"),
+    ],
+)
+def test_config_validation(changes, message):
+    with pytest.raises(ValueError, match=message):
+        SynthConfig(**{**CONFIG.__dict__, **changes}).validate()
+
+
+def test_sources_smaller_than_a_block_are_refused(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((100, 100, 3), 200, np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match="no source image is at least block_size=256"):
+        build_texture_bank(find_sources([tmp_path]), CONFIG)

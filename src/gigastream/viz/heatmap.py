@@ -90,29 +90,40 @@ def _cell_lookup(start: float, count: int, um_per_px: float, cell_um: float, cel
     return index
 
 
-def _blend(
-    pixels: np.ndarray, colours: np.ndarray, finite: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-    alpha: float,
-) -> np.ndarray:
-    """Blend score colours (looked up per pixel via ``rows``/``cols``) onto ``pixels``."""
-    inside = (rows[:, None] >= 0) & (cols[None, :] >= 0)
-    r, c = np.maximum(rows, 0)[:, None], np.maximum(cols, 0)[None, :]
-    show = inside & finite[r, c]
-    over = colours[r, c].astype(np.float32)  # (h, w, 3)
-    weight = (show * np.float32(alpha))[..., None]
-    out = pixels.astype(np.float32) * (1 - weight) + over * weight
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+@dataclass
+class _Painter:
+    """Scores turned into colours, placed on the slide in microns, ready to blend."""
 
+    colours: np.ndarray  # (rows, cols, 3) uint8
+    finite: np.ndarray  # (rows, cols) bool
+    cell_um: tuple[float, float]  # (y, x) microns per score cell
+    alpha: float
 
-def _grid_um(slide: SlideReader, scores: np.ndarray, cell_um: float | None) -> tuple[float, float]:
-    """Microns per score cell along y and x."""
-    if cell_um is not None:
-        if not cell_um > 0:
-            raise ValueError(f"cell_um must be positive, got {cell_um}")
-        return cell_um, cell_um
-    mpp = slide.mpp or 1.0  # without mpp, "microns" are level-0 pixels
-    width, height = slide.dimensions
-    return height * mpp / scores.shape[0], width * mpp / scores.shape[1]
+    @classmethod
+    def prepare(
+        cls, slide: SlideReader, scores: np.ndarray, cell_um: float | None, style: HeatmapStyle
+    ) -> _Painter:
+        scores = _check_scores(scores)
+        colours, finite = colorize(scores, style)
+        if cell_um is not None:
+            if not cell_um > 0:
+                raise ValueError(f"cell_um must be positive, got {cell_um}")
+            cells = (cell_um, cell_um)
+        else:  # stretch the grid over the slide; without mpp, "microns" are level-0 pixels
+            width, height = slide.dimensions
+            mpp = slide.mpp or 1.0
+            cells = (height * mpp / scores.shape[0], width * mpp / scores.shape[1])
+        return cls(colours, finite, cells, style.alpha)
+
+    def paint(self, pixels: np.ndarray, y0: int, um_per_px: tuple[float, float]) -> np.ndarray:
+        """Blend the colours onto ``pixels``, full-width rows from ``y0`` at ``(y, x)`` um/px."""
+        rows = _cell_lookup(y0, pixels.shape[0], um_per_px[0], self.cell_um[0], self.finite.shape[0])
+        cols = _cell_lookup(0, pixels.shape[1], um_per_px[1], self.cell_um[1], self.finite.shape[1])
+        inside = (rows[:, None] >= 0) & (cols[None, :] >= 0)
+        r, c = np.maximum(rows, 0)[:, None], np.maximum(cols, 0)[None, :]
+        weight = ((inside & self.finite[r, c]) * np.float32(self.alpha))[..., None]
+        out = pixels.astype(np.float32) * (1 - weight) + self.colours[r, c].astype(np.float32) * weight
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def overlay(
@@ -120,15 +131,10 @@ def overlay(
     style: HeatmapStyle | None = None,
 ) -> np.ndarray:
     """Blend ``scores`` onto ``image``, a picture of the whole slide at any size."""
-    style = style or HeatmapStyle()
-    scores = _check_scores(scores)
-    colours, finite = colorize(scores, style)
-    cell_y, cell_x = _grid_um(slide, scores, cell_um)
-    mpp = slide.mpp or 1.0
+    painter = _Painter.prepare(slide, scores, cell_um, style or HeatmapStyle())
     width, height = slide.dimensions
-    rows = _cell_lookup(0, image.shape[0], height * mpp / image.shape[0], cell_y, scores.shape[0])
-    cols = _cell_lookup(0, image.shape[1], width * mpp / image.shape[1], cell_x, scores.shape[1])
-    return _blend(image, colours, finite, rows, cols, style.alpha)
+    mpp = slide.mpp or 1.0
+    return painter.paint(image, 0, (height * mpp / image.shape[0], width * mpp / image.shape[1]))
 
 
 def heatmap_png(
@@ -205,10 +211,7 @@ def heatmap_tiff(
     Returns:
         ``out``.
     """
-    style = style or HeatmapStyle()
-    scores = _check_scores(scores)
-    colours, finite = colorize(scores, style)
-    cell_y, cell_x = _grid_um(slide, scores, cell_um)
+    painter = _Painter.prepare(slide, scores, cell_um, style or HeatmapStyle())
     if mpp is None:
         w0, h0 = slide.dimensions
         res = Resolution(0, 1.0, (w0, h0))
@@ -217,14 +220,11 @@ def heatmap_tiff(
         res = slide.resolution(mpp)
         out_mpp = slide.require_mpp() * slide.levels[res.level].downsample * res.scale
     width, height = res.dimensions
-    cols = _cell_lookup(0, width, out_mpp, cell_x, scores.shape[1])
 
     def strips() -> Iterator[np.ndarray]:
         for y0 in range(0, height, strip_rows):
-            rows_here = min(strip_rows, height - y0)
-            pixels = slide.read_scaled(res, 0, y0, width, rows_here)
-            rows = _cell_lookup(y0, rows_here, out_mpp, cell_y, scores.shape[0])
-            yield _blend(pixels, colours, finite, rows, cols, style.alpha)
+            pixels = slide.read_scaled(res, 0, y0, width, min(strip_rows, height - y0))
+            yield painter.paint(pixels, y0, (out_mpp, out_mpp))
 
     write_pyramid(out, strips(), width, height, out_mpp, config,
                   description=f"gigastream heatmap of {slide.name}")
