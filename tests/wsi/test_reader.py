@@ -212,3 +212,12 @@ def test_openslide_backend_on_a_png_says_it_cannot_open(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
     with pytest.raises(SlideError, match=r"plain\.png: OpenSlide cannot open it"):
         SlideReader.open(path, backend="openslide")
+
+
+def test_large_resized_reads_are_chunked_exactly(tiff_slide, monkeypatch):
+    import gigastream.wsi.reader as reader_module
+
+    with SlideReader.open(tiff_slide[0]) as slide:
+        whole = slide.read_at_mpp(0.7)
+        monkeypatch.setattr(reader_module, "MAX_READ_PIXELS", 20_000)
+        np.testing.assert_array_equal(slide.read_at_mpp(0.7), whole)

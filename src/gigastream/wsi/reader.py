@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: Relative tolerance under which a level's mpp counts as equal to a requested mpp.
 MPP_TOLERANCE = 0.01
+#: Largest source window (pixels) read at once when resizing; larger reads go in row chunks.
+MAX_READ_PIXELS = 32 * 2**20
 
 
 class SlideError(RuntimeError):
@@ -234,6 +236,13 @@ class SlideReader(ABC):
         if res.scale == 1.0 and float(x).is_integer() and float(y).is_integer():
             return self.read_level(res.level, int(x), int(y), width, height)
         cols = plan_axis(x, width, res.scale)
+        src_width = cols.src_stop - cols.src_start
+        chunk = max(1, int(MAX_READ_PIXELS / (src_width * res.scale)))  # target rows per read
+        if height > chunk:  # bound the source read; exact, as pixels depend on global position
+            return np.concatenate([
+                self.read_scaled(res, x, y + top, width, min(chunk, height - top))
+                for top in range(0, height, chunk)
+            ])
         rows = plan_axis(y, height, res.scale)
         src = self.read_level(
             res.level, cols.src_start, rows.src_start,
