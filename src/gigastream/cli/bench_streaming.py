@@ -1,0 +1,38 @@
+"""``gigastream bench streaming``: conventional vs checkpoint vs streaming, each in a fresh process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+COMMAND = ("bench", "streaming")
+HELP = "time and peak memory of conventional, checkpointed and streamed trunk training (JSON)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", default="resnet34", help="torchvision architecture (default resnet34)")
+    parser.add_argument("--size", type=int, default=3072, help="square image side in pixels")
+    parser.add_argument("--tile", type=int, default=None, help="largest tile in pixels")
+    parser.add_argument("--memory-budget", default=None, help="e.g. 2GiB; the planner picks the plan")
+    parser.add_argument("--repeats", type=int, default=2, help="forward+backward runs per mode")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--modes", default="conventional,checkpoint,streaming", help="comma-separated subset of modes"
+    )
+    parser.add_argument("--out", default="bench-streaming.json", help="JSON file to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    from gigastream.streaming.benchmark import MODES, run_benchmark
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown mode(s) {bad}; choose from {list(MODES)}")
+    result = run_benchmark(
+        args.arch, args.size, args.tile, args.memory_budget, args.repeats, args.seed, modes, args.out
+    )
+    print(result["plan_text"])
+    print(json.dumps(result["modes"], indent=2))
+    print(f"written {args.out}")
+    return 0

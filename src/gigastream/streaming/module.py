@@ -1,0 +1,223 @@
+"""``StreamingModule``: run a CNN trunk on an image of any size, exactly, in bounded memory.
+
+Streaming convolution (Pinckaers, van Ginneken, Litjens, TPAMI 2020) with two refinements:
+
+- **one-radius ownership**: every output position is back-propagated from exactly one
+  tile (the one that owns it), so a tile needs one receptive-field radius of margin, and
+  only on its sides that face another tile; tiles are balanced over the image and placed
+  on the output-stride grid, so each computes exactly what the full image computes;
+- **segmented streaming**: the trunk is cut at layer boundaries into segments; each is
+  streamed with its own (much smaller) margin or, for deep low-resolution segments, runs
+  with its graph kept. The (graph-free) feature map between segments is stored; in
+  backward, its gradient is accumulated and streamed back through the segment before.
+
+The plan (segments, tiles, kept graphs, estimated peak memory and compute) is chosen by
+:func:`gigastream.streaming.planner.plan_streaming` from ``tile_size`` and/or
+``memory_budget`` and is available as :attr:`StreamingModule.last_plan`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gigastream.streaming.geometry import StreamingError
+from gigastream.streaming.planner import (
+    Segment,
+    StreamingPlan,
+    make_pieces,
+    parse_bytes,
+    plan_streaming,
+    split_segments,
+)
+from gigastream.streaming.recompute import InputSource, piecewise_recompute
+
+logger = logging.getLogger(__name__)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free memory on ``device`` in bytes (CUDA: free device memory; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        return None
+    return None
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Put every BatchNorm layer of ``module`` in eval mode (running statistics); returns it."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return module
+
+
+class StreamingModule(nn.Module):
+    """Wrap a CNN trunk so it runs tile by tile with gradients equal to the ordinary ones.
+
+    Args:
+        trunk: the local part of the network (everything before global pooling), usually an
+            ``nn.Sequential``. Supported layers: Conv2d (any kernel, stride, dilation,
+            groups, zero padding incl. ``'same'``), MaxPool2d/AvgPool2d, BatchNorm2d in eval
+            mode, pointwise modules (activations, Dropout), nested Sequentials, torchvision
+            ResNet BasicBlock/Bottleneck, and custom modules that describe their geometry
+            (see :mod:`gigastream.streaming.geometry`).
+        tile_size: largest tile, in input-image pixels (margins included).
+        memory_budget: bytes or e.g. ``"4GiB"``: the planner picks the fastest plan whose
+            estimated peak tensor memory fits. With only ``tile_size`` the budget is what
+            streaming every segment at that tile size needs.
+        segments: ``"auto"`` (cut a ResNet into stem+layer1 | layer2 | layer3 | layer4),
+            ``"none"`` (one segment), or names of top-level children to cut before.
+        freeze_batchnorm: keep BatchNorm layers in eval mode even after ``.train()``;
+            otherwise a train-mode BatchNorm raises an error (it cannot stream exactly).
+        progress: show a progress bar over tiles.
+
+    Example:
+        >>> import torchvision
+        >>> trunk = nn.Sequential(*list(torchvision.models.resnet18().children())[:-2]).eval()
+        >>> streamed = StreamingModule(trunk, tile_size=512)
+        >>> image = torch.randn(1, 3, 700, 900)
+        >>> fmap = streamed(image)
+        >>> torch.allclose(fmap, trunk(image), atol=1e-5)
+        True
+    """
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        tile_size: int | None = None,
+        memory_budget: int | str | None = None,
+        *,
+        segments: str | Sequence[str] | None = "auto",
+        freeze_batchnorm: bool = False,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        if tile_size is None and memory_budget is None:
+            raise StreamingError(
+                "StreamingModule needs tile_size (pixels, e.g. 2048) or memory_budget (e.g. '4GiB')"
+            )
+        if tile_size is not None and int(tile_size) < 1:
+            raise StreamingError(f"tile_size must be a positive number of pixels, got {tile_size}")
+        if memory_budget is not None:
+            parse_bytes(memory_budget)  # validate early
+        self.trunk = trunk
+        self.tile_size = int(tile_size) if tile_size is not None else None
+        self.memory_budget = memory_budget
+        self.freeze_bn = freeze_batchnorm
+        self.progress = progress
+        if freeze_batchnorm:
+            freeze_batchnorm_fn(trunk)
+        # plain list: the segments reference the trunk's own modules (no copies)
+        self._segments: list[Segment] = split_segments(trunk, segments)
+        self._plans: dict[tuple, StreamingPlan] = {}
+        self.last_plan: StreamingPlan | None = None
+
+    def train(self, mode: bool = True) -> StreamingModule:
+        super().train(mode)
+        if self.freeze_bn:
+            freeze_batchnorm_fn(self.trunk)
+        return self
+
+    def plan(
+        self,
+        input_shape: Sequence[int],
+        dtype: torch.dtype = torch.float32,
+        *,
+        input_requires_grad: bool = False,
+        lazy_input: bool = False,
+        device: torch.device | str = "cpu",
+    ) -> StreamingPlan:
+        """The plan for an input of ``input_shape`` (B, C, H, W), cached per shape."""
+        device = torch.device(device)
+        key = (tuple(input_shape), dtype, input_requires_grad, lazy_input, device.type)
+        if key not in self._plans:
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            self._plans[key] = plan_streaming(
+                self._segments,
+                input_shape,
+                bytes_per_elem=itemsize,
+                tile_size=self.tile_size,
+                memory_budget=self.memory_budget,
+                input_requires_grad=input_requires_grad,
+                lazy_input=lazy_input,
+                available_bytes=available_memory(device),
+            )
+            logger.info("%s", self._plans[key])
+        return self._plans[key]
+
+    def _check_modes(self) -> None:
+        for name, m in self.trunk.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+                raise StreamingError(
+                    f"cannot stream {name or type(m).__name__!r} ({type(m).__name__} in train mode): "
+                    "batch statistics couple all positions of the image. Call .eval() on the trunk "
+                    "or use StreamingModule(..., freeze_batchnorm=True)."
+                )
+
+    def forward(self, x: Tensor | InputSource) -> Tensor:
+        """Run the trunk on ``x`` (B, C, H, W) -> the trunk's output feature map.
+
+        ``x`` may be a tensor (``requires_grad`` gives the input gradient) or an
+        :class:`~gigastream.streaming.recompute.InputSource` that is read tile by tile.
+        """
+        lazy = not isinstance(x, Tensor)
+        ndim = x.dim() if isinstance(x, Tensor) else len(x.shape)
+        if ndim != 4:
+            raise StreamingError(f"StreamingModule expects (B, C, H, W) input, got shape {tuple(x.shape)}")
+        self._check_modes()
+        dtype = x.dtype
+        device_type = x.device.type if x.device.type in ("cuda", "cpu") else "cpu"
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+        plan = self.plan(
+            tuple(x.shape),
+            dtype,
+            input_requires_grad=(not lazy and x.requires_grad),
+            lazy_input=lazy,
+            device=x.device,
+        )
+        self.last_plan = plan
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            total = sum(s.tiles[0] * s.tiles[1] for s in plan.segments if s.mode == "stream")
+            bar = tqdm(total=total, desc="streaming tiles", leave=False)
+        try:
+            h: Tensor | InputSource = x
+            for seg, seg_plan in zip(self._segments, plan.segments, strict=True):
+                if seg_plan.mode == "keep":
+                    assert isinstance(h, Tensor)
+                    h = seg.module(h)
+                    continue
+                assert seg.geometry is not None
+                pieces = make_pieces(
+                    seg.geometry, seg_plan.in_shape[-2:], seg_plan.out_shape[-2:], seg_plan.tiles
+                )
+                h = piecewise_recompute(
+                    seg.module,
+                    h,
+                    pieces,
+                    seg_plan.out_shape,
+                    list(seg.module.parameters()),
+                    module=seg.module,
+                    progress=bar.update if bar is not None else None,
+                )
+        finally:
+            if bar is not None:
+                bar.close()
+        assert isinstance(h, Tensor)
+        return h
+
+
+freeze_batchnorm_fn = freeze_batchnorm
