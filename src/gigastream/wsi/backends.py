@@ -103,9 +103,10 @@ class _OpenSlideLike(SlideReader):
         self._handle = handle
 
     def _location0(self, level: int, x: int, y: int) -> tuple[int, int]:
-        # level-0 coordinates whose division by the level's downsample lands on (x, y)
+        # level-0 coordinates whose division by the level's downsample lands nearest (x, y);
+        # exact for power-of-two pyramids (ours), within 0.5 / downsample px for scanners'
         ds = self.levels[level].downsample
-        return math.floor(x * ds + 1e-6), math.floor(y * ds + 1e-6)
+        return round(x * ds), round(y * ds)
 
     def close(self) -> None:
         self._handle.close()
