@@ -221,3 +221,20 @@ def test_large_resized_reads_are_chunked_exactly(tiff_slide, monkeypatch):
         whole = slide.read_at_mpp(0.7)
         monkeypatch.setattr(reader_module, "MAX_READ_PIXELS", 20_000)
         np.testing.assert_array_equal(slide.read_at_mpp(0.7), whole)
+
+
+def test_tiffs_openslide_does_not_read_go_to_tiffslide(tmp_path, image_factory):
+    import tifffile
+
+    image = image_factory(300, 400)
+    stripped = tmp_path / "stripped.tif"  # not tiled: OpenSlide's generic-tiff refuses it
+    tifffile.imwrite(stripped, image, photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5),
+                     resolutionunit="CENTIMETER")
+    ome = tmp_path / "image.ome.tif"
+    tifffile.imwrite(ome, image, photometric="rgb", tile=(128, 128),
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+    for path, mpp in ((stripped, 0.5), (ome, 0.25)):
+        with SlideReader.open(path) as slide:
+            assert slide.backend == "tiffslide", path
+            assert slide.mpp == pytest.approx(mpp)
+            np.testing.assert_array_equal(slide.read_level(0, 0, 0, 400, 300), image)

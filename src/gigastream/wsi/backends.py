@@ -147,6 +147,8 @@ class TiffSlideReader(_OpenSlideLike):
         except Exception as exc:  # tiffslide/tifffile raise many types
             raise SlideError(f"{path}: tiffslide cannot open it: {exc}") from exc
         super().__init__(path, handle, mpp)
+        if self._mpp is None:
+            self._mpp = ome_mpp(path)
 
     def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         w, h = self.levels[level].dimensions
@@ -160,6 +162,33 @@ class TiffSlideReader(_OpenSlideLike):
         )
         out[ys - y : ye - y, xs - x : xe - x] = _composite_on_white(np.asarray(region))[..., :3]
         return out
+
+
+_MICRONS_PER_UNIT = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def ome_mpp(path: Path) -> float | None:
+    """Microns per pixel from an OME-TIFF's ``Pixels`` ``PhysicalSizeX/Y``, if stated."""
+    import xml.etree.ElementTree as ET
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata if tif.is_ome else None
+        if not xml:
+            return None
+        pixels = next(el for el in ET.fromstring(xml).iter() if el.tag.endswith("}Pixels"))
+    except Exception:  # no OME-XML or no Pixels element: mpp stays unknown
+        return None
+    sizes = []
+    for axis in ("X", "Y"):
+        size = _positive_float(pixels.get(f"PhysicalSize{axis}"))
+        factor = _MICRONS_PER_UNIT.get(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+        if size is None or factor is None:
+            return None
+        sizes.append(size * factor)
+    return sum(sizes) / 2
 
 
 def check_tiff_complete(path: Path) -> None:
@@ -238,6 +267,8 @@ def open_slide(path: Path, mpp: float | None = None, backend: str = "auto") -> S
         return TiffSlideReader(path, mpp)
     if backend == "openslide":
         return OpenSlideReader(path, mpp)
+    if name.endswith((".ome.tif", ".ome.tiff")):
+        return TiffSlideReader(path, mpp)  # OME-XML (mpp, channels) is read by tiffslide only
     import openslide
 
     try:

@@ -102,9 +102,9 @@ class SlideReader(ABC):
     def open(cls, path: str | Path, mpp: float | None = None, backend: str = "auto") -> SlideReader:
         """Open a slide file with the backend that reads it.
 
-        OpenSlide reads what it recognises (svs, ndpi, mrxs, scn, vms, bif, Philips and
-        generic tiled TIFF); other TIFF/OME-TIFF files go to tiffslide; plain PNG/JPEG
-        images are read into memory.
+        OME-TIFF goes to tiffslide (it reads the OME-XML mpp); otherwise OpenSlide reads
+        what it recognises (svs, ndpi, mrxs, scn, vms, bif, Philips and generic tiled
+        TIFF) and other TIFFs go to tiffslide; plain PNG/JPEG images are read into memory.
 
         Args:
             path: the slide file.
