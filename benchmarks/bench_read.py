@@ -24,7 +24,12 @@ def main() -> None:
     args.out.write_text(json.dumps(reports, indent=1) + "\n")
     for report in reports:
         for r in report["results"]:
-            print(report["slide"].get("path"), r["backend"], r["level"], f"{r['megapixels_per_s']:.1f} MP/s")
+            print(
+                report["slide"].get("path"),
+                r["backend"],
+                r["level"],
+                f"{r['megapixels_per_s']:.1f} MP/s",
+            )
 
 
 if __name__ == "__main__":

@@ -82,16 +82,24 @@ def _synth(size: int, workdir: Path) -> Path:
     out = workdir / f"synth{size}"
     slide = out / "slides" / "synth_000.tif"
     if not slide.exists():
-        synthesize_dataset(out, SynthConfig(slides=1, size=size, positive_fraction=1.0, seed=size),
-                           ["../shared/data/images", "../shared/data/slides"])
+        synthesize_dataset(
+            out,
+            SynthConfig(slides=1, size=size, positive_fraction=1.0, seed=size),
+            ["../shared/data/images", "../shared/data/slides"],
+        )
     return slide
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slides", type=Path, nargs="+", help="slides to stream (small first)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[8192, 32768],
-                        help="without --slides: write synthetic slides of these sizes")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[8192, 32768],
+        help="without --slides: write synthetic slides of these sizes",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("bench-synth"))
     parser.add_argument("--mpp", type=float, default=None, help="target mpp (default: level 0)")
     parser.add_argument("--tile-size", type=int, default=1024)
@@ -113,8 +121,20 @@ def main() -> None:
 
             with SlideReader.open(slide) as reader:
                 mpp = reader.require_mpp()
-        cmd = [sys.executable, __file__, "--child", str(slide), "--mpp", str(mpp),
-               "--tile-size", str(args.tile_size), "--backend", args.backend, "--out", "-"]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(slide),
+            "--mpp",
+            str(mpp),
+            "--tile-size",
+            str(args.tile_size),
+            "--backend",
+            args.backend,
+            "--out",
+            "-",
+        ]
         result = subprocess.run(cmd, check=True, capture_output=True, text=True)
         runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
         print(json.dumps(runs[-1]))

@@ -14,8 +14,20 @@ def test_bench_read_reports_both_backends_and_two_levels(tmp_path, capsys):
     slide = tmp_path / "s.tif"
     write_pyramid(slide, iter([np.full((1024, 1024, 3), 200, np.uint8)]), 1024, 1024, mpp=0.5)
     out = tmp_path / "read.json"
-    code = main(["bench", "read", "--slide", str(slide), "--out", str(out), "--reads", "3",
-                 "--region-size", "128"])
+    code = main(
+        [
+            "bench",
+            "read",
+            "--slide",
+            str(slide),
+            "--out",
+            str(out),
+            "--reads",
+            "3",
+            "--region-size",
+            "128",
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     runs = {(r["backend"], r["level"]) for r in report["results"]}
@@ -30,8 +42,25 @@ def test_bench_read_single_level_image_reads_resized(tmp_path):
     path = tmp_path / "one.tif"
     Image.fromarray(np.full((600, 600, 3), 128, np.uint8)).save(path, dpi=(50800, 50800))
     out = tmp_path / "r.json"
-    assert main(["bench", "read", "--slide", str(path), "--out", str(out), "--reads", "2",
-                 "--region-size", "64", "--backends", "tiffslide"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "read",
+                "--slide",
+                str(path),
+                "--out",
+                str(out),
+                "--reads",
+                "2",
+                "--region-size",
+                "64",
+                "--backends",
+                "tiffslide",
+            ]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())["results"]
     assert [r["resized"] for r in results] in ([False, True], [False])
 

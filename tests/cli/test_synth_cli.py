@@ -21,10 +21,24 @@ def sources() -> list[str]:
 
 
 def test_synth_writes_dataset(tmp_path, sources, capsys):
-    code = main([
-        "synth", "--out", str(tmp_path / "ds"), "--slides", "2", "--size", "1024",
-        "--lesion-size", "64", "--seed", "5", "--no-progress", "--sources", *sources,
-    ])
+    code = main(
+        [
+            "synth",
+            "--out",
+            str(tmp_path / "ds"),
+            "--slides",
+            "2",
+            "--size",
+            "1024",
+            "--lesion-size",
+            "64",
+            "--seed",
+            "5",
+            "--no-progress",
+            "--sources",
+            *sources,
+        ]
+    )
     assert code == 0
     assert "wrote 2 slides" in capsys.readouterr().out
     manifest = read_manifest(tmp_path / "ds" / "manifest.csv")
@@ -38,6 +52,19 @@ def test_synth_writes_dataset(tmp_path, sources, capsys):
 def test_synth_bad_settings_and_sources(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--slides", "0", "--no-progress"]) == 1
     assert "slides must be >= 1" in capsys.readouterr().err
-    assert main(["synth", "--out", str(tmp_path), "--size", "1024", "--no-progress",
-                 "--sources", str(tmp_path / "none")]) == 1
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(tmp_path),
+                "--size",
+                "1024",
+                "--no-progress",
+                "--sources",
+                str(tmp_path / "none"),
+            ]
+        )
+        == 1
+    )
     assert "H&E source not found" in capsys.readouterr().err

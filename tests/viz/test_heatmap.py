@@ -50,7 +50,9 @@ def test_png_has_thumbnail_and_colour_bar(slide, tmp_path):
 def test_tiff_overlay_opens_as_a_slide(slide, tmp_path, backend):
     scores = np.zeros((3, 4))
     scores[1, 2] = 1.0
-    path = heatmap_tiff(slide, scores, tmp_path / "h.tif", style=HeatmapStyle(alpha=1.0), strip_rows=96)
+    path = heatmap_tiff(
+        slide, scores, tmp_path / "h.tif", style=HeatmapStyle(alpha=1.0), strip_rows=96
+    )
     with SlideReader.open(path, backend=backend) as viewer:
         assert viewer.dimensions == (800, 600) and len(viewer.levels) == 3
         assert viewer.mpp == pytest.approx(0.5)

@@ -50,5 +50,7 @@ def tiff_slide(tmp_path_factory) -> tuple[Path, np.ndarray]:
     image = make_image(1000, 1300)
     path = tmp_path_factory.mktemp("slides") / "pyramid.tif"
     strips = (image[y : y + 96] for y in range(0, 1000, 96))
-    write_pyramid(path, strips, 1300, 1000, mpp=0.25, config=PyramidConfig(tile_size=256, quality=95))
+    write_pyramid(
+        path, strips, 1300, 1000, mpp=0.25, config=PyramidConfig(tile_size=256, quality=95)
+    )
     return path, image

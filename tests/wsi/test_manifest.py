@@ -30,17 +30,22 @@ def _touch(folder, *names):
 
 def test_read_manifest_labels_and_optional_columns(tmp_path):
     _touch(tmp_path, "a.svs", "b.svs", "c.svs")
-    path = _write(tmp_path / "m.csv", [
-        "slide_id,path,label,case_id,split,mpp",
-        "a,a.svs,tumor,p1,train,0.25",
-        "b,b.svs,normal,p1,,",
-        f"c,{tmp_path / 'c.svs'},tumor,,test,",
-    ])
+    path = _write(
+        tmp_path / "m.csv",
+        [
+            "slide_id,path,label,case_id,split,mpp",
+            "a,a.svs,tumor,p1,train,0.25",
+            "b,b.svs,normal,p1,,",
+            f"c,{tmp_path / 'c.svs'},tumor,,test,",
+        ],
+    )
     manifest = read_manifest(path)
     assert manifest.labels == ["normal", "tumor"]
     assert manifest.label_to_index == {"normal": 0, "tumor": 1}
     a, b, c = manifest.rows
-    assert a.path == tmp_path / "a.svs" and a.mpp == 0.25 and a.split == "train" and a.case_id == "p1"
+    assert (
+        a.path == tmp_path / "a.svs" and a.mpp == 0.25 and a.split == "train" and a.case_id == "p1"
+    )
     assert b.mpp is None and b.split is None
     assert c.case_id == "c" and manifest.label_index(c) == 1
 
@@ -54,16 +59,19 @@ def test_fixed_label_order_from_a_model(tmp_path):
 
 def test_every_bad_row_is_listed_at_once(tmp_path):
     _touch(tmp_path, "a.svs", "b.svs")
-    path = _write(tmp_path / "m.csv", [
-        "slide_id,path,label",
-        "a,a.svs,tumor",
-        "b,missing.svs,tumor",
-        "a,b.svs,normal",
-        "d,b.svs,",
-        "e,b.svs,weird",
-        ",b.svs,tumor",
-        "g,b.svs,tumor",
-    ])
+    path = _write(
+        tmp_path / "m.csv",
+        [
+            "slide_id,path,label",
+            "a,a.svs,tumor",
+            "b,missing.svs,tumor",
+            "a,b.svs,normal",
+            "d,b.svs,",
+            "e,b.svs,weird",
+            ",b.svs,tumor",
+            "g,b.svs,tumor",
+        ],
+    )
     with pytest.raises(ManifestError) as info:
         read_manifest(path, labels=["normal", "tumor"])
     errors = info.value.errors

@@ -31,8 +31,14 @@ def test_level_dimensions():
 def test_strip_heights_need_not_match_tiles(tmp_path, image_factory):
     image = image_factory(300, 200, seed=3)
     strips = [image[:7], image[7:250], image[250:]]
-    dims = write_pyramid(tmp_path / "s.tif", iter(strips), 200, 300, mpp=1.0,
-                         config=PyramidConfig(tile_size=64, quality=95))
+    dims = write_pyramid(
+        tmp_path / "s.tif",
+        iter(strips),
+        200,
+        300,
+        mpp=1.0,
+        config=PyramidConfig(tile_size=64, quality=95),
+    )
     assert dims == [(200, 300), (100, 150), (50, 75), (25, 38)]
     with tifffile.TiffFile(tmp_path / "s.tif") as tif:
         got = tif.pages[0].asarray().astype(int)
@@ -58,4 +64,6 @@ def test_bad_strips_raise_and_leave_no_file(tmp_path, strips, message):
 
 def test_bad_tile_size(tmp_path):
     with pytest.raises(ValueError, match="multiple of 16"):
-        write_pyramid(tmp_path / "x.tif", iter([]), 64, 64, mpp=1.0, config=PyramidConfig(tile_size=100))
+        write_pyramid(
+            tmp_path / "x.tif", iter([]), 64, 64, mpp=1.0, config=PyramidConfig(tile_size=100)
+        )

@@ -40,7 +40,12 @@ def test_written_pyramid_levels_and_mpp(tiff_slide, backend):
     path, image = tiff_slide
     with SlideReader.open(path, backend=backend) as slide:
         assert slide.backend == backend
-        assert [lv.dimensions for lv in slide.levels] == [(1300, 1000), (650, 500), (325, 250), (163, 125)]
+        assert [lv.dimensions for lv in slide.levels] == [
+            (1300, 1000),
+            (650, 500),
+            (325, 250),
+            (163, 125),
+        ]
         assert slide.mpp == pytest.approx(0.25)
         expected = image
         for level in range(len(slide.levels)):
@@ -83,7 +88,11 @@ def test_array_reader_pyramid_and_out_of_bounds():
     assert isinstance(slide, ArrayReader)
     assert [lv.dimensions for lv in slide.levels] == [(1000, 600), (500, 300), (250, 150)]
     region = slide.read_level(0, 990, -5, 20, 10)
-    assert (region[:5] == 255).all() and (region[5:, :10] == 0).all() and (region[5:, 10:] == 255).all()
+    assert (
+        (region[:5] == 255).all()
+        and (region[5:, :10] == 0).all()
+        and (region[5:, 10:] == 255).all()
+    )
     chw = SlideReader.from_array(np.zeros((3, 40, 50), np.uint8), mpp=1.0)
     assert chw.dimensions == (50, 40)
 
@@ -201,7 +210,9 @@ def test_corrupt_tile_raises_slide_error_on_read(tmp_path, tiff_slide):
     path.write_bytes(bytes(data))
     for backend in ("openslide", "tiffslide"):
         with SlideReader.open(path, backend=backend) as slide:
-            with pytest.raises(SlideError, match=r"corrupt\.tif: reading level 0 at \(0, 0\) failed"):
+            with pytest.raises(
+                SlideError, match=r"corrupt\.tif: reading level 0 at \(0, 0\) failed"
+            ):
                 slide.read_level(0, 0, 0, 64, 64)
 
 
@@ -228,11 +239,21 @@ def test_tiffs_openslide_does_not_read_go_to_tiffslide(tmp_path, image_factory):
 
     image = image_factory(300, 400)
     stripped = tmp_path / "stripped.tif"  # not tiled: OpenSlide's generic-tiff refuses it
-    tifffile.imwrite(stripped, image, photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5),
-                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        stripped,
+        image,
+        photometric="rgb",
+        resolution=(1e4 / 0.5, 1e4 / 0.5),
+        resolutionunit="CENTIMETER",
+    )
     ome = tmp_path / "image.ome.tif"
-    tifffile.imwrite(ome, image, photometric="rgb", tile=(128, 128),
-                     metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+    tifffile.imwrite(
+        ome,
+        image,
+        photometric="rgb",
+        tile=(128, 128),
+        metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25},
+    )
     for path, mpp in ((stripped, 0.5), (ome, 0.25)):
         with SlideReader.open(path) as slide:
             assert slide.backend == "tiffslide", path

@@ -65,8 +65,12 @@ def test_streaming_a_slide_equals_the_whole_image(tiff_slide):
 
     torch.manual_seed(0)
     trunk = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
     ).double()
     with SlideReader.open(tiff_slide[0]) as slide:
         source = SlideSource(slide, mpp=0.9, normalize=IMAGENET, dtype=torch.float64)  # resized

@@ -21,8 +21,17 @@ from gigastream.wsi.synth import (
 )
 from gigastream.wsi.tissue import TissueMask, TissueMaskConfig, compute_tissue_mask
 
-CONFIG = SynthConfig(slides=2, size=1024, positive_fraction=0.5, lesion_size=96, min_lesions=2,
-                     max_lesions=2, block_size=256, bank_size=8, seed=3)
+CONFIG = SynthConfig(
+    slides=2,
+    size=1024,
+    positive_fraction=0.5,
+    lesion_size=96,
+    min_lesions=2,
+    max_lesions=2,
+    block_size=256,
+    bank_size=8,
+    seed=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +66,18 @@ def test_manifest_masks_and_labels(dataset):
 
 def test_slides_have_tissue_and_background(dataset):
     with SlideReader.open(dataset / "slides" / "synth_001.tif") as slide:
-        mask = compute_tissue_mask(slide, TissueMaskConfig(mpp=2.0, min_object_um2=1000))  # a tiny slide
+        mask = compute_tissue_mask(
+            slide, TissueMaskConfig(mpp=2.0, min_object_um2=1000)
+        )  # a tiny slide
     assert 0.1 < mask.tissue_fraction < 0.9
 
 
 def test_lesion_visible_at_full_resolution_and_gone_when_downsampled(dataset, data_dir):
     manifest = read_manifest(dataset / "manifest.csv")
     positive = next(r for r in manifest.rows if r.label == "positive")
-    lesion = json.loads((dataset / "lesions" / f"{positive.slide_id}.json").read_text())["lesions"][0]
+    lesion = json.loads((dataset / "lesions" / f"{positive.slide_id}.json").read_text())["lesions"][
+        0
+    ]
     # re-render the same slide without lesions: the difference is the lesion alone
     bank = build_texture_bank(find_sources([data_dir / "images", data_dir / "slides"]), CONFIG)
     index = int(positive.slide_id.split("_")[1])
@@ -81,7 +94,9 @@ def test_lesion_visible_at_full_resolution_and_gone_when_downsampled(dataset, da
     assert full_res > 10  # plainly visible at full resolution
     assert np.abs(blocks).mean() < 0.2 * full_res  # mostly averaged away at 16x
     # and outside the lesions the slides are identical
-    assert np.array_equal(a[: y - r - 10], b[: y - r - 10]) or np.array_equal(a[y + r + 10 :], b[y + r + 10 :])
+    assert np.array_equal(a[: y - r - 10], b[: y - r - 10]) or np.array_equal(
+        a[y + r + 10 :], b[y + r + 10 :]
+    )
 
 
 def test_same_seed_same_pixels(dataset, tmp_path, data_dir):
@@ -90,7 +105,9 @@ def test_same_seed_same_pixels(dataset, tmp_path, data_dir):
         SlideReader.open(tmp_path / "slides" / "synth_000.tif") as again,
         SlideReader.open(dataset / "slides" / "synth_000.tif") as first,
     ):
-        np.testing.assert_array_equal(again.read_level(1, 0, 0, 512, 512), first.read_level(1, 0, 0, 512, 512))
+        np.testing.assert_array_equal(
+            again.read_level(1, 0, 0, 512, 512), first.read_level(1, 0, 0, 512, 512)
+        )
 
 
 def test_lesion_pattern_is_zero_mean():

@@ -20,14 +20,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slide", type=Path, required=True, help="slide file")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: print only)")
     parser.add_argument("--backends", nargs="+", default=list(defaults.backends))
-    parser.add_argument("--region-size", type=int, default=defaults.region_size, help="region edge (px)")
+    parser.add_argument(
+        "--region-size", type=int, default=defaults.region_size, help="region edge (px)"
+    )
     parser.add_argument("--reads", type=int, default=defaults.reads, help="timed reads per level")
     parser.add_argument("--seed", type=int, default=defaults.seed)
 
 
 def run(args: argparse.Namespace) -> int:
     config = ReadBenchConfig(
-        backends=tuple(args.backends), region_size=args.region_size, reads=args.reads, seed=args.seed
+        backends=tuple(args.backends),
+        region_size=args.region_size,
+        reads=args.reads,
+        seed=args.seed,
     )
     report = benchmark_reads(args.slide, config)
     text = json.dumps(report, indent=1)
@@ -35,8 +40,12 @@ def run(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
     for r in report["results"]:
-        where = f"level {r['level']}" if r["level"] is not None else f"{r['mpp']:.3g} um/px (resized)"
-        print(f"{r['backend']:>10} {where:<24} {r['megapixels_per_s']:8.1f} MP/s  {r['ms_per_read']:7.1f} ms/read")
+        where = (
+            f"level {r['level']}" if r["level"] is not None else f"{r['mpp']:.3g} um/px (resized)"
+        )
+        print(
+            f"{r['backend']:>10} {where:<24} {r['megapixels_per_s']:8.1f} MP/s  {r['ms_per_read']:7.1f} ms/read"
+        )
     for backend, error in report["failures"].items():
         print(f"{backend:>10} failed: {error}")
     return 0 if report["results"] else 1

@@ -12,15 +12,21 @@ HELP = "validate a slide manifest CSV and write stratified patient-level k-fold 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", type=Path, required=True, help="CSV slide_id,path,label[,case_id,...]")
+    parser.add_argument(
+        "--manifest", type=Path, required=True, help="CSV slide_id,path,label[,case_id,...]"
+    )
     parser.add_argument("--out", type=Path, required=True, help="splits CSV to write")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-check-files", action="store_true", help="do not require the slide files")
+    parser.add_argument(
+        "--no-check-files", action="store_true", help="do not require the slide files"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.manifest, check_files=not args.no_check_files)
     write_splits(manifest, args.out, folds=args.folds, seed=args.seed)
-    print(f"{len(manifest)} slides, labels {manifest.label_to_index}; {args.folds} folds -> {args.out}")
+    print(
+        f"{len(manifest)} slides, labels {manifest.label_to_index}; {args.folds} folds -> {args.out}"
+    )
     return 0

@@ -23,19 +23,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slides", type=int, default=defaults.slides, help="number of slides")
     parser.add_argument("--size", type=int, default=defaults.size, help="level-0 edge in pixels")
     parser.add_argument("--mpp", type=float, default=defaults.mpp, help="microns per level-0 pixel")
-    parser.add_argument("--lesion-size", type=int, default=defaults.lesion_size, help="lesion diameter (px)")
+    parser.add_argument(
+        "--lesion-size", type=int, default=defaults.lesion_size, help="lesion diameter (px)"
+    )
     parser.add_argument("--min-lesions", type=int, default=defaults.min_lesions)
     parser.add_argument("--max-lesions", type=int, default=defaults.max_lesions)
     parser.add_argument("--lesion-contrast", type=float, default=defaults.lesion_contrast)
     parser.add_argument(
-        "--positive-fraction", type=float, default=defaults.positive_fraction,
+        "--positive-fraction",
+        type=float,
+        default=defaults.positive_fraction,
         help="fraction of slides with lesions",
     )
     parser.add_argument("--tile-size", type=int, default=defaults.tile_size, help="TIFF tile edge")
     parser.add_argument("--quality", type=int, default=defaults.quality, help="JPEG quality")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
-        "--sources", type=Path, nargs="+", default=[Path(p) for p in DEFAULT_SOURCES],
+        "--sources",
+        type=Path,
+        nargs="+",
+        default=[Path(p) for p in DEFAULT_SOURCES],
         help="H&E images/slides (files or folders) to cut tissue from (default: %(default)s)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -43,13 +50,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = SynthConfig(
-        slides=args.slides, size=args.size, mpp=args.mpp, lesion_size=args.lesion_size,
-        min_lesions=args.min_lesions, max_lesions=args.max_lesions,
-        lesion_contrast=args.lesion_contrast, positive_fraction=args.positive_fraction,
-        tile_size=args.tile_size, quality=args.quality, seed=args.seed,
+        slides=args.slides,
+        size=args.size,
+        mpp=args.mpp,
+        lesion_size=args.lesion_size,
+        min_lesions=args.min_lesions,
+        max_lesions=args.max_lesions,
+        lesion_contrast=args.lesion_contrast,
+        positive_fraction=args.positive_fraction,
+        tile_size=args.tile_size,
+        quality=args.quality,
+        seed=args.seed,
     )
     start = time.perf_counter()
     manifest = synthesize_dataset(args.out, config, args.sources, progress=not args.no_progress)
-    print(f"wrote {config.slides} slides of {config.size}^2 px to {args.out} "
-          f"in {time.perf_counter() - start:.1f} s; manifest: {manifest}")
+    print(
+        f"wrote {config.slides} slides of {config.size}^2 px to {args.out} "
+        f"in {time.perf_counter() - start:.1f} s; manifest: {manifest}"
+    )
     return 0

@@ -12,7 +12,9 @@ from gigastream.wsi.tissue import TissueMaskConfig, compute_tissue_mask
 logger = logging.getLogger(__name__)
 
 COMMAND = ("tissue",)
-HELP = "compute tissue masks (Otsu on saturation) and save them as PNG; report slides without tissue"
+HELP = (
+    "compute tissue masks (Otsu on saturation) and save them as PNG; report slides without tissue"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slides", type=Path, nargs="+", help="slide files")
     parser.add_argument("--out", type=Path, required=True, help="folder for <slide>.tissue.png")
     parser.add_argument("--mpp", type=float, default=defaults.mpp, help="mask resolution (um/px)")
-    parser.add_argument("--slide-mpp", type=float, default=None, help="mpp of slides without metadata")
+    parser.add_argument(
+        "--slide-mpp", type=float, default=None, help="mpp of slides without metadata"
+    )
     parser.add_argument("--min-tissue-fraction", type=float, default=defaults.min_tissue_fraction)
 
 

@@ -58,7 +58,9 @@ class HeatmapStyle:
 def _check_scores(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or min(scores.shape) < 1:
-        raise ValueError(f"scores must be a non-empty 2-d (rows, cols) array, got shape {scores.shape}")
+        raise ValueError(
+            f"scores must be a non-empty 2-d (rows, cols) array, got shape {scores.shape}"
+        )
     if not np.isfinite(scores).any():
         raise ValueError("scores hold no finite value")
     return scores
@@ -83,7 +85,9 @@ def colorize(scores: np.ndarray, style: HeatmapStyle) -> tuple[np.ndarray, np.nd
     return lut[np.rint(unit * 255).astype(np.int64)], finite
 
 
-def _cell_lookup(start: float, count: int, um_per_px: float, cell_um: float, cells: int) -> np.ndarray:
+def _cell_lookup(
+    start: float, count: int, um_per_px: float, cell_um: float, cells: int
+) -> np.ndarray:
     """Score-grid index of pixels ``start .. start + count`` (pixel centres), -1 outside."""
     index = np.floor((np.arange(count) + start + 0.5) * um_per_px / cell_um).astype(np.int64)
     index[(index < 0) | (index >= cells)] = -1
@@ -117,17 +121,25 @@ class _Painter:
 
     def paint(self, pixels: np.ndarray, y0: int, um_per_px: tuple[float, float]) -> np.ndarray:
         """Blend the colours onto ``pixels``, full-width rows from ``y0`` at ``(y, x)`` um/px."""
-        rows = _cell_lookup(y0, pixels.shape[0], um_per_px[0], self.cell_um[0], self.finite.shape[0])
+        rows = _cell_lookup(
+            y0, pixels.shape[0], um_per_px[0], self.cell_um[0], self.finite.shape[0]
+        )
         cols = _cell_lookup(0, pixels.shape[1], um_per_px[1], self.cell_um[1], self.finite.shape[1])
         inside = (rows[:, None] >= 0) & (cols[None, :] >= 0)
         r, c = np.maximum(rows, 0)[:, None], np.maximum(cols, 0)[None, :]
         weight = ((inside & self.finite[r, c]) * np.float32(self.alpha))[..., None]
-        out = pixels.astype(np.float32) * (1 - weight) + self.colours[r, c].astype(np.float32) * weight
+        out = (
+            pixels.astype(np.float32) * (1 - weight)
+            + self.colours[r, c].astype(np.float32) * weight
+        )
         return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def overlay(
-    slide: SlideReader, scores: np.ndarray, image: np.ndarray, cell_um: float | None = None,
+    slide: SlideReader,
+    scores: np.ndarray,
+    image: np.ndarray,
+    cell_um: float | None = None,
     style: HeatmapStyle | None = None,
 ) -> np.ndarray:
     """Blend ``scores`` onto ``image``, a picture of the whole slide at any size."""
@@ -226,8 +238,20 @@ def heatmap_tiff(
             pixels = slide.read_scaled(res, 0, y0, width, min(strip_rows, height - y0))
             yield painter.paint(pixels, y0, (out_mpp, out_mpp))
 
-    write_pyramid(out, strips(), width, height, out_mpp, config,
-                  description=f"gigastream heatmap of {slide.name}")
-    logger.info("wrote heatmap overlay %s (%dx%d, %d strips)", out, width, height,
-                math.ceil(height / strip_rows))
+    write_pyramid(
+        out,
+        strips(),
+        width,
+        height,
+        out_mpp,
+        config,
+        description=f"gigastream heatmap of {slide.name}",
+    )
+    logger.info(
+        "wrote heatmap overlay %s (%dx%d, %d strips)",
+        out,
+        width,
+        height,
+        math.ceil(height / strip_rows),
+    )
     return Path(out)

@@ -45,7 +45,10 @@ class ArrayReader(SlideReader):
     backend = "array"
 
     def __init__(
-        self, image: np.ndarray, mpp: float | None, objective_power: float | None = None,
+        self,
+        image: np.ndarray,
+        mpp: float | None,
+        objective_power: float | None = None,
         path: Path | None = None,
     ) -> None:
         image = np.asarray(image)
@@ -64,7 +67,8 @@ class ArrayReader(SlideReader):
             pyramid.append(downsample2(pyramid[-1]))
         h0, w0 = pyramid[0].shape[:2]
         levels = tuple(
-            Level((p.shape[1], p.shape[0]), (w0 / p.shape[1] + h0 / p.shape[0]) / 2) for p in pyramid
+            Level((p.shape[1], p.shape[0]), (w0 / p.shape[1] + h0 / p.shape[0]) / 2)
+            for p in pyramid
         )
         super().__init__(path, levels, mpp, objective_power)
         self._pyramid = pyramid
@@ -206,7 +210,9 @@ def check_tiff_complete(path: Path) -> None:
     try:
         with tifffile.TiffFile(path) as tif:
             for index, page in enumerate(tif.pages):
-                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
+                ends = [
+                    o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n
+                ]
                 if ends and max(ends) > size:
                     raise SlideError(
                         f"{path}: file is truncated: page {index} needs {max(ends)} bytes, "

@@ -46,7 +46,9 @@ class ReadBenchConfig:
     lower_downsample: float = 4.0
 
 
-def _time_reads(slide: SlideReader, level: int | None, mpp: float | None, config: ReadBenchConfig) -> dict:
+def _time_reads(
+    slide: SlideReader, level: int | None, mpp: float | None, config: ReadBenchConfig
+) -> dict:
     size = config.region_size
     if level is not None:
         ds = slide.levels[level].downsample
@@ -99,10 +101,15 @@ def benchmark_reads(path: str | Path, config: ReadBenchConfig | None = None) -> 
             continue
         with slide:
             info = {
-                "path": str(path), "dimensions": slide.dimensions, "mpp": slide.mpp,
+                "path": str(path),
+                "dimensions": slide.dimensions,
+                "mpp": slide.mpp,
                 "levels": [lv.dimensions for lv in slide.levels],
             }
-            lower = min(range(len(slide.levels)), key=lambda i: abs(slide.levels[i].downsample - config.lower_downsample))
+            lower = min(
+                range(len(slide.levels)),
+                key=lambda i: abs(slide.levels[i].downsample - config.lower_downsample),
+            )
             runs = [(0, None)]
             if lower != 0:
                 runs.append((lower, None))

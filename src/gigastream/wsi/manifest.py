@@ -112,7 +112,9 @@ def read_manifest(
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
-            raise ManifestError(path, [f"missing column(s) {', '.join(missing)} (have: {', '.join(columns)})"])
+            raise ManifestError(
+                path, [f"missing column(s) {', '.join(missing)} (have: {', '.join(columns)})"]
+            )
         records = [{(k or "").strip(): (v or "").strip() for k, v in rec.items()} for rec in reader]
 
     allowed = list(labels) if labels is not None else None
@@ -125,7 +127,9 @@ def read_manifest(
         if not slide_id:
             problems.append("empty slide_id")
         elif slide_id in first_line:
-            problems.append(f"duplicate slide_id {slide_id!r} (first on line {first_line[slide_id]})")
+            problems.append(
+                f"duplicate slide_id {slide_id!r} (first on line {first_line[slide_id]})"
+            )
         else:
             first_line[slide_id] = line
         if not label:
@@ -153,8 +157,12 @@ def read_manifest(
             continue
         rows.append(
             ManifestRow(
-                slide_id, slide_path, label, rec.get("case_id") or slide_id,
-                rec.get("split") or None, mpp,
+                slide_id,
+                slide_path,
+                label,
+                rec.get("case_id") or slide_id,
+                rec.get("split") or None,
+                mpp,
             )
         )
     if not records:
@@ -179,10 +187,16 @@ def write_manifest(path: str | Path, rows: Sequence[ManifestRow]) -> Path:
                 slide_path = slide_path.resolve().relative_to(base)
             except ValueError:
                 pass
-            writer.writerow([
-                row.slide_id, slide_path.as_posix(), row.label, row.case_id,
-                row.split or "", "" if row.mpp is None else repr(row.mpp),
-            ])
+            writer.writerow(
+                [
+                    row.slide_id,
+                    slide_path.as_posix(),
+                    row.label,
+                    row.case_id,
+                    row.split or "",
+                    "" if row.mpp is None else repr(row.mpp),
+                ]
+            )
     return path
 
 

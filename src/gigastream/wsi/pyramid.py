@@ -141,8 +141,11 @@ class _Encoder:
                 tile = padded
             # as tifffile encodes RGB JPEG tiles: YCbCr with 2x2 chroma subsampling
             yield self._encode(
-                np.ascontiguousarray(tile), level=self.config.quality,
-                colorspace="RGB", outcolorspace="YCBCR", subsampling=(2, 2),
+                np.ascontiguousarray(tile),
+                level=self.config.quality,
+                colorspace="RGB",
+                outcolorspace="YCBCR",
+                subsampling=(2, 2),
             )
 
 

@@ -200,7 +200,9 @@ class SlideReader(ABC):
 
     def _check_level(self, level: int) -> int:
         if not 0 <= level < len(self.levels):
-            raise SlideError(f"{self.name}: level {level} does not exist ({len(self.levels)} levels)")
+            raise SlideError(
+                f"{self.name}: level {level} does not exist ({len(self.levels)} levels)"
+            )
         return level
 
     # ---------------------------------------------------------------- reading
@@ -225,9 +227,13 @@ class SlideReader(ABC):
         except SlideError:
             raise
         except Exception as exc:  # backend errors: corrupt tiles, truncated data
-            raise SlideError(f"{self.name}: reading level {level} at {(x, y)} failed: {exc}") from exc
+            raise SlideError(
+                f"{self.name}: reading level {level} at {(x, y)} failed: {exc}"
+            ) from exc
 
-    def read_scaled(self, res: Resolution, x: float, y: float, width: int, height: int) -> np.ndarray:
+    def read_scaled(
+        self, res: Resolution, x: float, y: float, width: int, height: int
+    ) -> np.ndarray:
         """Read a rectangle of the virtual image at ``res`` (target-pixel coordinates).
 
         Every target pixel depends only on its global position, so crops agree with the
@@ -239,14 +245,19 @@ class SlideReader(ABC):
         src_width = cols.src_stop - cols.src_start
         chunk = max(1, int(MAX_READ_PIXELS / (src_width * res.scale)))  # target rows per read
         if height > chunk:  # bound the source read; exact, as pixels depend on global position
-            return np.concatenate([
-                self.read_scaled(res, x, y + top, width, min(chunk, height - top))
-                for top in range(0, height, chunk)
-            ])
+            return np.concatenate(
+                [
+                    self.read_scaled(res, x, y + top, width, min(chunk, height - top))
+                    for top in range(0, height, chunk)
+                ]
+            )
         rows = plan_axis(y, height, res.scale)
         src = self.read_level(
-            res.level, cols.src_start, rows.src_start,
-            cols.src_stop - cols.src_start, rows.src_stop - rows.src_start,
+            res.level,
+            cols.src_start,
+            rows.src_start,
+            cols.src_stop - cols.src_start,
+            rows.src_stop - rows.src_start,
         )
         out = apply_axis(apply_axis(src, rows, axis=0), cols, axis=1)
         return to_uint8(out)

@@ -94,5 +94,10 @@ def downsample2(image: np.ndarray) -> np.ndarray:
     h, w = image.shape[:2]
     if h % 2 or w % 2:
         image = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    acc = image[0::2, 0::2].astype(np.uint16) + image[1::2, 0::2] + image[0::2, 1::2] + image[1::2, 1::2]
+    acc = (
+        image[0::2, 0::2].astype(np.uint16)
+        + image[1::2, 0::2]
+        + image[0::2, 1::2]
+        + image[1::2, 1::2]
+    )
     return ((acc + 2) // 4).astype(np.uint8)

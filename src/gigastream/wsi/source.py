@@ -80,7 +80,9 @@ class SlideSource:
         background: tuple[int, int, int] = (255, 255, 255),
     ) -> None:
         if not dtype.is_floating_point:
-            raise SlideError(f"{reader.name}: SlideSource dtype must be floating point, got {dtype}")
+            raise SlideError(
+                f"{reader.name}: SlideSource dtype must be floating point, got {dtype}"
+            )
         self.reader = reader
         self.resolution = reader.resolution(mpp)
         level = reader.levels[self.resolution.level]
@@ -122,8 +124,12 @@ class SlideSource:
             return None
         h, w = mask.mask.shape
         # nearest mask pixel of every target pixel centre, on the global grid
-        rows = np.minimum(((np.arange(y0, y0 + height) + 0.5) * um / mask.mpp).astype(np.int64), h - 1)
-        cols = np.minimum(((np.arange(x0, x0 + width) + 0.5) * um / mask.mpp).astype(np.int64), w - 1)
+        rows = np.minimum(
+            ((np.arange(y0, y0 + height) + 0.5) * um / mask.mpp).astype(np.int64), h - 1
+        )
+        cols = np.minimum(
+            ((np.arange(x0, x0 + width) + 0.5) * um / mask.mpp).astype(np.int64), w - 1
+        )
         return mask.mask[rows[:, None], cols[None, :]]
 
     def read(self, index: tuple[slice, ...]) -> Tensor:
@@ -135,7 +141,9 @@ class SlideSource:
         (b0, b1), (c0, c1), (y0, y1), (x0, x1) = self._bounds(index)
         height, width = y1 - y0, x1 - x0
         if height == 0 or width == 0 or b1 == b0 or c1 == c0:
-            return torch.zeros((b1 - b0, c1 - c0, height, width), dtype=self.dtype, device=self.device)
+            return torch.zeros(
+                (b1 - b0, c1 - c0, height, width), dtype=self.dtype, device=self.device
+            )
         tissue = self._tissue(x0, y0, width, height) if self.tissue_mask is not None else True
         if tissue is None:
             self.skipped += 1

@@ -90,7 +90,9 @@ class SynthConfig:
         if self.size < 256:
             raise ValueError(f"size must be >= 256, got {self.size}")
         if self.block_size % 16 or self.block_size < 64:
-            raise ValueError(f"block_size must be a multiple of 16 and >= 64, got {self.block_size}")
+            raise ValueError(
+                f"block_size must be a multiple of 16 and >= 64, got {self.block_size}"
+            )
         if not 0 <= self.positive_fraction <= 1:
             raise ValueError(f"positive_fraction must be in [0, 1], got {self.positive_fraction}")
         if not 8 <= self.lesion_size <= self.size // 4:
@@ -120,7 +122,9 @@ def find_sources(paths: Sequence[str | Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"{p}: H&E source not found")
     if not found:
-        raise FileNotFoundError(f"no H&E source images or slides under {', '.join(map(str, paths))}")
+        raise FileNotFoundError(
+            f"no H&E source images or slides under {', '.join(map(str, paths))}"
+        )
     return found
 
 
@@ -131,7 +135,9 @@ def _load_source(path: Path) -> np.ndarray:
     with slide:
         w, h = slide.dimensions
         if w * h > 64_000_000:  # a real gigapixel slide: use a level of at most ~8k
-            level = min(range(len(slide.levels)), key=lambda i: abs(max(slide.levels[i].dimensions) - 8192))
+            level = min(
+                range(len(slide.levels)), key=lambda i: abs(max(slide.levels[i].dimensions) - 8192)
+            )
             w, h = slide.levels[level].dimensions
             return slide.read_level(level, 0, 0, w, h)
         return slide.read_level(0, 0, 0, w, h)
@@ -153,7 +159,12 @@ def build_texture_bank(sources: Sequence[Path], config: SynthConfig) -> np.ndarr
     for path in sources:
         image = _load_source(path)
         if min(image.shape[:2]) < block:
-            logger.info("texture source %s: %s is smaller than a %d px block; not used", path, image.shape, block)
+            logger.info(
+                "texture source %s: %s is smaller than a %d px block; not used",
+                path,
+                image.shape,
+                block,
+            )
             continue
         images.append(image)
         logger.debug("texture source %s: %s", path, image.shape)
@@ -200,7 +211,9 @@ def tissue_field(config: SynthConfig, rng: np.random.Generator, cells: int = 256
         u = (dx * np.cos(angle) + dy * np.sin(angle)) / rx
         v = (-dx * np.sin(angle) + dy * np.cos(angle)) / ry
         envelope = np.maximum(envelope, np.exp(-0.5 * (u * u + v * v)))
-    noise = ndimage.gaussian_filter(rng.standard_normal((cells, cells)).astype(np.float32), cells / 40)
+    noise = ndimage.gaussian_filter(
+        rng.standard_normal((cells, cells)).astype(np.float32), cells / 40
+    )
     noise /= noise.std() + 1e-6
     field = envelope + 0.12 * noise
     border = np.minimum(np.minimum(yy, 1 - yy), np.minimum(xx, 1 - xx))
@@ -292,7 +305,9 @@ class SlideRenderer:
         """Tissue opacity of rows ``y0 .. y0 + height``: ``(height, size)`` float32."""
         scale = 1.0 / self.cell  # field cells per pixel (upsampling: linear interpolation)
         rows, cols = plan_axis(y0, height, scale), plan_axis(0, self.config.size, scale)
-        window = self.field_padded[rows.src_start + 2 : rows.src_stop + 2, cols.src_start + 2 : cols.src_stop + 2]
+        window = self.field_padded[
+            rows.src_start + 2 : rows.src_stop + 2, cols.src_start + 2 : cols.src_stop + 2
+        ]
         field = apply_axis(apply_axis(window, rows, axis=0), cols, axis=1)
         return np.clip((field - 0.5) / 0.04, 0.0, 1.0)
 
@@ -383,17 +398,31 @@ def synthesize_dataset(
         renderer = SlideRenderer(config, bank, index, positive)
         path = out / "slides" / f"{slide_id}.tif"
         strips = tqdm(
-            renderer.strips(), total=math.ceil(config.size / renderer.strip_rows), desc=slide_id, unit="strip",
-            disable=not progress, leave=False,
+            renderer.strips(),
+            total=math.ceil(config.size / renderer.strip_rows),
+            desc=slide_id,
+            unit="strip",
+            disable=not progress,
+            leave=False,
         )
         write_pyramid(
-            path, strips, config.size, config.size, config.mpp, pyramid,
+            path,
+            strips,
+            config.size,
+            config.size,
+            config.mpp,
+            pyramid,
             description=f"gigastream synthetic slide {slide_id} (seed {config.seed})",
         )
         mask = lesion_mask(renderer.lesions, config.size, config.mask_downsample)
-        TissueMask(mask, config.mpp * config.mask_downsample).save(out / "lesions" / f"{slide_id}.png")
+        TissueMask(mask, config.mpp * config.mask_downsample).save(
+            out / "lesions" / f"{slide_id}.png"
+        )
         (out / "lesions" / f"{slide_id}.json").write_text(
-            json.dumps({"slide_id": slide_id, "lesions": [asdict(les) for les in renderer.lesions]}, indent=1)
+            json.dumps(
+                {"slide_id": slide_id, "lesions": [asdict(les) for les in renderer.lesions]},
+                indent=1,
+            )
         )
         label = "positive" if positive and renderer.lesions else "negative"
         rows.append(ManifestRow(slide_id, path, label, slide_id, None, config.mpp))

@@ -175,7 +175,9 @@ def _fill_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
     return mask | fill[labels]
 
 
-def mask_from_image(image: np.ndarray, mpp: float, config: TissueMaskConfig | None = None) -> TissueMask:
+def mask_from_image(
+    image: np.ndarray, mpp: float, config: TissueMaskConfig | None = None
+) -> TissueMask:
     """Tissue mask of an RGB image at ``mpp`` microns per pixel.
 
     Args:
