@@ -72,7 +72,7 @@ def child(slide_path: str, mpp: float, tile_size: int, backend: str) -> dict:
         "seconds": seconds,
         "peak_rss_mib_after_setup": rss_setup,
         "peak_rss_mib": _rss_mib(),
-        "loss": float(loss),
+        "loss": float(loss.detach()),
     }
 
 

@@ -97,7 +97,9 @@ class SlideSource:
         # x -> x * scale + shift, from uint8: (x / 255 - mean) / std
         self._scale = (1.0 / (255.0 * std)).to(dtype).view(3, 1, 1)
         self._shift = (-mean / std).to(dtype).view(3, 1, 1)
-        self._background = torch.tensor(background, dtype=torch.float64).to(dtype).view(3, 1, 1)
+        background_pixels = torch.tensor(background, dtype=torch.float64).to(dtype).view(3, 1, 1)
+        # the same float operations as on read pixels, so blank regions match exactly
+        self._background_normalized = background_pixels * self._scale + self._shift
         self.reads = 0
         self.skipped = 0
 
@@ -145,19 +147,25 @@ class SlideSource:
                 (b1 - b0, c1 - c0, height, width), dtype=self.dtype, device=self.device
             )
         tissue = self._tissue(x0, y0, width, height) if self.tissue_mask is not None else True
+        channels = slice(c0, c1)
+        out = torch.empty((c1 - c0, height, width), dtype=self.dtype)  # (c, h, w)
         if tissue is None:
             self.skipped += 1
-            pixels = self._background.expand(3, height, width)
+            out.copy_(self._background_normalized[channels].expand_as(out))
         else:
             self.reads += 1
             rgb = self.reader.read_scaled(self.resolution, x0, y0, width, height)  # (h, w, 3) uint8
             if not rgb.flags.writeable:  # backends may hand out read-only buffers
                 rgb = rgb.copy()
-            pixels = torch.from_numpy(rgb).permute(2, 0, 1).to(self.dtype).contiguous()  # (3, h, w)
+            out.copy_(torch.from_numpy(rgb).permute(2, 0, 1)[channels])  # to dtype, contiguous
+            out.mul_(self._scale[channels]).add_(self._shift[channels])
             if tissue is not True:
-                pixels = torch.where(torch.from_numpy(tissue), pixels, self._background)
-        out = (pixels * self._scale + self._shift)[c0:c1]
-        return out.unsqueeze(0).expand(b1 - b0, -1, -1, -1).to(self.device)
+                background = self._background_normalized[channels]
+                out = torch.where(torch.from_numpy(tissue), out, background)
+        batch = out.unsqueeze(0)
+        if b1 - b0 != 1:
+            batch = batch.expand(b1 - b0, -1, -1, -1)
+        return batch.to(self.device)
 
     def __repr__(self) -> str:
         return f"SlideSource({self.reader.name!r}, mpp={self.mpp:.4g}, shape={tuple(self.shape)})"
