@@ -137,7 +137,8 @@ def test_config_and_source_errors(tmp_path):
     ("changes", "message"),
     [
         ({"size": 128}, "size must be >= 256"),
-        ({"block_size": 100}, "block_size must be a multiple of 16"),
+        ({"block_size": 100, "feather": 16}, "block_size must be a multiple of 16"),
+        ({"feather": 100}, "feather must be in"),
         ({"positive_fraction": 1.5}, "positive_fraction"),
         ({"min_lesions": 3, "max_lesions": 2}, "min_lesions <= max_lesions"),
     ],
@@ -151,5 +152,7 @@ def test_sources_smaller_than_a_block_are_refused(tmp_path):
     from PIL import Image
 
     Image.fromarray(np.full((100, 100, 3), 200, np.uint8)).save(tmp_path / "small.png")
-    with pytest.raises(ValueError, match="no source image is at least block_size=256"):
+    with pytest.raises(
+        ValueError, match=r"no source image is at least block_size \+ 2 \* feather = 320 px"
+    ):
         build_texture_bank(find_sources([tmp_path]), CONFIG)

@@ -60,6 +60,7 @@ class SynthConfig:
         nucleus_period: spacing of lesion nuclei in pixels (the pattern averages out
             at downsampling factors of about this and more).
         block_size: edge of the texture blocks tissue is assembled from.
+        feather: neighbouring blocks cross-fade over ``2 * feather`` pixels (no hard seams).
         bank_size: number of augmented texture blocks cut from the sources.
         tile_size: TIFF tile edge.
         quality: JPEG quality.
@@ -77,6 +78,7 @@ class SynthConfig:
     lesion_contrast: float = 0.6
     nucleus_period: float = 7.0
     block_size: int = 512
+    feather: int = 32
     bank_size: int = 48
     tile_size: int = 256
     quality: int = 90
@@ -89,6 +91,8 @@ class SynthConfig:
             raise ValueError(f"slides must be >= 1, got {self.slides}")
         if self.size < 256:
             raise ValueError(f"size must be >= 256, got {self.size}")
+        if not 0 <= self.feather <= self.block_size // 4:
+            raise ValueError(f"feather must be in [0, block_size/4], got {self.feather}")
         if self.block_size % 16 or self.block_size < 64:
             raise ValueError(
                 f"block_size must be a multiple of 16 and >= 64, got {self.block_size}"
@@ -151,10 +155,10 @@ def build_texture_bank(sources: Sequence[Path], config: SynthConfig) -> np.ndarr
     block are skipped (mirror-tiling them makes kaleidoscopes, not tissue).
 
     Returns:
-        ``(bank_size, block, block, 3)`` uint8.
+        ``(bank_size, block + 2 * feather, block + 2 * feather, 3)`` uint8.
     """
     rng = np.random.default_rng([config.seed, 0])
-    block = config.block_size
+    block = config.block_size + 2 * config.feather
     images = []
     for path in sources:
         image = _load_source(path)
@@ -169,7 +173,9 @@ def build_texture_bank(sources: Sequence[Path], config: SynthConfig) -> np.ndarr
         images.append(image)
         logger.debug("texture source %s: %s", path, image.shape)
     if not images:
-        raise ValueError(f"no source image is at least block_size={block} px on each side")
+        raise ValueError(
+            f"no source image is at least block_size + 2 * feather = {block} px on each side"
+        )
     bank = np.empty((config.bank_size, block, block, 3), np.uint8)
     for i in range(config.bank_size):
         image = images[i % len(images)]
@@ -317,19 +323,54 @@ class SlideRenderer:
         block = self.config.block_size
         return 256 if block % 256 == 0 else block
 
+    def _ramp(self, t: np.ndarray, first: bool, last: bool) -> np.ndarray:
+        """Weight of a block at block-relative positions ``t`` (0 at its nominal start).
+
+        Ramps up over ``[-f, f)`` and down over ``[block - f, block + f)``, so the weights
+        of neighbouring blocks sum to 1; the slide's first/last block does not ramp at
+        the slide edge.
+        """
+        f, block = self.config.feather, self.config.block_size
+        if f == 0:
+            return ((t >= 0) & (t < block)).astype(np.float32)
+        up = np.ones_like(t, np.float32) if first else np.clip((t + f + 0.5) / (2 * f), 0, 1)
+        down = (
+            np.ones_like(t, np.float32) if last else np.clip((block + f - t - 0.5) / (2 * f), 0, 1)
+        )
+        return (up * down).astype(np.float32)
+
+    def _patch(self, by: int, bx: int) -> np.ndarray:
+        rng = np.random.default_rng([self.config.seed, 2, self.index, by, bx])
+        patch = self.bank[rng.integers(len(self.bank))]
+        return patch[::-1] if rng.random() < 0.5 else patch
+
     def _texture(self, y0: int, height: int) -> np.ndarray:
-        """Texture of rows ``y0 .. y0 + height`` (inside one block row): ``(h, W, 3)`` float32."""
-        block = self.config.block_size
-        size = self.config.size
-        by, offset = divmod(y0, block)
-        out = np.empty((height, size, 3), np.float32)
-        for bx in range(math.ceil(size / block)):
-            rng = np.random.default_rng([self.config.seed, 2, self.index, by, bx])
-            patch = self.bank[rng.integers(len(self.bank))]
-            if rng.random() < 0.5:
-                patch = patch[::-1]
-            width = min(block, size - bx * block)
-            out[:, bx * block : bx * block + width] = patch[offset : offset + height, :width]
+        """Texture of rows ``y0 .. y0 + height``: ``(h, W, 3)`` float32.
+
+        Block ``(by, bx)`` nominally covers ``[by * block, (by + 1) * block)`` (and likewise
+        in x); its patch extends ``feather`` pixels further on every side and is
+        cross-faded with its neighbours there.
+        """
+        block, f, size = self.config.block_size, self.config.feather, self.config.size
+        blocks = math.ceil(size / block)
+        out = np.zeros((height, size, 3), np.float32)
+        first_by = max((y0 - f) // block, 0)
+        last_by = min((y0 + height - 1 + f) // block, blocks - 1)
+        for by in range(first_by, last_by + 1):
+            top, bottom = max(y0, by * block - f), min(y0 + height, (by + 1) * block + f)
+            if bottom <= top:
+                continue
+            wy = self._ramp(np.arange(top, bottom) - by * block, by == 0, by == blocks - 1)
+            for bx in range(blocks):
+                left, right = max(0, bx * block - f), min(size, (bx + 1) * block + f)
+                wx = self._ramp(np.arange(left, right) - bx * block, bx == 0, bx == blocks - 1)
+                origin_y, origin_x = by * block - f, bx * block - f  # patch (0, 0) on the slide
+                piece = self._patch(by, bx)[
+                    top - origin_y : bottom - origin_y, left - origin_x : right - origin_x
+                ]
+                out[top - y0 : bottom - y0, left:right] += (
+                    piece * (wy[:, None] * wx[None, :])[..., None]
+                )
         return out
 
     def strips(self) -> Iterator[np.ndarray]:
