@@ -3,7 +3,7 @@
 Each slide is a pyramidal tiled JPEG TIFF (:mod:`gigastream.wsi.pyramid`) showing
 tissue-shaped regions on white glass. The tissue texture is real H&E: blocks cut from
 the given source images and slides (random crops, flips, 90-degree rotations, colour
-jitter). *Positive* slides carry a few small lesions: discs of ``lesion_size`` pixels in
+jitter), cross-faded where neighbouring blocks meet. *Positive* slides carry a few small lesions: discs of ``lesion_size`` pixels in
 which the texture gains a dense, regular packing of small dark nuclei (period about 7 px)
 balanced by a lighter stroma between them, so the lesion's *mean colour equals its
 surroundings*. The morphology is plain at full resolution and averages away once the
@@ -289,7 +289,7 @@ def lesion_mask(lesions: Sequence[Lesion], size: int, downsample: int) -> np.nda
 
 # ----------------------------------------------------------------------------- rendering
 class SlideRenderer:
-    """Renders one synthetic slide strip by strip (one block row at a time)."""
+    """Renders one synthetic slide strip by strip (:attr:`strip_rows` rows at a time)."""
 
     def __init__(self, config: SynthConfig, bank: np.ndarray, index: int, positive: bool) -> None:
         self.config = config
