@@ -3,10 +3,10 @@
 Each slide is a pyramidal tiled JPEG TIFF (:mod:`gigastream.wsi.pyramid`) showing
 tissue-shaped regions on white glass. The tissue texture is real H&E: blocks cut from
 the given source images and slides (random crops, flips, 90-degree rotations, colour
-jitter), cross-faded where neighbouring blocks meet. *Positive* slides carry a few small lesions: discs of ``lesion_size`` pixels in
-which the texture gains a dense, regular packing of small dark nuclei (period about 7 px)
-balanced by a lighter stroma between them, so the lesion's *mean colour equals its
-surroundings*. The morphology is plain at full resolution and averages away once the
+jitter), cross-faded where neighbouring blocks meet. *Positive* slides carry a few
+small lesions: discs of ``lesion_size`` pixels in which the texture gains a dense,
+regular packing of small dark nuclei (period about 7 px) balanced by a lighter stroma
+between them, so the lesion's *mean colour equals its surroundings*. The morphology is plain at full resolution and averages away once the
 slide is shrunk by about the nuclear period (8x and more), which is what makes
 resolution matter, as in the streaming paper.
 
