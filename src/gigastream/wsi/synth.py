@@ -6,9 +6,10 @@ the given source images and slides (random crops, flips, 90-degree rotations, co
 jitter), cross-faded where neighbouring blocks meet. *Positive* slides carry a few
 small lesions: discs of ``lesion_size`` pixels in which the texture gains a dense,
 regular packing of small dark nuclei (period about 7 px) balanced by a lighter stroma
-between them, so the lesion's *mean colour equals its surroundings*. The morphology is plain at full resolution and averages away once the
-slide is shrunk by about the nuclear period (8x and more), which is what makes
-resolution matter, as in the streaming paper.
+between them, so the lesion's *mean colour equals its surroundings*. The morphology is
+plain at full resolution and averages away once the slide is shrunk by about the
+nuclear period (8x and more), which is what makes resolution matter, as in the
+streaming paper.
 
 Slides are generated strip by strip from seeded random streams, so any size (65536^2
 too) is written in bounded memory and the same seed gives the same dataset. Per slide a
