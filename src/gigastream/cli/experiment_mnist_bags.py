@@ -13,12 +13,23 @@ HELP = "MIL on bags of MNIST digits (positive: holds nines) with a chosen traini
 
 logger = logging.getLogger(__name__)
 
-# flag -> config field, for the flags that map one to one
+# flag -> (type, help) of the MnistBagsConfig fields that map one to one
 _FLAGS = {
-    "strategy": str, "bag_size": int, "train_bags": int, "val_bags": int, "test_bags": int,
-    "epochs": int, "seed": int, "key_fraction": float, "head": str, "chunk_size": int,
-    "sample_size": int, "memory_budget_mib": float, "bags_per_step": int, "lr": float,
-    "dtype": str,
+    "strategy": (str, "baseline (whole bag), accumulate (ChunkedEncoder) or sample"),
+    "bag_size": (int, "digits per bag N"),
+    "train_bags": (int, "training bags"),
+    "val_bags": (int, "validation bags (best epoch)"),
+    "test_bags": (int, "test bags"),
+    "epochs": (int, "passes over the training bags"),
+    "seed": (int, "seed of bags, initialisation and sampling"),
+    "key_fraction": (float, "fraction of nines in a positive bag"),
+    "head": (str, "MIL head name (see gigastream.list_mil_heads())"),
+    "chunk_size": (int, "instances per chunk (accumulate, evaluation)"),
+    "sample_size": (int, "instances per step (sample)"),
+    "memory_budget_mib": (float, "accumulate: MiB for chunks that keep their graph"),
+    "bags_per_step": (int, "bags per optimiser step (gradient accumulation over bags)"),
+    "lr": (float, "Adam learning rate"),
+    "dtype": (str, "float32 or float64"),
 }
 
 
@@ -29,14 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write the results JSON here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    for name, kind in _FLAGS.items():
-        flag = "--" + name.replace("_", "-")
-        if name == "strategy":
-            parser.add_argument(flag, choices=["baseline", "accumulate", "sample"])
-        elif name == "dtype":
-            parser.add_argument(flag, choices=["float32", "float64"])
-        else:
-            parser.add_argument(flag, type=kind)
+    choices = {"strategy": ["baseline", "accumulate", "sample"], "dtype": ["float32", "float64"]}
+    for name, (kind, text) in _FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices.get(name),
+                            help=text)
 
 
 def _default_data() -> Path:

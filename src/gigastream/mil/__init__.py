@@ -1,1 +1,9 @@
-"""gigastream.mil."""
+"""Multiple-instance learning: attention heads and exact chunked bag encoding.
+
+- :mod:`gigastream.mil.heads`: the head registry (``create_mil_head``, ``list_mil_heads``):
+  ``abmil``, ``gated_abmil``, ``clam_sb``, ``clam_mb``, ``mean``, ``max``;
+- :mod:`gigastream.mil.chunked`: :class:`~gigastream.mil.chunked.ChunkedEncoder`, exact
+  gradient accumulation over the instances of a bag, and ``freeze_batchnorm``;
+- :mod:`gigastream.mil.datasets`: MNIST / QMNIST bags; :mod:`gigastream.mil.encoders`: a small
+  CNN instance encoder.
+"""
