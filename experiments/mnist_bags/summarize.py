@@ -102,8 +102,9 @@ def float64() -> list[str]:
     if not base or not acc:
         return []
     b, a = base[0], acc[0]
-    diff = max(abs(x["train_loss"] - y["train_loss"]) for x, y in zip(b["history"], a["history"]))
-    vdiff = max(abs(x["val_auc"] - y["val_auc"]) for x, y in zip(b["history"], a["history"]))
+    pairs = list(zip(b["history"], a["history"], strict=True))
+    diff = max(abs(x["train_loss"] - y["train_loss"]) for x, y in pairs)
+    vdiff = max(abs(x["val_auc"] - y["val_auc"]) for x, y in pairs)
     return [
         f"float64, N = 500, seed 0: test AUC baseline {b['test_auc']:.4f}, accumulate "
         f"{a['test_auc']:.4f}; largest difference of the per-epoch mean training loss over "

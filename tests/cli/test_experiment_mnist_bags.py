@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from gigastream.cli.main import main
 
@@ -13,7 +14,14 @@ MNIST = Path(__file__).parents[2] / ".." / "shared" / "data" / "mnist"
 needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason=f"real MNIST data not found at {MNIST}")
 
 TINY = ["--bag-size", "6", "--train-bags", "4", "--val-bags", "2", "--test-bags", "4",
-        "--epochs", "1", "--no-progress"]
+        "--epochs", "1", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()  # --threads 1 sets torch's thread count for the process
+    yield
+    torch.set_num_threads(threads)
 
 
 @needs_mnist
