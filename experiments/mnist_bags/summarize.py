@@ -49,13 +49,11 @@ def table() -> list[str]:
             runs = groups.get((strategy, n))
             if not runs:
                 continue
-            lines.append(
-                f"| {strategy} | {n:,} | {len(runs)} | {_mean_sd([r['test_auc'] for r in runs])} "
-                f"| {statistics.mean(r['train_seconds'] for r in runs):.1f} "
-                f"| {statistics.mean(r['seconds_per_bag'] for r in runs):.3f} "
-                f"| {statistics.mean(r['peak_rss_mib'] for r in runs):.0f} "
-                f"| {statistics.mean(_extra(r) for r in runs):.0f} |"
-            )
+            cells = [strategy, f"{n:,}", str(len(runs)), _mean_sd([r["test_auc"] for r in runs])]
+            for key, digits in (("train_seconds", 1), ("seconds_per_bag", 3), ("peak_rss_mib", 0)):
+                cells.append(f"{statistics.mean(r[key] for r in runs):.{digits}f}")
+            cells.append(f"{statistics.mean(_extra(r) for r in runs):.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

@@ -13,7 +13,14 @@ from gigastream.mil.base import MILHead, MILOutput, projection
 
 
 class _PoolingMIL(MILHead):
-    """Projection, a pooling of the instances, and a linear classifier."""
+    """Projection, a pooling of the instances, and a linear classifier.
+
+    Args:
+        in_dim: instance feature size.
+        num_classes: number of bag classes.
+        hidden_dim: optional per-instance projection size (``None``: none).
+        dropout: dropout after the projection.
+    """
 
     def __init__(
         self, in_dim: int, num_classes: int, hidden_dim: int | None = None, dropout: float = 0.0
@@ -34,11 +41,7 @@ class _PoolingMIL(MILHead):
 class MeanPoolMIL(_PoolingMIL):
     """Mean of the (projected) instance features, then a linear classifier.
 
-    Args:
-        in_dim: instance feature size.
-        num_classes: number of bag classes.
-        hidden_dim: optional per-instance projection size (``None``: none).
-        dropout: dropout after the projection.
+    Takes ``in_dim, num_classes, hidden_dim=None, dropout=0.0`` like every pooling head.
 
     Example:
         >>> import torch
@@ -54,11 +57,7 @@ class MeanPoolMIL(_PoolingMIL):
 class MaxPoolMIL(_PoolingMIL):
     """Feature-wise maximum of the (projected) instance features, then a linear classifier.
 
-    Args:
-        in_dim: instance feature size.
-        num_classes: number of bag classes.
-        hidden_dim: optional per-instance projection size (``None``: none).
-        dropout: dropout after the projection.
+    Takes ``in_dim, num_classes, hidden_dim=None, dropout=0.0`` like every pooling head.
 
     Example:
         >>> import torch
