@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce experiments/mnist_bags/README.md. One run at a time, one thread each, every run in
 # its own process (peak memory is per process). Results: experiments/mnist_bags/results/*.json.
-# Usage (from the repository root): bash experiments/mnist_bags/run_all.sh [table|flat|timing|float64|all]
+# Usage (from the repository root):
+#   bash experiments/mnist_bags/run_all.sh [table|flat|timing|float64|bench|all]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -74,4 +75,10 @@ if [[ $what == float64 || $what == all ]]; then
   done
 fi
 
-/work/venv/bin/python $DIR/summarize.py 2>/dev/null || python $DIR/summarize.py
+if [[ $what == bench || $what == all ]]; then
+  # steady-state time of one bag in one process (warm-up, median of 5): where the time goes
+  [[ -f $OUT/bench_mil_chunked.json ]] || python benchmarks/bench_mil_chunked.py \
+    --bag-sizes 500 5000 --repeats 5 --out "$OUT/bench_mil_chunked.json"
+fi
+
+python $DIR/summarize.py

@@ -1,0 +1,84 @@
+"""Where the time of exact gradient accumulation goes, for the MNIST-bags encoder on CPU.
+
+Measures, for one bag of N uint8 MNIST-sized images, the median over repeats of:
+- ``forward_nograd``: the encoder over the bag in chunks without a graph;
+- ``forward_backward``: the ordinary whole-bag forward + backward (the ``baseline``);
+- ``chunked``: ChunkedEncoder forward + backward (the ``accumulate`` strategy, every chunk
+  recomputed), and ``chunked_budget`` with a memory budget that keeps some chunk graphs.
+
+Usage: OMP_NUM_THREADS=1 python benchmarks/bench_mil_chunked.py --out bench_mil_chunked.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from gigastream import ChunkedEncoder, create_mil_head
+from gigastream.mil.encoders import SmallCNN
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(bag_size: int, chunk_size: int, budget_mib: float, repeats: int) -> dict:
+    torch.manual_seed(0)
+    encoder = SmallCNN()
+    head = create_mil_head("gated_abmil", 64, 2, attn_dim=64)
+    bag = torch.randint(0, 256, (bag_size, 1, 28, 28), dtype=torch.uint8)
+
+    def step(encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        out = head(encode(bag), label=1)
+        head.loss(out, 1).backward()
+
+    def nograd() -> None:
+        with torch.no_grad():
+            for i in range(0, bag_size, chunk_size):
+                encoder(bag[i : i + chunk_size])
+
+    result = {
+        "bag_size": bag_size, "chunk_size": chunk_size, "budget_mib": budget_mib,
+        "forward_nograd": _median_seconds(nograd, repeats),
+        "forward_backward": _median_seconds(lambda: step(encoder), repeats),
+        "chunked": _median_seconds(lambda: step(ChunkedEncoder(encoder, chunk_size)), repeats),
+        "chunked_budget": _median_seconds(
+            lambda: step(ChunkedEncoder(encoder, chunk_size, memory_budget_mib=budget_mib)), repeats
+        ),
+    }
+    result["chunked_vs_baseline"] = result["chunked"] / result["forward_backward"]
+    result["chunked_budget_vs_baseline"] = result["chunked_budget"] / result["forward_backward"]
+    result["forward_share_of_baseline"] = result["forward_nograd"] / result["forward_backward"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bag-sizes", type=int, nargs="+", default=[500, 5000])
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--budget-mib", type=float, default=64.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    results = [measure(n, args.chunk_size, args.budget_mib, args.repeats) for n in args.bag_sizes]
+    text = json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "results": results}, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
