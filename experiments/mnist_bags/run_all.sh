@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 GS=${GIGASTREAM:-gigastream}
+PY=${PYTHON:-python}
 DIR=experiments/mnist_bags
 OUT=$DIR/results
 mkdir -p "$OUT"
@@ -77,8 +78,8 @@ fi
 
 if [[ $what == bench || $what == all ]]; then
   # steady-state time of one bag in one process (warm-up, median of 5): where the time goes
-  [[ -f $OUT/bench_mil_chunked.json ]] || python benchmarks/bench_mil_chunked.py \
+  [[ -f $OUT/bench_mil_chunked.json ]] || $PY benchmarks/bench_mil_chunked.py \
     --bag-sizes 500 5000 --repeats 5 --out "$OUT/bench_mil_chunked.json"
 fi
 
-python $DIR/summarize.py
+$PY $DIR/summarize.py
