@@ -189,7 +189,7 @@ def profile_segments(segments: Sequence[Segment], input_shape: Sequence[int]) ->
     profiles = []
     x = torch.empty(tuple(input_shape), device="meta")
     for seg in segments:
-        meta = copy.deepcopy(seg.module).to("meta")
+        meta = copy.deepcopy(seg.module).to(device="meta", dtype=torch.float32)
         stats = {"elems": 0, "flops": 0.0}
 
         def hook(mod, inputs, output, stats=stats):
@@ -402,7 +402,7 @@ def plan_streaming(
             )
             raise StreamingError(
                 f"tile_size={tile_size} px is too small for segment [{'+'.join(seg.names)}]: its "
-                f"receptive field is {g.h.receptive_field} px at stride {strides[i]} of the input, "
+                f"receptive field is {max(g.receptive_field)} px at stride {strides[i]} of the input, "
                 f"so a tile needs at least {need * strides[i]} input pixels. Use tile_size >= "
                 f"{need * strides[i]} or cut the trunk into more segments (segments=...)."
             )
