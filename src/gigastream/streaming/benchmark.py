@@ -74,9 +74,10 @@ def run_worker(
     """One mode, in this process: returns timing, peak RSS and (optionally) saves gradients."""
     from torch.utils.checkpoint import checkpoint
 
-    from gigastream.streaming.module import StreamingModule
+    from gigastream.streaming.module import StreamingModule, tune_cpu_allocator
     from gigastream.streaming.planner import split_segments
 
+    tune_cpu_allocator()  # every mode gets the same allocator setting (fair comparison)
     trunk = build_trunk(arch, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     image = torch.randn(1, 3, size, size, generator=gen)
@@ -164,6 +165,7 @@ def run_benchmark(
             "device": "cpu",
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "allocator": "glibc mmap threshold fixed at 128 KiB in every mode",
             "machine": {
                 "cpu_count": os.cpu_count(),
                 "processor": platform.processor() or platform.machine(),
