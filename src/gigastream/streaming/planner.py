@@ -271,6 +271,7 @@ class StreamingPlan:
 _GRAPH_FACTOR = 1.0  # bytes of saved tensors per byte of leaf outputs
 _WORK_FACTOR = 2.0  # a tile in backward holds its graph plus gradients of similar size
 _MAX_STREAM_OPTIONS = 8
+_MAX_AUTO_OVERLAP = 2.5  # tile_size-only plans: deeper segments stream only below this overlap
 _DEFAULT_FRACTION = 0.3  # default budget (tile_size only): this fraction of the conventional estimate  # tile sizes tried per segment
 
 
@@ -409,6 +410,14 @@ def plan_streaming(
         if not opts:
             raise StreamingError(f"segment [{'+'.join(seg.names)}] can neither stream nor keep its graph")
         per_segment.append(opts)
+
+    if memory_budget is None:
+        # without an explicit budget, deep segments do not stream with heavily overlapping
+        # tiles (their recomputation would cost more than the memory it saves)
+        for i in range(1, len(per_segment)):
+            lean_enough = [o for o in per_segment[i] if o.mode == "keep" or o.overlap <= _MAX_AUTO_OVERLAP]
+            if lean_enough:
+                per_segment[i] = lean_enough
 
     map_bytes = [_numel(p.in_shape) * bytes_per_elem for p in profiles] + [
         _numel(profiles[-1].out_shape) * bytes_per_elem
