@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--modes", default="conventional,checkpoint,streaming", help="comma-separated subset of modes"
     )
     parser.add_argument("--out", default="bench-streaming.json", help="JSON file to write")
+    parser.add_argument(
+        "--no-tune-allocator",
+        action="store_true",
+        help="keep glibc's default (dynamic) mmap threshold in every mode",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +35,15 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise ValueError(f"unknown mode(s) {bad}; choose from {list(MODES)}")
     result = run_benchmark(
-        args.arch, args.size, args.tile, args.memory_budget, args.repeats, args.seed, modes, args.out
+        args.arch,
+        args.size,
+        args.tile,
+        args.memory_budget,
+        args.repeats,
+        args.seed,
+        modes,
+        args.out,
+        tune_allocator=not args.no_tune_allocator,
     )
     print(result["plan_text"])
     print(json.dumps(result["modes"], indent=2))

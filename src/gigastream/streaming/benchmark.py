@@ -70,6 +70,7 @@ def run_worker(
     tile_size: int | None,
     memory_budget: str | None,
     grads_out: str | None,
+    tune_allocator: bool = True,
 ) -> dict:
     """One mode, in this process: returns timing, peak RSS and (optionally) saves gradients."""
     from torch.utils.checkpoint import checkpoint
@@ -77,14 +78,17 @@ def run_worker(
     from gigastream.streaming.module import StreamingModule, tune_cpu_allocator
     from gigastream.streaming.planner import split_segments
 
-    tune_cpu_allocator()  # every mode gets the same allocator setting (fair comparison)
+    if tune_allocator:
+        tune_cpu_allocator()  # every mode gets the same allocator setting (fair comparison)
     trunk = build_trunk(arch, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     image = torch.randn(1, 3, size, size, generator=gen)
     model: nn.Module = trunk
     plan = None
     if mode == "streaming":
-        model = StreamingModule(trunk, tile_size=tile_size, memory_budget=memory_budget)
+        model = StreamingModule(
+            trunk, tile_size=tile_size, memory_budget=memory_budget, tune_allocator=tune_allocator
+        )
         plan = model.plan(tuple(image.shape))
     segments = split_segments(trunk, "auto")
     head_weight = None
@@ -138,6 +142,7 @@ def run_benchmark(
     seed: int = 0,
     modes: tuple[str, ...] = MODES,
     out: str | Path | None = None,
+    tune_allocator: bool = True,
 ) -> dict:
     """Run every mode in a fresh subprocess and collect the JSON result (see module docstring)."""
     from gigastream.streaming.module import StreamingModule
@@ -165,7 +170,11 @@ def run_benchmark(
             "device": "cpu",
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
-            "allocator": "glibc mmap threshold fixed at 128 KiB in every mode",
+            "allocator": (
+                "glibc mmap threshold fixed at 128 KiB in every mode"
+                if tune_allocator
+                else "glibc defaults (dynamic mmap threshold) in every mode"
+            ),
             "machine": {
                 "cpu_count": os.cpu_count(),
                 "processor": platform.processor() or platform.machine(),
@@ -198,6 +207,8 @@ def run_benchmark(
                 cmd += ["--tile", str(tile_size)]
             if memory_budget is not None:
                 cmd += ["--memory-budget", str(memory_budget)]
+            if not tune_allocator:
+                cmd += ["--no-tune-allocator"]
             logger.warning("running %s ...", mode)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -236,15 +247,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grads-out", default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--no-tune-allocator", action="store_true")
     args = parser.parse_args(argv)
     if args.worker:
         res = run_worker(
             args.worker, args.arch, args.size, args.seed, args.repeats, args.tile,
-            args.memory_budget, args.grads_out,
+            args.memory_budget, args.grads_out, not args.no_tune_allocator,
         )
         print(json.dumps(res))
         return 0
-    res = run_benchmark(args.arch, args.size, args.tile, args.memory_budget, args.repeats, args.seed, out=args.out)
+    res = run_benchmark(
+        args.arch, args.size, args.tile, args.memory_budget, args.repeats, args.seed,
+        out=args.out, tune_allocator=not args.no_tune_allocator,
+    )
     print(json.dumps(res["modes"], indent=2))
     return 0
 
