@@ -103,6 +103,17 @@ def demo_tissue_config(synth):
 
 
 def run(args: argparse.Namespace) -> int:
+    package_logger = logging.getLogger("gigastream")
+    level = package_logger.level
+    if args.verbose == 0:  # a demo shows what it does: the library's INFO log lines
+        package_logger.setLevel(logging.INFO)
+    try:
+        return _run(args)
+    finally:
+        package_logger.setLevel(level)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
     import yaml
 
@@ -113,8 +124,6 @@ def run(args: argparse.Namespace) -> int:
     from gigastream.wsi.synth import SynthConfig, synthesize_dataset
     from gigastream.wsi.tissue import TissueMaskConfig
 
-    if args.verbose == 0:  # a demo shows what it does: the library's INFO log lines
-        logging.getLogger("gigastream").setLevel(logging.INFO)
     file_cfg = yaml.safe_load(args.config.read_text()) if args.config else {}
     if not isinstance(file_cfg, dict):
         raise ValueError(f"{args.config}: expected a mapping of sections")

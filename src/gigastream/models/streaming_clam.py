@@ -126,7 +126,10 @@ def build_resnet_trunk(arch: str, weights_path: str | Path | None = None) -> nn.
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = resnet.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = resnet.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise ValueError(f"{weights_path}: not a torchvision {arch} state_dict: {exc}") from None
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
             raise ValueError(
