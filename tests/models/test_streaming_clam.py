@@ -63,7 +63,10 @@ def test_streamed_equals_conventional_float64(label):
     assert set(grads_p) == set(grads_s)
     # every parameter that takes part gets a gradient (the CLAM instance classifier of the
     # other class gets none without subtyping: it is not in this bag's loss)
-    unused = {f"head.instance_classifiers.{1 - label}.weight", f"head.instance_classifiers.{1 - label}.bias"}
+    unused = {
+        f"head.instance_classifiers.{1 - label}.weight",
+        f"head.instance_classifiers.{1 - label}.bias",
+    }
     assert set(grads_p) == trainable - unused
     for name in sorted(grads_p):
         assert_close(grads_s[name], grads_p[name], rtol=RTOL, atol=ATOL, msg=name)

@@ -133,7 +133,9 @@ def _run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else file_cfg.get("train", {}).get("seed", 0)
 
     synth = SynthConfig(slides=DEMO_SLIDES, size=DEMO_SIZE, lesion_size=160, seed=seed)
-    synth = _set(_overlay(synth, file_cfg.get("synth"), "synth"), slides=args.slides, size=args.size)
+    synth = _set(
+        _overlay(synth, file_cfg.get("synth"), "synth"), slides=args.slides, size=args.size
+    )
     synth.lesion_size = min(synth.lesion_size, synth.size // 4)  # small slides, small lesions
     model_cfg = _overlay(StreamingCLAMConfig(tile_size=DEMO_TILE), file_cfg.get("model"), "model")
     model_cfg = _set(

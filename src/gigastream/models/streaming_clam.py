@@ -129,7 +129,9 @@ def build_resnet_trunk(arch: str, weights_path: str | Path | None = None) -> nn.
         try:
             missing, unexpected = resnet.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shape mismatches
-            raise ValueError(f"{weights_path}: not a torchvision {arch} state_dict: {exc}") from None
+            raise ValueError(
+                f"{weights_path}: not a torchvision {arch} state_dict: {exc}"
+            ) from None
         missing = [k for k in missing if not k.startswith("fc.")]
         if missing or unexpected:
             raise ValueError(
@@ -255,4 +257,3 @@ class StreamingCLAM(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
