@@ -95,3 +95,16 @@ def test_demo_bad_config(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("model:\n  depth: 3\n")
     assert main(["demo", "--out", str(tmp_path / "x"), "--config", str(config)]) == 1
+
+
+def test_demo_without_he_sources_uses_procedural_texture(tmp_path, monkeypatch, capsys):
+    from gigastream.cli import demo
+
+    monkeypatch.setattr(demo, "_find_sources", lambda given: [])
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--epochs", "1", *TINY])
+    assert code == 0
+    assert (out / "procedural_he.png").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["config"]["sources"] == [str(out / "procedural_he.png")]

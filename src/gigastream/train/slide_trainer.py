@@ -484,7 +484,9 @@ def train_slide_classifier(
     heatmaps = write_heatmaps(
         model, val_set, evaluation, out / "heatmaps", config.heatmaps, manifest.labels
     )
+    last_class = evaluation["probs"][:, -1]  # p(last class), e.g. p(positive)
     metrics["final"] = {
+        "val_prob_range": [float(last_class.min()), float(last_class.max())],
         "val_auc": evaluation["auc"],
         "val_accuracy": evaluation["accuracy"],
         "val_loss": evaluation["loss"],
