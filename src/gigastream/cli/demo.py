@@ -128,7 +128,7 @@ def demo_tissue_config(synth):
 
     The defaults (8 um/px, specks below ~(316 um)^2) suit real slides of centimetres; a
     demo slide is about a millimetre wide, so the mask resolution and the speck and hole
-    sizes are scaled to the slide (a 256 px mask, specks below 1% of the slide).
+    sizes are scaled to the slide (a 256 px mask, specks below 0.2% of the slide).
     """
     from gigastream.wsi.tissue import TissueMaskConfig
 
@@ -136,7 +136,7 @@ def demo_tissue_config(synth):
     defaults = TissueMaskConfig()
     return TissueMaskConfig(
         mpp=min(defaults.mpp, max(synth.mpp, edge_um / 256)),
-        min_object_um2=min(defaults.min_object_um2, 0.01 * edge_um**2),
+        min_object_um2=min(defaults.min_object_um2, 0.002 * edge_um**2),
         max_hole_um2=min(defaults.max_hole_um2, 0.005 * edge_um**2),
     )
 
