@@ -21,9 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="bench-streaming.json", help="JSON file to write")
     parser.add_argument(
-        "--no-tune-allocator",
-        action="store_true",
-        help="keep glibc's default (dynamic) mmap threshold in every mode",
+        "--allocator",
+        choices=["auto", "tuned", "default"],
+        default="auto",
+        help="glibc mmap threshold in every mode: tuned (128 KiB), default (dynamic), or auto "
+        "(tuned when the conventional run would need > 4 GiB, as StreamingModule does)",
     )
 
 
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         modes,
         args.out,
-        tune_allocator=not args.no_tune_allocator,
+        tune_allocator={"auto": None, "tuned": True, "default": False}[args.allocator],
     )
     print(result["plan_text"])
     print(json.dumps(result["modes"], indent=2))

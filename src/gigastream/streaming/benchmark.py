@@ -142,7 +142,7 @@ def run_benchmark(
     seed: int = 0,
     modes: tuple[str, ...] = MODES,
     out: str | Path | None = None,
-    tune_allocator: bool = True,
+    tune_allocator: bool | None = None,
 ) -> dict:
     """Run every mode in a fresh subprocess and collect the JSON result (see module docstring)."""
     from gigastream.streaming.module import StreamingModule
@@ -151,6 +151,10 @@ def run_benchmark(
         tile_size = 1024
     trunk = build_trunk(arch, seed)
     plan = StreamingModule(trunk, tile_size=tile_size, memory_budget=memory_budget).plan((1, 3, size, size))
+    if tune_allocator is None:  # same rule as StreamingModule(tune_allocator="auto"), for every mode
+        from gigastream.streaming.module import AUTO_TUNE_BYTES
+
+        tune_allocator = plan.conventional_bytes > AUTO_TUNE_BYTES
     est = {
         "conventional": plan.conventional_bytes,
         "checkpoint": int(plan.conventional_bytes * 0.6),
@@ -207,8 +211,7 @@ def run_benchmark(
                 cmd += ["--tile", str(tile_size)]
             if memory_budget is not None:
                 cmd += ["--memory-budget", str(memory_budget)]
-            if not tune_allocator:
-                cmd += ["--no-tune-allocator"]
+            cmd += ["--allocator", "tuned" if tune_allocator else "default"]
             logger.warning("running %s ...", mode)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -247,18 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grads-out", default=None)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--no-tune-allocator", action="store_true")
+    parser.add_argument("--allocator", choices=["auto", "tuned", "default"], default="auto")
     args = parser.parse_args(argv)
     if args.worker:
         res = run_worker(
             args.worker, args.arch, args.size, args.seed, args.repeats, args.tile,
-            args.memory_budget, args.grads_out, not args.no_tune_allocator,
+            args.memory_budget, args.grads_out, args.allocator == "tuned",
         )
         print(json.dumps(res))
         return 0
     res = run_benchmark(
         args.arch, args.size, args.tile, args.memory_budget, args.repeats, args.seed,
-        out=args.out, tune_allocator=not args.no_tune_allocator,
+        out=args.out, tune_allocator={"auto": None, "tuned": True, "default": False}[args.allocator],
     )
     print(json.dumps(res["modes"], indent=2))
     return 0
