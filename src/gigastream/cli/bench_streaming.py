@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "tuned", "default"],
         default="auto",
         help="glibc mmap threshold in every mode: tuned (128 KiB), default (dynamic), or auto "
-        "(tuned when the conventional run would need > 4 GiB, as StreamingModule does)",
+        "(tuned when the conventional run would need > 16 GiB, as StreamingModule does)",
     )
 
 
