@@ -188,3 +188,14 @@ def test_plan_estimates_shrink_with_budget():
     plan = streamed_small.plan((1, 3, 4096, 4096))
     assert plan.est_peak_bytes <= 2**30 < plan.conventional_bytes
     assert plan.segments[0].mode == "stream"
+
+
+def test_trunk_frozen_by_mil_freeze_batchnorm_streams_exactly():
+    from gigastream.mil.chunked import freeze_batchnorm
+
+    from .test_exactness import residual_net
+
+    net = freeze_batchnorm(residual_net()).train()  # stays frozen in train mode
+    from .conftest import compare_streaming
+
+    compare_streaming(net, torch.randn(1, 3, 70, 53), tile_size=38)

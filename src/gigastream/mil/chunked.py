@@ -75,6 +75,12 @@ class FrozenBatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.running_mean.shape[0]}, eps={self.eps}"
 
+    def stream_geometry(self):
+        """Per-position affine map: streams like any pointwise module."""
+        from gigastream.streaming.geometry import Geometry
+
+        return Geometry()
+
 
 def freeze_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm in ``module`` by a :class:`FrozenBatchNorm`, in place.

@@ -7,7 +7,7 @@ from gigastream.streaming.geometry import (
     describe,
     register_geometry,
 )
-from gigastream.streaming.module import StreamingModule, freeze_batchnorm
+from gigastream.streaming.module import StreamingModule, batchnorm_eval, tune_cpu_allocator
 from gigastream.streaming.planner import StreamingPlan, plan_streaming, split_segments
 from gigastream.streaming.recompute import InputSource, Piece, piecewise_recompute
 
@@ -20,9 +20,10 @@ __all__ = [
     "StreamingModule",
     "StreamingPlan",
     "describe",
-    "freeze_batchnorm",
+    "batchnorm_eval",
     "piecewise_recompute",
     "plan_streaming",
     "register_geometry",
     "split_segments",
+    "tune_cpu_allocator",
 ]

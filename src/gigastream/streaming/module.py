@@ -89,8 +89,12 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Put every BatchNorm layer of ``module`` in eval mode (running statistics); returns it."""
+def batchnorm_eval(module: nn.Module) -> nn.Module:
+    """Put every BatchNorm layer of ``module`` in eval mode (running statistics); returns it.
+
+    (To replace BatchNorm layers by modules that stay frozen in train mode, use
+    :func:`gigastream.mil.chunked.freeze_batchnorm`; those stream too.)
+    """
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
@@ -158,7 +162,7 @@ class StreamingModule(nn.Module):
         self.progress = progress
         self.tune_allocator = tune_allocator
         if freeze_batchnorm:
-            freeze_batchnorm_fn(trunk)
+            batchnorm_eval(trunk)
         # plain list: the segments reference the trunk's own modules (no copies)
         self._segments: list[Segment] = split_segments(trunk, segments)
         self._plans: dict[tuple, StreamingPlan] = {}
@@ -167,7 +171,7 @@ class StreamingModule(nn.Module):
     def train(self, mode: bool = True) -> StreamingModule:
         super().train(mode)
         if self.freeze_bn:
-            freeze_batchnorm_fn(self.trunk)
+            batchnorm_eval(self.trunk)
         return self
 
     def plan(
@@ -266,5 +270,3 @@ class StreamingModule(nn.Module):
         assert isinstance(h, Tensor)
         return h
 
-
-freeze_batchnorm_fn = freeze_batchnorm
