@@ -43,6 +43,7 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         assert model[0].last_plan.segments[0].tiles[0] >= 3
         if rank == 0:
             torch.save({n: p.grad for n, p in model.named_parameters()}, out_file)
+        dist.barrier()  # nobody tears down the group while the other still uses it
     finally:
         dist.destroy_process_group()
 
