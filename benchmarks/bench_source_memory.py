@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+from gigastream.streaming.memory import peak_rss_mib
 
 
 def trunk_and_head():
@@ -53,7 +50,7 @@ def child(slide_path: str, mpp: float, tile_size: int, backend: str) -> dict:
     streamed = StreamingModule(trunk, tile_size=tile_size, segments="none")
     slide = SlideReader.open(slide_path, backend=backend)
     source = SlideSource(slide, mpp=mpp, normalize=IMAGENET)
-    rss_setup = _rss_mib()
+    rss_setup = peak_rss_mib()
     start = time.perf_counter()
     fmap = streamed(source)  # (1, 4, H/32, W/32)
     logit = head(fmap.mean(dim=(2, 3)))
@@ -71,7 +68,7 @@ def child(slide_path: str, mpp: float, tile_size: int, backend: str) -> dict:
         "reads": source.reads,
         "seconds": seconds,
         "peak_rss_mib_after_setup": rss_setup,
-        "peak_rss_mib": _rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "loss": float(loss.detach()),
     }
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,23 +15,7 @@ import yaml
 
 from gigastream.cli.main import main
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 TINY = ["--slides", "4", "--size", "512", "--tile-size", "192", "--no-progress", "--threads", "1"]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def sources() -> list[str]:
-    if not (DATA / "images").is_dir():
-        pytest.skip(f"shared H&E images not found at {DATA / 'images'}")
-    return [str(DATA / "images"), str(DATA / "slides")]
 
 
 def test_demo_writes_outputs(tmp_path, sources, capsys):

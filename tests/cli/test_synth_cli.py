@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from gigastream import SlideReader
 from gigastream.cli.main import main
 from gigastream.wsi.manifest import read_manifest
-
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-
-
-@pytest.fixture
-def sources() -> list[str]:
-    if not (DATA / "images").is_dir():
-        pytest.skip(f"shared H&E images not found at {DATA / 'images'}")
-    return [str(DATA / "images"), str(DATA / "slides")]
 
 
 def test_synth_writes_dataset(tmp_path, sources, capsys):

@@ -61,10 +61,5 @@ def compare_streaming(
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
-    # tiles are small: one thread avoids OpenMP spin-waits on a loaded 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seed():
     torch.manual_seed(1234)
-    yield
-    torch.set_num_threads(threads)

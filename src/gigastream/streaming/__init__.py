@@ -7,7 +7,8 @@ from gigastream.streaming.geometry import (
     describe,
     register_geometry,
 )
-from gigastream.streaming.module import StreamingModule, batchnorm_eval, tune_cpu_allocator
+from gigastream.streaming.memory import tune_cpu_allocator
+from gigastream.streaming.module import StreamingModule, batchnorm_eval
 from gigastream.streaming.planner import StreamingPlan, plan_streaming, split_segments
 from gigastream.streaming.recompute import InputSource, Piece, piecewise_recompute
 

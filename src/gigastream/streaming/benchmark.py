@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from gigastream.streaming.memory import (
+    AUTO_TUNE_BYTES,
+    available_memory,
+    peak_rss_mib,
+    tune_cpu_allocator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +58,7 @@ def build_trunk(arch: str, seed: int) -> nn.Sequential:
 
 
 def _mem_available() -> int:
-    from gigastream.streaming.module import available_memory
-
     return available_memory(torch.device("cpu")) or (1 << 62)
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_worker(
@@ -75,7 +75,7 @@ def run_worker(
     """One mode, in this process: returns timing, peak RSS and (optionally) saves gradients."""
     from torch.utils.checkpoint import checkpoint
 
-    from gigastream.streaming.module import StreamingModule, tune_cpu_allocator
+    from gigastream.streaming.module import StreamingModule
     from gigastream.streaming.planner import split_segments
 
     if tune_allocator:
@@ -114,7 +114,7 @@ def run_worker(
     result = {
         "seconds": times,
         "seconds_median": statistics.median(times),
-        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
     }
     if plan is not None:
         result["plan"] = plan.to_dict()
@@ -152,12 +152,10 @@ def run_benchmark(
     trunk = build_trunk(arch, seed)
     plan = StreamingModule(trunk, tile_size=tile_size, memory_budget=memory_budget).plan((1, 3, size, size))
     if tune_allocator is None:  # same rule as StreamingModule(tune_allocator="auto"), for every mode
-        from gigastream.streaming.module import AUTO_TUNE_BYTES
-
         tune_allocator = plan.conventional_bytes > AUTO_TUNE_BYTES
     est = {
         "conventional": plan.conventional_bytes,
-        "checkpoint": int(plan.conventional_bytes * 0.6),
+        "checkpoint": plan.checkpoint_bytes,
         "streaming": plan.est_peak_bytes,
     }
     available = _mem_available()

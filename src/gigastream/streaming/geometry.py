@@ -301,7 +301,15 @@ _REGISTRY[nn.BatchNorm2d] = _batchnorm
 _REGISTRY[nn.Sequential] = _sequential
 
 
+_TORCHVISION_REGISTERED = False
+
+
 def _torchvision_blocks() -> None:
+    """Register torchvision's ResNet blocks, once (lazily: importing torchvision is slow)."""
+    global _TORCHVISION_REGISTERED
+    if _TORCHVISION_REGISTERED:
+        return
+    _TORCHVISION_REGISTERED = True
     try:
         from torchvision.models.resnet import BasicBlock, Bottleneck
     except ImportError:  # pragma: no cover - torchvision is a dependency

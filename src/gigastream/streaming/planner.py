@@ -239,6 +239,7 @@ class StreamingPlan:
     est_flops: float
     conventional_flops: float
     conventional_bytes: int
+    checkpoint_bytes: int  # estimated peak of torch.utils.checkpoint on the same segments
     memory_budget: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -424,7 +425,6 @@ def plan_streaming(
     ]
 
     def evaluate(choice: Sequence[_Option]) -> tuple[int, float]:
-        stored = 0
         peak = 0
         # forward: input, stored maps / graphs accumulate
         held = []
@@ -442,12 +442,10 @@ def plan_streaming(
         flops = sum(o.flops for o in choice)
         return int(peak), flops
 
-    conv_bytes, _ = evaluate(
-        [
-            _Option("keep", (1, 1), (0, 0), 1.0, int(p.activation_elems * bytes_per_elem * _GRAPH_FACTOR), 0.0)
-            for p in profiles
-        ]
-    )
+    full_graphs = [int(p.activation_elems * bytes_per_elem * _GRAPH_FACTOR) for p in profiles]
+    conv_bytes, _ = evaluate([_Option("keep", (1, 1), (0, 0), 1.0, g, 0.0) for g in full_graphs])
+    # checkpointing each segment = streaming it as one tile: inputs stored, whole graph rebuilt
+    checkpoint_bytes, _ = evaluate([_Option("stream", (1, 1), (0, 0), 1.0, g, 0.0) for g in full_graphs])
     if memory_budget is None:
         # the first segment streamed at tile_size, the others at their leanest ...
         lean = []
@@ -516,6 +514,7 @@ def plan_streaming(
         est_flops=flops,
         conventional_flops=conventional_flops,
         conventional_bytes=conv_bytes,
+        checkpoint_bytes=checkpoint_bytes,
         memory_budget=budget,
         notes=notes,
     )

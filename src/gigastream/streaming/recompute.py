@@ -190,6 +190,9 @@ class _PiecewiseFunction(torch.autograd.Function):
         want_x = ctx.has_input and ctx.needs_input_grad[1]
         want_p = [ctx.needs_input_grad[2 + k] for k in range(len(runner.params))]
         params = [p for p, w in zip(runner.params, want_p, strict=True) if w]
+        if not want_x and not params:
+            runner.kept.clear()
+            return (None, None, *([None] * len(want_p)))
         grad_x = torch.zeros_like(x) if want_x else None
         grad_p: list[Tensor | None] = [None] * len(params)
         for i, piece in enumerate(runner.pieces):
@@ -205,8 +208,6 @@ class _PiecewiseFunction(torch.autograd.Function):
                 with torch.enable_grad(), rng_ctx, runner.autocast():
                     y = runner.fn(xin_leaf if xin_leaf is not None else xin)[piece.crop]
             inputs = ([xin_leaf] if want_x else []) + params
-            if not inputs:
-                break
             if not y.requires_grad:
                 continue  # this piece's output does not depend on anything that wants a gradient
             grads = torch.autograd.grad(y, inputs, g.to(y.dtype), allow_unused=True)

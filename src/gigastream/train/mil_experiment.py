@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import platform
-import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 from gigastream.mil.datasets import BagsConfig, BagSet, load_digits, make_bags, split_pools
 from gigastream.mil.encoders import SmallCNN
 from gigastream.mil.heads import create_mil_head
+from gigastream.streaming.memory import current_rss_mib, peak_rss_mib
 from gigastream.train.mil_strategies import BagEncoder, StrategyConfig
 from gigastream.train.mil_trainer import evaluate_auc, model_parameters, train_epoch
 
@@ -90,23 +89,6 @@ class MnistBagsConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         StrategyConfig(self.strategy, self.chunk_size, self.sample_size, self.memory_budget_mib)
         self.bags = BagsConfig(bag_size=self.bag_size, key_fraction=self.key_fraction)
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (``ru_maxrss``)."""
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss / 2**20 if platform.system() == "Darwin" else maxrss / 2**10  # bytes vs KiB
-
-
-def current_rss_mib() -> float | None:
-    """Current resident set size of this process, MiB (Linux ``/proc``; ``None`` elsewhere)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**10
-    except OSError:
-        pass
-    return None
 
 
 def reset_peak_rss() -> bool:

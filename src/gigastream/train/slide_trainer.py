@@ -27,8 +27,6 @@ import json
 import logging
 import math
 import os
-import resource
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from gigastream.streaming.memory import peak_rss_mib
 from gigastream.wsi.dataset import SlideDataset, SlideDatasetConfig, SlideItem
 from gigastream.wsi.manifest import Manifest, stratified_folds
 from gigastream.wsi.reader import SlideError
@@ -85,12 +84,6 @@ class SlideTrainerConfig:
 
 
 # ----------------------------------------------------------------------------- helpers
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024**2 if sys.platform == "darwin" else peak / 1024  # bytes on macOS
-
-
 def split_manifest(
     manifest: Manifest, val_fraction: float = 1 / 3, seed: int = 0
 ) -> tuple[Manifest, Manifest]:

@@ -1,0 +1,82 @@
+"""Process memory: peak/current resident set, free device memory, glibc allocator tuning.
+
+One place for what the streaming planner, the benchmarks and the trainers measure or set.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (``ru_maxrss``)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB on Linux
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def current_rss_mib() -> float | None:
+    """Current resident set size of this process, MiB (Linux ``/proc``; ``None`` elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**10
+    except OSError:
+        return None
+    return None
+
+
+_ALLOCATOR_TUNED = False
+AUTO_TUNE_BYTES = 16 * 2**30  # tune_allocator="auto": conventional estimate above this
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def tune_cpu_allocator(mmap_threshold: int = 128 * 1024) -> bool:
+    """Make glibc return freed tile buffers to the OS at once (Linux, CPU tensors).
+
+    glibc raises its mmap threshold dynamically, so after the first large tensors are freed,
+    buffers of tens of MB are carved from the heap and stay resident after use; streaming
+    allocates and frees many such tile buffers, and the resident set then grows far past
+    the live tensors. A fixed threshold serves every allocation >= ``mmap_threshold`` with
+    its own mapping, returned to the OS when freed, at the price of fresh page faults on
+    every such allocation. Measured here (ResNet-34 trunk, 3072^2, tile 1024, 2 threads):
+    streamed peak RSS 3294 -> 2030 MiB but 36 -> 52 s per step; at 8192^2 it keeps the peak
+    at 4761 MiB (6450 MiB without). :class:`StreamingModule` therefore calls it
+    (``tune_allocator="auto"``) only for inputs whose conventional computation would need
+    more than 16 GiB. Process-wide; returns whether the setting is in effect.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _ALLOCATOR_TUNED = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
+    except (OSError, AttributeError):  # not glibc
+        return False
+    if _ALLOCATOR_TUNED:
+        logger.debug("glibc mmap threshold fixed at %d bytes", mmap_threshold)
+    return _ALLOCATOR_TUNED
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free memory on ``device`` in bytes (CUDA: free device memory; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        return None
+    return None
