@@ -1,10 +1,12 @@
 """Where the time of exact gradient accumulation goes, for the MNIST-bags encoder on CPU.
 
-Measures, for one bag of N uint8 MNIST-sized images, the median over repeats of:
-- ``forward_nograd``: the encoder over the bag in chunks without a graph;
-- ``forward_backward``: the ordinary whole-bag forward + backward (the ``baseline``);
-- ``chunked``: ChunkedEncoder forward + backward (the ``accumulate`` strategy, every chunk
-  recomputed), and ``chunked_budget`` with a memory budget that keeps some chunk graphs.
+Measures, for one bag of N uint8 MNIST-sized images, the median over repeats of one step of
+:class:`~gigastream.train.mil_strategies.BagClassifier` (the model the training engine runs
+in ``gigastream experiment mnist-bags``: forward with the label, loss, backward):
+- ``forward_nograd``: the model in eval mode (encoder over the bag in chunks, no graph);
+- ``forward_backward``: the ``baseline`` strategy (whole-bag forward + backward);
+- ``chunked``: the ``accumulate`` strategy (ChunkedEncoder, every chunk recomputed), and
+  ``chunked_budget`` with a memory budget that keeps some chunk graphs.
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/bench_mil_chunked.py --out bench_mil_chunked.json
 """
@@ -20,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from gigastream import ChunkedEncoder, create_mil_head
+from gigastream import create_mil_head
 from gigastream.mil.encoders import SmallCNN
+from gigastream.train.mil_strategies import BagClassifier, StrategyConfig
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -40,23 +43,30 @@ def measure(bag_size: int, chunk_size: int, budget_mib: float, repeats: int) -> 
     head = create_mil_head("gated_abmil", 64, 2, attn_dim=64)
     bag = torch.randint(0, 256, (bag_size, 1, 28, 28), dtype=torch.uint8)
 
-    def step(encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        out = head(encode(bag), label=1)
-        head.loss(out, 1).backward()
+    def model(strategy: str, budget: float | None = None) -> BagClassifier:
+        return BagClassifier(encoder, head, StrategyConfig(strategy, chunk_size, 64, budget))
+
+    def step(bags: BagClassifier) -> None:
+        bags.loss(bags(bag, label=1), 1).backward()
 
     def nograd() -> None:
         with torch.no_grad():
-            for i in range(0, bag_size, chunk_size):
-                encoder(bag[i : i + chunk_size])
+            evaluate(bag)
 
+    evaluate = model("baseline").eval()
+    baseline, chunked, budget = (
+        model("baseline"),
+        model("accumulate"),
+        model("accumulate", budget_mib),
+    )
     result = {
-        "bag_size": bag_size, "chunk_size": chunk_size, "budget_mib": budget_mib,
+        "bag_size": bag_size,
+        "chunk_size": chunk_size,
+        "budget_mib": budget_mib,
         "forward_nograd": _median_seconds(nograd, repeats),
-        "forward_backward": _median_seconds(lambda: step(encoder), repeats),
-        "chunked": _median_seconds(lambda: step(ChunkedEncoder(encoder, chunk_size)), repeats),
-        "chunked_budget": _median_seconds(
-            lambda: step(ChunkedEncoder(encoder, chunk_size, memory_budget_mib=budget_mib)), repeats
-        ),
+        "forward_backward": _median_seconds(lambda: step(baseline.train()), repeats),
+        "chunked": _median_seconds(lambda: step(chunked.train()), repeats),
+        "chunked_budget": _median_seconds(lambda: step(budget.train()), repeats),
     }
     result["chunked_vs_baseline"] = result["chunked"] / result["forward_backward"]
     result["chunked_budget_vs_baseline"] = result["chunked_budget"] / result["forward_backward"]
@@ -73,8 +83,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     results = [measure(n, args.chunk_size, args.budget_mib, args.repeats) for n in args.bag_sizes]
-    text = json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
-                       "results": results}, indent=2)
+    text = json.dumps(
+        {"threads": torch.get_num_threads(), "torch": torch.__version__, "results": results},
+        indent=2,
+    )
     print(text)
     if args.out is not None:
         args.out.write_text(text + "\n")

@@ -1,19 +1,21 @@
 """Summarise experiments/mnist_bags/results/*.json into Markdown tables and peak_memory.png.
 
-Usage (from the repository root): python experiments/mnist_bags/summarize.py
-Prints the Markdown for README.md and writes experiments/mnist_bags/peak_memory.png.
+Usage (from the repository root): python experiments/mnist_bags/summarize.py [--results DIR]
+Prints the Markdown for README.md and writes experiments/mnist_bags/peak_memory.png (for
+another results folder, DIR/peak_memory.png).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-HERE = Path(__file__).parent
-RESULTS = HERE / "results"
+HERE = Path(__file__).resolve().parent
+RESULTS = (HERE / "results").resolve()
 STRATEGIES = ("baseline", "accumulate", "sample")
 
 
@@ -59,12 +61,17 @@ def table() -> list[str]:
 
 def flat() -> list[str]:
     groups = _load("flat")
-    lines = ["| strategy | bag size N | peak RSS (MiB) | RSS at start of training (MiB) "
-             "| training peak above start (MiB) |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| strategy | bag size N | peak RSS (MiB) | RSS at start of training (MiB) "
+        "| training peak above start (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for (strategy, n), runs in sorted(groups.items()):
         r = runs[0]
-        lines.append(f"| {strategy} | {n:,} | {r['peak_rss_mib']:.0f} | {r['setup_rss_mib']:.0f} "
-                     f"| {_extra(r):.0f} |")
+        lines.append(
+            f"| {strategy} | {n:,} | {r['peak_rss_mib']:.0f} | {r['setup_rss_mib']:.0f} "
+            f"| {_extra(r):.0f} |"
+        )
     for strategy in ("accumulate", "baseline"):
         small, large = groups.get((strategy, 100)), groups.get((strategy, 10000))
         if small and large:
@@ -79,11 +86,16 @@ def flat() -> list[str]:
 
 def timing() -> list[str]:
     groups = _load("timing")
-    lines = ["| strategy | bag size N | repeats | s / bag (mean ± sd) | x baseline |",
-             "| --- | ---: | ---: | --- | ---: |"]
+    lines = [
+        "| strategy | bag size N | repeats | s / bag (mean ± sd) | x baseline |",
+        "| --- | ---: | ---: | --- | ---: |",
+    ]
     for n in sorted({n for _, n in groups}):
-        base = statistics.mean(r["seconds_per_bag"] for r in groups.get(("baseline", n), [])) \
-            if groups.get(("baseline", n)) else None
+        base = (
+            statistics.mean(r["seconds_per_bag"] for r in groups.get(("baseline", n), []))
+            if groups.get(("baseline", n))
+            else None
+        )
         for strategy in ("baseline", "accumulate", "accumulate-budget"):
             runs = groups.get((strategy, n))
             if not runs:
@@ -142,14 +154,22 @@ def plot() -> Path | None:
         ax.legend()
     fig.suptitle("MNIST bags, SmallCNN + gated attention, chunk size 64, CPU, 1 thread")
     fig.tight_layout()
-    out = HERE / "peak_memory.png"
+    out = HERE / "peak_memory.png" if RESULTS == HERE / "results" else RESULTS / "peak_memory.png"
     fig.savefig(out, dpi=120)
     return out
 
 
 def main() -> None:
-    for title, lines in (("Table", table()), ("Flat memory", flat()), ("Time per bag", timing()),
-                         ("float64 trajectory", float64())):
+    global RESULTS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of run JSON files")
+    RESULTS = parser.parse_args().results.resolve()
+    for title, lines in (
+        ("Table", table()),
+        ("Flat memory", flat()),
+        ("Time per bag", timing()),
+        ("float64 trajectory", float64()),
+    ):
         print(f"### {title}\n")
         print("\n".join(lines) + "\n")
     out = plot()

@@ -1,93 +1,66 @@
 """``gigastream demo`` end to end at a tiny size: the outputs exist and are valid.
 
-The real demo (10 slides of 2048^2 px, 3 epochs) takes minutes; here 4 slides of 512^2 px
-stream at 1 um/px for one epoch, which exercises every step in seconds.
+The real demo takes minutes; here 8 slides of 512^2 px stream at 1 um/px for one epoch,
+which exercises every step in seconds.
 """
 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
-import torch
 import yaml
 
 from gigastream.cli.main import main
 
-TINY = ["--slides", "4", "--size", "512", "--tile-size", "192", "--no-progress", "--threads", "1"]
+TINY = ["--slides", "8", "--size", "512", "--tile-size", "192", "--no-progress", "--threads", "1"]
 
 
 def test_demo_writes_outputs(tmp_path, sources, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--epochs", "1", *TINY, "--sources", *sources])
     assert code == 0
-    assert "validation (2 slides): AUC" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "held-out slides): AUC" in printed
 
     metrics = json.loads((out / "metrics.json").read_text(), parse_constant=pytest.fail)
     assert metrics["status"] == "completed"
-    assert len(metrics["train_slides"]) == 2 and len(metrics["val_slides"]) == 2
+    assert len(metrics["train_slides"]) + len(metrics["val_slides"]) == 8
     assert not set(metrics["train_slides"]) & set(metrics["val_slides"])
     (epoch,) = metrics["epochs"]
-    assert epoch["epoch"] == 1 and len(epoch["train_slide_losses"]) == 2
-    assert math.isfinite(epoch["train_loss"]) and math.isfinite(epoch["val_loss"])
-    assert 0.0 <= epoch["val_accuracy"] <= 1.0
-    assert epoch["val_auc"] is None or 0.0 <= epoch["val_auc"] <= 1.0
-    assert epoch["train_seconds"] > 0 and metrics["peak_rss_mib"] > 100
-    assert metrics["plan"]["input_shape"] == [1, 3, 256, 256]
-    assert any(s["mode"] == "stream" for s in metrics["plan"]["segments"])
-    assert len(metrics["final"]["predictions"]) == 2
-
+    assert epoch["epoch"] == 1 and len(epoch["train_slide_losses"]) == len(metrics["train_slides"])
+    assert metrics["final"]["slides"] == len(metrics["val_slides"])
     assert (out / "training_curve.png").stat().st_size > 1000
-    heatmaps = sorted((out / "heatmaps").glob("*.png"))
-    assert [str(p.relative_to(out)) for p in heatmaps] == sorted(metrics["outputs"]["heatmaps"])
-    assert len(heatmaps) == 2
-    config = yaml.safe_load((out / "checkpoints" / "config.yaml").read_text())
-    assert config["model"]["arch"] == "resnet18" and config["train"]["epochs"] == 1
-    assert config["synth"]["slides"] == 4 and config["data"]["mpp"] == 1.0
-    checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
-    assert checkpoint["epoch"] == 1 and checkpoint["config"] == config
-    assert (out / "checkpoints" / "best.pt").is_file()
+    assert (out / "predictions.csv").read_text().startswith("slide_id,label,p_negative,p_positive")
+    heatmaps = sorted(str(p.relative_to(out)) for p in (out / "heatmaps").glob("*.png"))
+    assert heatmaps and heatmaps == sorted(metrics["outputs"]["heatmaps"])
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["train"]["epochs"] == 1 and config["data"]["mpp"] > 0
+    assert config["class_names"] == ["negative", "positive"]
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "data" / "manifest.csv").is_file()
+
+    # a second demo into the same folder refuses, unless --overwrite
+    assert main(["demo", "--out", str(out), "--epochs", "1", *TINY, "--sources", *sources]) == 1
+    assert "already holds a run" in capsys.readouterr().err
 
 
-def test_failed_run_keeps_checkpoints_and_metrics(tmp_path, sources, monkeypatch, capsys):
-    from gigastream.train import slide_trainer
-
-    calls = {"n": 0}
-    evaluate = slide_trainer.evaluate
-
-    def failing_evaluate(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated failure in epoch 2")
-        return evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(slide_trainer, "evaluate", failing_evaluate)
-    out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--epochs", "2", *TINY, "--sources", *sources])
-    assert code == 1
-    assert "simulated failure in epoch 2" in capsys.readouterr().err
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["status"].startswith("failed: RuntimeError")
-    assert [e["epoch"] for e in metrics["epochs"]] == [1]
-    assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
-    assert (out / "checkpoints" / "config.yaml").is_file()
-
-
-def test_demo_bad_config(tmp_path):
+def test_demo_bad_config(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
-    config.write_text("model:\n  depth: 3\n")
+    config.write_text("model:\n  depth: 3\nsynth:\n  slidez: 3\n")
     assert main(["demo", "--out", str(tmp_path / "x"), "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "unknown key" in err and "slides" in err
+    assert not (tmp_path / "x").exists()
 
 
-def test_demo_without_he_sources_uses_procedural_texture(tmp_path, monkeypatch, capsys):
+def test_demo_without_he_sources_uses_procedural_texture(tmp_path, monkeypatch):
     from gigastream.cli import demo
 
     monkeypatch.setattr(demo, "_find_sources", lambda given: [])
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--epochs", "1", *TINY])
+    code = main(["demo", "--out", str(out), "--epochs", "1", "--slides", "4", *TINY[2:]])
     assert code == 0
     assert (out / "procedural_he.png").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed"
-    assert metrics["config"]["sources"] == [str(out / "procedural_he.png")]

@@ -1,4 +1,4 @@
-"""``gigastream experiment mnist-bags`` end to end on a few tiny bags."""
+"""``gigastream experiment mnist-bags`` end to end on a few tiny bags (on the Lightning engine)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from gigastream.cli.main import main
 MNIST = Path(__file__).parents[2] / ".." / "shared" / "data" / "mnist"
 needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason=f"real MNIST data not found at {MNIST}")
 
-TINY = ["--bag-size", "6", "--train-bags", "4", "--val-bags", "2", "--test-bags", "4",
-        "--epochs", "1", "--no-progress", "--threads", "1"]
+TINY = (
+    "--bag-size 6 --train-bags 4 --val-bags 2 --test-bags 4 --epochs 1 --no-progress --threads 1"
+).split()
+KEYS = ("test_auc", "val_auc", "best_epoch", "train_seconds", "seconds_per_bag", "eval_seconds",
+        "peak_rss_mib", "setup_rss_mib", "train_peak_rss_mib", "history", "config")  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -26,29 +29,34 @@ def _restore_threads():
 
 @needs_mnist
 @pytest.mark.parametrize("strategy", ["baseline", "accumulate", "sample"])
-def test_writes_results(tmp_path, strategy, capsys):
+def test_writes_results(tmp_path, monkeypatch, strategy, capsys):
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "r.json"
-    code = main(["experiment", "mnist-bags", "--strategy", strategy, "--data", str(MNIST),
-                 "--out", str(out), "--chunk-size", "4", "--sample-size", "3", *TINY])
-    assert code == 0
+    argv = ["experiment", "mnist-bags", "--strategy", strategy, "--data", str(MNIST),
+            "--out", str(out), "--chunk-size", "4", "--sample-size", "3", *TINY]  # fmt: skip
+    assert main(argv) == 0
     result = json.loads(out.read_text())
-    for key in ("test_auc", "train_seconds", "peak_rss_mib", "seconds_per_bag", "history"):
+    for key in KEYS:
         assert key in result
     assert 0.0 <= result["test_auc"] <= 1.0
-    assert result["peak_rss_mib"] > 0
+    assert result["peak_rss_mib"] > 0 and result["best_epoch"] == 1
+    assert result["engine"] == "lightning" and len(result["history"]) == 1
     assert result["config"]["strategy"] == strategy and result["config"]["bag_size"] == 6
     assert "test_auc" in json.loads(capsys.readouterr().out)
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no logs or checkpoints
 
 
 @needs_mnist
 def test_yaml_config_with_flags_taking_precedence(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("strategy: sample\nbag_size: 5\nlr: 0.002\n")
+    config.write_text("strategy: sample\nbag_size: 5\nlr: 0.002\nbags_per_step: 2\n")
     out = tmp_path / "r.json"
-    assert main(["experiment", "mnist-bags", "--config", str(config), "--bag-size", "7",
-                 "--data", str(MNIST), "--out", str(out), *TINY[2:]]) == 0
+    argv = ["experiment", "mnist-bags", "--config", str(config), "--bag-size", "7",
+            "--data", str(MNIST), "--out", str(out), *TINY[2:]]  # fmt: skip
+    assert main(argv) == 0
     resolved = json.loads(out.read_text())["config"]
     assert (resolved["strategy"], resolved["bag_size"], resolved["lr"]) == ("sample", 7, 0.002)
+    assert resolved["bags_per_step"] == 2
     config.write_text("bag_sise: 5\n")
     assert main(["experiment", "mnist-bags", "--config", str(config), "--data", str(MNIST)]) == 1
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gigastream import ChunkedEncoder, create_mil_head
-from gigastream.mil.chunked import FrozenBatchNorm, freeze_batchnorm
+from gigastream.streaming import FrozenBatchNorm, freeze_batchnorm
 
 # float64: only summation order differs -> 1e-10. float32: conv kernels chosen per batch size
 # and summation order give ~1e-6 relative differences; 1e-5 is the documented tolerance.
@@ -27,36 +27,55 @@ class Residual(nn.Module):
 
 def conv_pool() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         nn.Linear(8, 10),
     )
 
 
 def conv_dropout() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Dropout2d(0.3), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(6 * 5 * 5, 10), nn.Dropout(0.5),
+        nn.Conv2d(1, 6, 3),
+        nn.ReLU(),
+        nn.Dropout2d(0.3),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 5 * 5, 10),
+        nn.Dropout(0.5),
     )
 
 
 def residual() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), Residual(4), Residual(4),
-        nn.AdaptiveMaxPool2d(2), nn.Flatten(), nn.Linear(16, 10),
+        nn.Conv2d(1, 4, 3, padding=1),
+        Residual(4),
+        Residual(4),
+        nn.AdaptiveMaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 10),
     )
 
 
 def frozen_bn() -> nn.Module:
-    enc = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                        nn.Linear(4 * 10 * 10, 10))
+    enc = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 10)
+    )
     enc[1].running_mean.uniform_(-1, 1)
     enc[1].running_var.uniform_(0.5, 2)
     return freeze_batchnorm(enc)
 
 
-ENCODERS = {"conv_pool": conv_pool, "conv_dropout": conv_dropout, "residual": residual,
-            "frozen_bn": frozen_bn}
+ENCODERS = {
+    "conv_pool": conv_pool,
+    "conv_dropout": conv_dropout,
+    "residual": residual,
+    "frozen_bn": frozen_bn,
+}
 
 
 def _reference(encoder, bag, chunk_size, stochastic):
@@ -81,15 +100,17 @@ def _grads(encoder, head, bag, chunked: bool, chunk_size: int, seed: int, **kw):
     loss.backward()
     grads = {n: p.grad.clone() for n, p in encoder.named_parameters()}
     # (CLAM's instance classifier of the other class gets no gradient from a label-1 bag)
-    grads.update({f"head.{n}": p.grad.clone() for n, p in head.named_parameters()
-                  if p.grad is not None})
+    grads.update(
+        {f"head.{n}": p.grad.clone() for n, p in head.named_parameters() if p.grad is not None}
+    )
     return feats.detach(), bag.grad.clone(), grads
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("enc_name", list(ENCODERS))
-@pytest.mark.parametrize("head_name,n,chunk", [("gated_abmil", 37, 8), ("clam_mb", 50, 16),
-                                               ("max", 9, 4)])
+@pytest.mark.parametrize(
+    "head_name,n,chunk", [("gated_abmil", 37, 8), ("clam_mb", 50, 16), ("max", 9, 4)]
+)
 def test_chunked_equals_full_bag(dtype, enc_name, head_name, n, chunk):
     torch.manual_seed(0)
     encoder = ENCODERS[enc_name]().to(dtype).train()
@@ -102,7 +123,9 @@ def test_chunked_equals_full_bag(dtype, enc_name, head_name, n, chunk):
     torch.testing.assert_close(got[1], ref[1], **tol)
     assert got[2].keys() == ref[2].keys()
     for name in ref[2]:
-        torch.testing.assert_close(got[2][name], ref[2][name], **tol, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            got[2][name], ref[2][name], **tol, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 def test_dropout_is_replayed_not_redrawn():
@@ -161,6 +184,29 @@ def test_freeze_batchnorm_matches_eval_and_survives_train():
     assert {n for n, _ in model.named_parameters()} == {"0.weight", "0.bias"}
     with pytest.raises(ValueError, match="track_running_stats"):
         freeze_batchnorm(nn.BatchNorm1d(3, track_running_stats=False))
+
+
+def test_freeze_batchnorm_keeps_parameters_and_state_dict():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm1d(4)))
+    weight, keys = net[1].weight, set(net.state_dict())
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    frozen = freeze_batchnorm(net)
+    assert frozen is net and isinstance(net[2][0], FrozenBatchNorm)
+    assert net[1].weight is weight  # optimisers built before still see the parameters
+    assert set(net.state_dict()) == keys  # checkpoints load both ways
+    net.load_state_dict(state)
+    bn1d = freeze_batchnorm(nn.BatchNorm1d(5).eval())
+    x = torch.randn(6, 5)
+    assert isinstance(bn1d, FrozenBatchNorm)
+    torch.testing.assert_close(bn1d.train()(x), nn.BatchNorm1d(5).eval()(x), rtol=0, atol=0)
+
+
+def test_chunked_encoder_freezes_batchnorm_when_asked():
+    enc = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten())
+    chunked = ChunkedEncoder(enc, chunk_size=2, freeze_batchnorm=True).train()
+    assert isinstance(chunked.encoder[1], FrozenBatchNorm)
+    chunked(torch.randn(4, 1, 8, 8)).sum().backward()
+    assert enc[1].weight.grad is not None
 
 
 def test_empty_bag_and_bad_chunk_size():

@@ -26,21 +26,26 @@ def _write_idx(path: Path, array: np.ndarray, code: int) -> None:
         int(s).to_bytes(4, "big") for s in array.shape
     )
     data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(data)
+    with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as fh:
+        fh.write(data)
 
 
 @pytest.fixture
 def fake_mnist(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     labels = np.arange(200) % 10
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz",
-               rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), 0x08)
+    _write_idx(
+        tmp_path / "t10k-images-idx3-ubyte.gz",
+        rng.integers(0, 256, (200, 28, 28), dtype=np.uint8),
+        0x08,
+    )
     _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels.astype(np.uint8), 0x08)
     # a QMNIST set, uncompressed, with the 8-column int labels (digit first)
     qlabels = np.zeros((30, 8), dtype=np.int32)
     qlabels[:, 0] = 9
-    _write_idx(tmp_path / "qmnist-test-images-idx3-ubyte",
-               np.zeros((30, 28, 28), dtype=np.uint8), 0x08)
+    _write_idx(
+        tmp_path / "qmnist-test-images-idx3-ubyte", np.zeros((30, 28, 28), dtype=np.uint8), 0x08
+    )
     _write_idx(tmp_path / "qmnist-test-labels-idx2-int", qlabels, 0x0C)
     return tmp_path
 

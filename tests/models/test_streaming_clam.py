@@ -112,7 +112,7 @@ def test_weights_path_loads_local_state_dict(tmp_path):
     reference = torchvision.models.resnet18()
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
-    model = StreamingCLAM(StreamingCLAMConfig(weights_path=str(path)))
+    model = StreamingCLAM(StreamingCLAMConfig(weights=str(path)))
     assert_close(model.trunk.trunk[0].weight, reference.conv1.weight)
     assert_close(model.trunk.trunk[7][1].conv2.weight, reference.layer4[1].conv2.weight)
 
@@ -121,13 +121,13 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="arch must be one of"):
         StreamingCLAM(StreamingCLAMConfig(arch="vgg16"))
     with pytest.raises(FileNotFoundError, match="trunk weights file not found"):
-        StreamingCLAM(StreamingCLAMConfig(weights_path=str(tmp_path / "missing.pth")))
+        StreamingCLAM(StreamingCLAMConfig(weights=str(tmp_path / "missing.pth")))
     with pytest.raises(ValueError, match="needs tile_size or memory_budget"):
         StreamingCLAM(StreamingCLAMConfig(tile_size=None))
     bad = tmp_path / "bad.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="not a torchvision resnet18 state_dict"):
-        StreamingCLAM(StreamingCLAMConfig(weights_path=str(bad)))
+        StreamingCLAM(StreamingCLAMConfig(weights=str(bad)))
     model = _model()
     with pytest.raises(ValueError, match="takes one slide"):
         model(torch.randn(2, 3, 64, 64, dtype=torch.float64))

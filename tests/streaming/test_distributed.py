@@ -56,7 +56,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     out_file = str(tmp_path / "grads.pt")
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True)
     assert os.path.exists(out_file)
-    ddp_grads = torch.load(out_file)
+    ddp_grads = torch.load(out_file, weights_only=True)
 
     # reference: ordinary model, the mean of the two ranks' losses (DDP averages gradients)
     model = _model()

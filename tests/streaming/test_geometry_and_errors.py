@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 
 from gigastream.streaming import (
+    FrozenBatchNorm,
     Geometry,
     StreamingError,
     StreamingModule,
@@ -136,7 +137,7 @@ def test_train_mode_batchnorm_is_refused_with_fix():
 def test_freeze_batchnorm_survives_train():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout(0.1))
     streamed = StreamingModule(net, tile_size=32, freeze_batchnorm=True).train()
-    assert not net[1].training and net[2].training
+    assert isinstance(net[1], FrozenBatchNorm) and net[2].training
     assert streamed(torch.randn(1, 3, 40, 40)).shape == (1, 4, 40, 40)
 
 
@@ -190,8 +191,8 @@ def test_plan_estimates_shrink_with_budget():
     assert plan.segments[0].mode == "stream"
 
 
-def test_trunk_frozen_by_mil_freeze_batchnorm_streams_exactly():
-    from gigastream.mil.chunked import freeze_batchnorm
+def test_trunk_frozen_by_freeze_batchnorm_streams_exactly():
+    from gigastream.streaming import freeze_batchnorm
 
     from .test_exactness import residual_net
 

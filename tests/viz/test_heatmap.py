@@ -7,7 +7,21 @@ import pytest
 from PIL import Image
 
 from gigastream import SlideReader
-from gigastream.viz.heatmap import HeatmapStyle, colorize, heatmap_png, heatmap_tiff, overlay
+from gigastream.viz.heatmap import (
+    ATTENTION_LABEL,
+    CONTOUR_COLOUR,
+    HeatmapStyle,
+    attention_heatmap_png,
+    attention_heatmap_tiff,
+    attention_times_n,
+    colorize,
+    contour_lines,
+    heatmap_png,
+    heatmap_tiff,
+    overlay,
+    slide_title,
+)
+from gigastream.wsi.tissue import TissueMask
 
 
 @pytest.fixture
@@ -75,3 +89,149 @@ def test_errors(slide, tmp_path):
         heatmap_tiff(slide, np.full((2, 2), np.nan), tmp_path / "x.tif")
     with pytest.raises(ValueError, match="cell_um must be positive"):
         overlay(slide, np.ones((2, 2)), np.zeros((10, 10, 3), np.uint8), cell_um=0.0)
+
+
+@pytest.fixture
+def lesion():
+    """A lesion mask at 4 um/px over the 800x600 px (400x300 um) slide: x 100-200, y 80-160 um."""
+    mask = np.zeros((75, 100), bool)
+    mask[20:40, 25:50] = True
+    return TissueMask(mask, mpp=4.0)
+
+
+def _green(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = (rgb[..., c].astype(int) for c in range(3))
+    return (g > 150) & (r < 120) & (b < 120)
+
+
+def _first_run(flags: np.ndarray) -> tuple[int, int]:
+    """Start and end of the first run of True."""
+    start = int(np.argmax(flags))
+    rest = flags[start:]
+    return start, start + (int(np.argmin(rest)) if not rest.all() else len(rest))
+
+
+def test_contour_lines_follow_the_mask(slide, lesion):
+    (line,) = contour_lines(lesion, slide, (0.5, 0.5))  # in level-0 pixels (0.5 um/px)
+    # the region's border (pixel edges at 100/200 um, 80/160 um), at half-pixel precision
+    assert line[:, 0].min() == pytest.approx(200 - 0.5 - 4, abs=4.1)
+    assert line[:, 0].max() == pytest.approx(400 - 0.5 + 4, abs=4.1)
+    assert line[:, 1].min() == pytest.approx(160 - 0.5 - 4, abs=4.1)
+    assert line[:, 1].max() == pytest.approx(320 - 0.5 + 4, abs=4.1)
+    np.testing.assert_allclose(line[0], line[-1])  # closed
+
+
+def test_png_draws_contours_where_the_mask_is(tmp_path, lesion):
+    dark = SlideReader.from_array(np.zeros((600, 800, 3), np.uint8), mpp=0.5)
+    scores, clear = np.zeros((3, 4)), HeatmapStyle(cmap="Reds", alpha=0.0)  # contours only
+    path = heatmap_png(dark, scores, tmp_path / "c.png", style=clear, max_size=400, contours=lesion)
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    black = (rgb < 30).all(axis=-1)  # the black slide thumbnail (and the colour bar frame)
+    (y0, y1), (x0, x1) = (_first_run(black.sum(axis=a) > 100) for a in (1, 0))
+    px = (x1 - x0) / 400  # PNG pixels per micron (thumbnail 400 px = 400 um)
+    assert (y1 - y0) / 300 == pytest.approx(px, rel=0.02)
+    green = _green(rgb)
+    inside = np.argwhere(green[y0:y1, x0:x1])
+    assert len(inside) > 100
+    ys, xs = inside[:, 0] / px, inside[:, 1] / px  # microns
+    on_border = (((np.abs(xs - 100) < 4) | (np.abs(xs - 200) < 4)) & (ys > 76) & (ys < 164)) | (
+        ((np.abs(ys - 80) < 4) | (np.abs(ys - 160) < 4)) & (xs > 96) & (xs < 204)
+    )
+    assert on_border.all()  # green only on the lesion's border ...
+    for near in (xs < 104, xs > 196, ys < 84, ys > 156):
+        assert near.sum() > 20  # ... on all four sides
+    assert green[y1 + 5 :].any()  # the legend entry below the thumbnail
+    plain = heatmap_png(dark, scores, tmp_path / "plain.png", style=clear, max_size=400)
+    with Image.open(plain) as img:
+        assert not _green(np.asarray(img.convert("RGB"))).any()
+
+
+def test_tiff_burns_contours_in(slide, lesion, tmp_path):
+    path = heatmap_tiff(
+        slide,
+        np.zeros((3, 4)),
+        tmp_path / "c.tif",
+        style=HeatmapStyle(alpha=0.0),
+        contours=lesion,
+        contour_width_px=4,
+    )
+    with SlideReader.open(path) as viewer:
+        image = viewer.read_level(0, 0, 0, 800, 600)
+    green = _green(image)
+    # border pixels of the region x 200..400, y 160..320 (level 0), 4 px wide, inside it
+    assert green[160:164, 200:400].mean() > 0.9 and green[316:320, 200:400].mean() > 0.9
+    assert green[160:320, 200:204].mean() > 0.9 and green[160:320, 396:400].mean() > 0.9
+    assert not green[170:310, 210:390].any()  # not inside the region ...
+    assert not green[:150].any() and not green[330:].any() and not green[:, 410:].any()
+    with pytest.raises(ValueError, match="contour_width_px must be positive"):
+        heatmap_tiff(
+            slide, np.ones((2, 2)), tmp_path / "x.tif", contours=lesion, contour_width_px=0
+        )
+
+
+def test_uniform_attention_is_one_flat_neutral_colour(tmp_path):
+    flat = SlideReader.from_array(np.full((600, 800, 3), 200, np.uint8), mpp=0.5)
+    uniform = np.full((6, 8), 1 / 48)
+    scores = attention_times_n(uniform)
+    np.testing.assert_allclose(scores, 1.0)
+    colours, _ = colorize(scores, HeatmapStyle.for_attention())
+    assert (colours == colours[0, 0]).all()
+    assert colours[0, 0].min() > 230  # the neutral middle of the scale: near white
+    path = attention_heatmap_png(flat, uniform, tmp_path / "u.png", max_size=400)
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB")).astype(int)
+    # the thumbnail: the largest block of the blended colour, and nothing else in it
+    blended = overlay(
+        flat, scores, np.full((300, 400, 3), 200, np.uint8), None, HeatmapStyle.for_attention()
+    )
+    assert (blended == blended[0, 0]).all()
+    assert (np.abs(rgb - blended[0, 0]).max(axis=-1) <= 1).sum() >= 300 * 400
+
+
+def test_attention_noise_is_not_stretched_into_structure():
+    rng = np.random.default_rng(0)
+    attention = rng.uniform(0.95, 1.05, (20, 20))  # +-5% around uniform
+    colours, _ = colorize(attention_times_n(attention), HeatmapStyle.for_attention())
+    neutral, _ = colorize(np.ones((1, 1)), HeatmapStyle.for_attention())
+    assert np.abs(colours.astype(int) - neutral[0, 0]).max() <= 12  # pale, not the full range
+    hot, _ = colorize(np.array([[10.0, 0.1]]), HeatmapStyle.for_attention())
+    assert hot[0, 0, 0] > 80 > hot[0, 0, 2] and hot[0, 1, 2] > 80 > hot[0, 1, 0]  # red, blue
+
+
+def test_attention_times_n_and_its_errors():
+    values = attention_times_n(np.array([[0.1, 0.3], [np.nan, 0.6]]))
+    np.testing.assert_allclose(values[np.isfinite(values)], [0.3, 0.9, 1.8])
+    assert np.isnan(values[1, 0])
+    with pytest.raises(ValueError, match="no finite positive value"):
+        attention_times_n(np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match="log colour scale needs vmin > 0"):
+        colorize(np.ones((2, 2)), HeatmapStyle(log=True, vmin=0.0, vmax=1.0))
+    assert "attention × N" in ATTENTION_LABEL and "1 = uniform" in ATTENTION_LABEL
+
+
+def test_slide_title():
+    assert slide_title("synth_003", "positive", 0.931) == (
+        "synth_003 — label: positive — p(positive) = 0.93"
+    )
+    assert slide_title("s1", "negative", 0.07, positive_name="tumour") == (
+        "s1 — label: negative — p(tumour) = 0.07"
+    )
+    assert slide_title("s2", None, 0.5) == "s2 — p(positive) = 0.50"
+    assert CONTOUR_COLOUR == (0, 230, 0)
+
+
+def test_attention_tiff_uses_the_attention_scale(slide, lesion, tmp_path):
+    attention = np.full((3, 4), 1 / 12)
+    path = attention_heatmap_tiff(slide, attention, tmp_path / "a.tif", contours=lesion)
+    neutral = overlay(
+        slide,
+        np.ones((3, 4)),
+        np.full((600, 800, 3), 235, np.uint8),
+        None,
+        HeatmapStyle.for_attention(),
+    )[0, 0].astype(int)
+    with SlideReader.open(path) as viewer:
+        image = viewer.read_level(0, 0, 0, 800, 600).astype(int)
+    assert np.abs(image[:100, :100] - neutral).max() <= 3  # flat neutral colour (JPEG)
+    assert _green(image[160:320, 200:400]).any()

@@ -54,3 +54,21 @@ def tiff_slide(tmp_path_factory) -> tuple[Path, np.ndarray]:
         path, strips, 1300, 1000, mpp=0.25, config=PyramidConfig(tile_size=256, quality=95)
     )
     return path, image
+
+
+@pytest.fixture(scope="session")
+def corrupt_slide(tmp_path_factory, tiff_slide) -> Path:
+    """``tiff_slide`` with one tile of level 1 (level pixels x, y 256..512) overwritten."""
+    import tifffile
+
+    data = bytearray(tiff_slide[0].read_bytes())
+    with tifffile.TiffFile(tiff_slide[0]) as tif:
+        page = tif.pages[1]  # level 1: 650 x 500, 256 px tiles, 3 across
+        assert page.shape[:2] == (500, 650) and page.tilewidth == 256
+        tile = 1 * 3 + 1  # tile row 1, column 1
+        offset, count = page.dataoffsets[tile], page.databytecounts[tile]
+    rng = np.random.default_rng(0)  # random bytes: not a JPEG stream any decoder accepts
+    data[offset : offset + count] = rng.integers(0, 256, count, dtype=np.uint8).tobytes()
+    path = tmp_path_factory.mktemp("corrupt") / "corrupt.tif"
+    path.write_bytes(bytes(data))
+    return path

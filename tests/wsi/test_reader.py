@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from gigastream import SlideError, SlideReader
 from gigastream.wsi.backends import ArrayReader, OpenSlideReader, TiffSlideReader
+from gigastream.wsi.reader import READ_ERROR_FIX, SlideReadError
 from gigastream.wsi.resample import downsample2
 
 
@@ -159,6 +162,26 @@ def test_truncated_svs_is_reported(tmp_path, cmu1):
         SlideReader.open(path)
 
 
+@pytest.mark.parametrize("backend", ["auto", "openslide", "tiffslide"])
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        ("missing.svs", lambda p, tif: None, "file not found"),
+        ("notes.svs", lambda p, tif: p.write_text("not a slide\n" * 20), "not a readable TIFF"),
+        ("notes.ndpi", lambda p, tif: p.write_text("not a slide\n" * 20), "cannot open it"),
+        ("cut.tif", lambda p, tif: p.write_bytes(tif[: len(tif) // 2]), "truncated"),
+        ("cut.dat", lambda p, tif: p.write_bytes(tif[: len(tif) // 2]), "truncated"),
+        ("header.tif", lambda p, tif: p.write_bytes(tif[:200]), "truncated or corrupt"),
+    ],
+)
+def test_open_errors_with_every_backend(tmp_path, tiff_slide, backend, name, make, message):
+    path = tmp_path / name
+    make(path, tiff_slide[0].read_bytes())
+    with pytest.raises(SlideError, match=message) as info:
+        SlideReader.open(path, backend=backend)
+    assert str(info.value).startswith(f"{path}: ")
+
+
 def test_garbage_tiff_is_reported(tmp_path):
     path = tmp_path / "garbage.tif"
     path.write_bytes(b"II*\x00" + b"\xff" * 100)
@@ -199,21 +222,55 @@ def test_slide_error_is_a_runtime_error():
     assert issubclass(SlideError, RuntimeError)  # the CLI reports RuntimeErrors cleanly
 
 
-def test_corrupt_tile_raises_slide_error_on_read(tmp_path, tiff_slide):
-    import tifffile
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_corrupt_tile_mid_stream_raises_slide_read_error(tiff_slide, corrupt_slide, backend):
+    with (
+        SlideReader.open(corrupt_slide, backend=backend) as slide,
+        SlideReader.open(tiff_slide[0], backend=backend) as intact,
+    ):
+        # regions that do not touch the corrupt tile read as in the intact file
+        for args in [(1, 0, 0, 256, 256), (1, 512, 256, 138, 244), (0, 0, 0, 1300, 1000)]:
+            np.testing.assert_array_equal(slide.read_level(*args), intact.read_level(*args))
+        with pytest.raises(SlideReadError) as info:
+            slide.read_level(1, 300, 200, 64, 100)  # rows 256.. of it are in the tile
+        message = str(info.value)
+        assert message.startswith(f"{corrupt_slide}: reading level 1 region ")
+        assert "x=300, y=200, w=64, h=100 (level pixels)" in message
+        assert message.endswith(READ_ERROR_FIX)
+        assert info.value.__cause__ is not None  # chained from the backend's exception
+        assert (info.value.path, info.value.level, info.value.region) == (
+            corrupt_slide,
+            1,
+            (300, 200, 64, 100),
+        )
+        assert isinstance(info.value, SlideError)  # what a trainer catches per slide
+        res = slide.resolution(0.7)  # resized from level 1
+        assert res.level == 1
+        with pytest.raises(SlideReadError, match=r"corrupt\.tif: reading level 1 region"):
+            slide.read_scaled(res, 0, 0, *res.dimensions)
+        with pytest.raises(SlideReadError, match="re-export it or remove it from the manifest"):
+            slide.region((600, 600), (32, 32), mpp=0.5)  # level 1 (300, 300)
+        # the failed read leaves the reader usable (OpenSlide's handle is reopened)
+        np.testing.assert_array_equal(
+            slide.read_level(1, 0, 0, 64, 64), intact.read_level(1, 0, 0, 64, 64)
+        )
 
-    data = bytearray(tiff_slide[0].read_bytes())
-    with tifffile.TiffFile(tiff_slide[0]) as tif:
-        offset, count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
-    data[offset : offset + count] = b"\x00" * count  # first tile of level 0: not a JPEG
-    path = tmp_path / "corrupt.tif"
-    path.write_bytes(bytes(data))
-    for backend in ("openslide", "tiffslide"):
-        with SlideReader.open(path, backend=backend) as slide:
-            with pytest.raises(
-                SlideError, match=r"corrupt\.tif: reading level 0 at \(0, 0\) failed"
-            ):
-                slide.read_level(0, 0, 0, 64, 64)
+
+def test_read_errors_name_the_slide_and_the_fix():
+    class Broken(ArrayReader):
+        def _read_level(self, level, x, y, width, height):
+            raise OSError("tile 7: unexpected end of data")
+
+    slide = Broken(np.zeros((64, 64, 3), np.uint8), mpp=1.0, path=Path("s.svs"))
+    with pytest.raises(SlideReadError) as info:
+        slide.read_level(0, 5, 6, 7, 8)
+    assert str(info.value) == (
+        "s.svs: reading level 0 region x=5, y=6, w=7, h=8 (level pixels) failed: "
+        f"OSError: tile 7: unexpected end of data; {READ_ERROR_FIX}"
+    )
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(SlideReadError, match=r"s\.svs: reading level 0 region"):
+        slide.read_scaled(slide.resolution(2.0), 0, 0, 8, 8)
 
 
 def test_openslide_backend_on_a_png_says_it_cannot_open(tmp_path):
@@ -259,3 +316,60 @@ def test_tiffs_openslide_does_not_read_go_to_tiffslide(tmp_path, image_factory):
             assert slide.backend == "tiffslide", path
             assert slide.mpp == pytest.approx(mpp)
             np.testing.assert_array_equal(slide.read_level(0, 0, 0, 400, 300), image)
+
+
+@pytest.fixture(scope="module")
+def aperio_like(tmp_path_factory, image_factory) -> Path:
+    """A pyramid with a scanner's non-power-of-two downsamples: 2001x1501, 1000x750, 500x375."""
+    import tifffile
+    from PIL import Image
+
+    image = image_factory(1501, 2001)
+    path = tmp_path_factory.mktemp("aperio") / "aperio.tif"
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for i, (w, h) in enumerate([(2001, 1501), (1000, 750), (500, 375)]):
+            level = image if i == 0 else np.asarray(Image.fromarray(image).resize((w, h)))
+            tw.write(
+                level,
+                tile=(256, 256),
+                compression="jpeg",
+                photometric="rgb",
+                subfiletype=0 if i == 0 else 1,
+                resolution=(1e4 / (0.25 * 2001 / w), 1e4 / (0.25 * 1501 / h)),
+                resolutionunit="CENTIMETER",
+                metadata=None,
+            )
+    return path
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_non_power_of_two_pyramid_crops_equal_the_whole(aperio_like, backend):
+    rng = np.random.default_rng(0)
+    with SlideReader.open(aperio_like, backend=backend) as slide:
+        assert slide.levels[1].downsample == pytest.approx(2.001, abs=1e-3)
+        for mpp, level in [(0.25, 0), (0.5, 1), (1.0, 2), (0.7, 1), (1.6, 2)]:
+            res = slide.resolution(mpp)
+            assert res.level == level
+            whole = slide.read_at_mpp(mpp).astype(int)
+            width, height = res.dimensions
+            for _ in range(6):
+                w, h = (int(rng.integers(8, min(300, size - 1))) for size in (width, height))
+                x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+                crop = slide.read_scaled(res, x, y, w, h).astype(int)
+                assert np.abs(crop - whole[y : y + h, x : x + w]).max() <= 1, (mpp, x, y, w, h)
+
+
+def test_non_power_of_two_levels_read_the_same_with_both_backends(aperio_like):
+    import tifffile
+
+    with (
+        SlideReader.open(aperio_like, backend="openslide") as os_,
+        SlideReader.open(aperio_like, backend="tiffslide") as ts,
+    ):
+        for level in (1, 2):
+            page = tifffile.imread(aperio_like, key=level)
+            for x, y in [(0, 0), (1, 1), (301, 157), (130, 77)]:
+                got = ts.read_level(level, x, y, 64, 48)
+                np.testing.assert_array_equal(got, page[y : y + 48, x : x + 64])  # not 1 px off
+                other = os_.read_level(level, x, y, 64, 48).astype(int)
+                assert np.abs(other - got).mean() < 1, (level, x, y)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,8 @@ from torch import nn
 
 from gigastream import SlideError, SlideReader
 from gigastream.streaming.recompute import InputSource
+from gigastream.wsi.backends import ArrayReader
+from gigastream.wsi.reader import READ_ERROR_FIX, SlideReadError
 from gigastream.wsi.source import IMAGENET, SlideSource
 from gigastream.wsi.tissue import TissueMask
 
@@ -105,3 +109,35 @@ def test_too_many_index_entries():
     source = SlideSource(SlideReader.from_array(np.zeros((16, 16, 3), np.uint8), mpp=1.0), mpp=1.0)
     with pytest.raises(IndexError, match="5 entries for a 4-d input"):
         source.read((slice(None),) * 5)
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_corrupt_tile_mid_stream_raises_slide_read_error(corrupt_slide, backend):
+    from gigastream.streaming.module import StreamingModule
+
+    trunk = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    with SlideReader.open(corrupt_slide, backend=backend) as slide:
+        source = SlideSource(slide, mpp=0.5)  # level 1, whose tile x, y 256..512 is corrupt
+        top = source.read((slice(None), slice(None), slice(0, 256), slice(None)))
+        assert top.shape == (1, 3, 256, 650)  # the tiles above it read fine
+        with pytest.raises(SlideReadError, match=r"corrupt\.tif: reading level 1 region .*"):
+            source.read((slice(None), slice(None), slice(250, 300), slice(200, 300)))
+        with pytest.raises(SlideReadError) as info:  # mid-stream: after some tiles worked
+            StreamingModule(trunk, tile_size=128)(source)
+        assert str(info.value).endswith(READ_ERROR_FIX) and source.reads > 2
+
+
+def test_reader_errors_become_slide_read_errors():
+    class Failing(ArrayReader):
+        def read_scaled(self, res, x, y, width, height):
+            raise ValueError("bad huffman code")
+
+    slide = Failing(np.zeros((64, 64, 3), np.uint8), mpp=0.5, path=Path("s.tif"))
+    source = SlideSource(slide, mpp=1.0)
+    with pytest.raises(SlideReadError) as info:
+        source.read((slice(None), slice(None), slice(2, 10), slice(4, 20)))
+    assert str(info.value) == (
+        "s.tif: reading level 0 region x=4, y=2, w=16, h=8 (pixels at 1 mpp) failed: "
+        f"ValueError: bad huffman code; {READ_ERROR_FIX}"
+    )
+    assert isinstance(info.value.__cause__, ValueError)

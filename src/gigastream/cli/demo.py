@@ -1,61 +1,50 @@
-"""``gigastream demo``: synthetic slides -> StreamingCLAM trained end to end -> metrics, heatmaps.
+"""``gigastream demo``: synthetic slides -> a slide classifier trained end to end -> results.
 
-Writes a small synthetic dataset, trains a StreamingCLAM model (streamed ResNet trunk + CLAM
-head) on whole slides with slide labels only, validates it and writes ``metrics.json``,
-``training_curve.png``, ``heatmaps/*.png`` and ``checkpoints/`` (with ``config.yaml``) into
-``--out``. Settings: defaults < ``--config`` YAML (sections ``synth``, ``model``, ``train``,
-``data``) < command-line flags.
+Writes a synthetic dataset (``gigastream synth``: tissue cut from real H&E, positive slides
+with small planted lesions whose pattern averages away when the slide is shrunk), then
+trains with the same engine and recipe as ``gigastream train`` (slide labels only) and
+writes ``metrics.json``, ``predictions.csv``, ``training_curve.png``, attention heatmaps
+with the lesion contours (``heatmaps/``), checkpoints and ``config.yaml`` into ``--out``.
+
+Settings: the defaults below < ``--config`` YAML (a ``synth`` section plus the sections of
+``gigastream train``) < command-line flags.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+from gigastream.cli import common
 
 logger = logging.getLogger(__name__)
 
 COMMAND = ("demo",)
-HELP = "train StreamingCLAM end to end on a small synthetic slide dataset (~3-5 min on 2 CPU cores)"
+HELP = "train a slide classifier end to end on synthetic slides (~10 min on 2 CPU cores)"
 
 #: Where the demo looks for real H&E to cut synthetic tissue from (first existing wins).
 SOURCE_CANDIDATES = ("../shared/data", "shared/data")
 
-# demo-sized defaults: 12 slides of 2048^2 px at 0.5 um/px, streamed at 1 um/px (1024^2
-# inputs in 512 px tiles); 8 train, 4 validation; 4 epochs (~4 min on one CPU thread)
-DEMO_SLIDES, DEMO_SIZE, DEMO_MPP, DEMO_TILE, DEMO_EPOCHS = 12, 2048, 1.0, 512, 4
-DEMO_LESION_SIZE = 256  # level-0 px: 128 px at 1 um/px, two instances across
+#: The demo's dataset: small slides, many of them (level-0 px at 0.5 um/px).
+DEMO_SYNTH: dict[str, Any] = {"slides": 64, "size": 1024, "lesion_size": 128, "seed": 0}
+#: The demo's run settings on top of the training defaults (the recipe).
+DEMO_RUN: dict[str, Any] = {"train": {"heatmaps": 6, "val_fraction": 0.25}}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
-    parser.add_argument("--epochs", type=int, help=f"training epochs (default {DEMO_EPOCHS})")
-    parser.add_argument("--slides", type=int, help=f"synthetic slides (default {DEMO_SLIDES})")
+    common.add_out(parser)
+    parser.add_argument("--slides", type=int, help=f"synthetic slides (default {DEMO_SYNTH['slides']})")
     parser.add_argument(
-        "--size", type=int, help=f"slide edge in level-0 pixels at 0.5 um/px (default {DEMO_SIZE})"
+        "--size", type=int, help=f"slide edge in level-0 px at 0.5 um/px (default {DEMO_SYNTH['size']})"
     )
     parser.add_argument(
-        "--mpp", type=float, help=f"resolution the slides are streamed at (default {DEMO_MPP})"
-    )
-    parser.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), help="trunk")
-    parser.add_argument("--weights", type=Path, help="local torchvision state_dict for the trunk")
-    parser.add_argument("--tile-size", type=int, help=f"streaming tile edge (default {DEMO_TILE})")
-    parser.add_argument("--lr", type=float, help="Adam learning rate")
-    parser.add_argument("--seed", type=int, help="seed of data, split, initialisation (default 0)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument(
-        "--sources",
-        type=Path,
-        nargs="+",
+        "--sources", type=Path, nargs="+",
         help="H&E images/slides to cut synthetic tissue from (default: ../shared/data)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    common.add_training(parser)
 
 
 def _find_sources(given: list[Path] | None) -> list[Path]:
@@ -70,78 +59,26 @@ def _find_sources(given: list[Path] | None) -> list[Path]:
     return []
 
 
-def procedural_he_image(path: Path, size: int = 1024, seed: int = 0) -> Path:
-    """Write a procedural H&E-like PNG: pink fibrous stroma with clusters of dark nuclei.
-
-    The fallback texture source when no real H&E image is at hand (e.g. a fresh ``pip
-    install``): the demo then still runs, on cruder tissue. Real H&E (``--sources``) is
-    better.
-    """
-    from PIL import Image
-    from skimage.draw import ellipse
-
-    rng = np.random.default_rng(seed)
-
-    def smooth_noise(cells: int) -> np.ndarray:  # (size, size) in [0, 1]
-        grid = Image.fromarray(rng.random((cells, cells), dtype=np.float32), mode="F")
-        return np.asarray(grid.resize((size, size), Image.BICUBIC)).clip(0, 1)
-
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    angle = smooth_noise(4) * np.pi
-    phase = (xx * np.cos(angle) + yy * np.sin(angle)) / 4.0 + 12.0 * smooth_noise(24)
-    fibres = (0.5 + 0.5 * np.sin(phase)) * smooth_noise(16)
-    shade = 0.6 * smooth_noise(8) + 0.5 * fibres  # (size, size)
-    stroma = np.array([235, 165, 200], np.float32)
-    dark = np.array([200, 110, 170], np.float32)
-    image = stroma + (dark - stroma) * shade[..., None]  # (size, size, 3)
-    density = smooth_noise(6)
-    for _ in range(size * size // 250):
-        y, x = rng.integers(0, size, 2)
-        if rng.random() > density[y, x] ** 2:
-            continue
-        rows, cols = ellipse(
-            y, x, rng.uniform(3, 7), rng.uniform(3, 7), (size, size), rotation=rng.uniform(0, np.pi)
-        )
-        image[rows, cols] = np.array([95, 50, 140]) + rng.normal(0, 12, 3)
-    image += rng.normal(0, 6, image.shape)
-    Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(path)
-    return path
-
-
-def _overlay(obj, section: dict | None, name: str):
-    """``obj`` (a dataclass) with the fields of a YAML section replaced."""
-    if not section:
-        return obj
-    fields = {f.name for f in dataclasses.fields(obj)}
-    unknown = sorted(set(section) - fields)
-    if unknown:
-        raise ValueError(f"unknown {name} setting(s) in --config: {', '.join(unknown)}")
-    return dataclasses.replace(obj, **section)
-
-
-def _set(obj, **values):
-    return dataclasses.replace(obj, **{k: v for k, v in values.items() if v is not None})
-
-
-def demo_tissue_config(synth):
+def demo_tissue(synth) -> dict[str, float]:
     """Tissue masker settings scaled to small synthetic slides.
 
     The defaults (8 um/px, specks below ~(316 um)^2) suit real slides of centimetres; a
-    demo slide is about a millimetre wide, so the mask resolution and the speck and hole
-    sizes are scaled to the slide (a 256 px mask, specks below 0.2% of the slide).
+    demo slide is about half a millimetre wide, so the mask resolution and the speck and
+    hole sizes are scaled to the slide (a 256 px mask, specks below 0.2% of the slide).
     """
     from gigastream.wsi.tissue import TissueMaskConfig
 
     edge_um = synth.size * synth.mpp
     defaults = TissueMaskConfig()
-    return TissueMaskConfig(
-        mpp=min(defaults.mpp, max(synth.mpp, edge_um / 256)),
-        min_object_um2=min(defaults.min_object_um2, 0.002 * edge_um**2),
-        max_hole_um2=min(defaults.max_hole_um2, 0.005 * edge_um**2),
-    )
+    return {
+        "mpp": min(defaults.mpp, max(synth.mpp, edge_um / 256)),
+        "min_object_um2": min(defaults.min_object_um2, 0.002 * edge_um**2),
+        "max_hole_um2": min(defaults.max_hole_um2, 0.005 * edge_um**2),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
+    common.quiet_lightning(args)
     package_logger = logging.getLogger("gigastream")
     level = package_logger.level
     if args.verbose == 0:  # a demo shows what it does: the library's INFO log lines
@@ -153,57 +90,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-    import yaml
+    from gigastream.train.config import load_config, merge, read_yaml
+    from gigastream.train.engine import check_out, fit, prepare
+    from gigastream.wsi.synth import SynthConfig, procedural_he_image, synthesize_dataset
 
-    from gigastream.models.streaming_clam import StreamingCLAM, StreamingCLAMConfig
-    from gigastream.train.slide_trainer import SlideTrainerConfig, train_slide_classifier
-    from gigastream.wsi.dataset import SlideDatasetConfig
-    from gigastream.wsi.manifest import read_manifest
-    from gigastream.wsi.synth import SynthConfig, synthesize_dataset
-    from gigastream.wsi.tissue import TissueMaskConfig
-
-    file_cfg = yaml.safe_load(args.config.read_text()) if args.config else {}
-    if not isinstance(file_cfg, dict):
-        raise ValueError(f"{args.config}: expected a mapping of sections")
-    unknown = sorted(set(file_cfg) - {"synth", "model", "train", "data"})
-    if unknown:
-        raise ValueError(f"unknown section(s) in --config: {', '.join(unknown)}")
-    seed = args.seed if args.seed is not None else file_cfg.get("train", {}).get("seed", 0)
-
-    synth = SynthConfig(slides=DEMO_SLIDES, size=DEMO_SIZE, lesion_size=DEMO_LESION_SIZE, seed=seed)
-    synth = _set(
-        _overlay(synth, file_cfg.get("synth"), "synth"), slides=args.slides, size=args.size
-    )
+    values = read_yaml(args.config) if args.config else {}
+    source = str(args.config) if args.config else "config"
+    synth_values = merge(DEMO_SYNTH, values.pop("synth", None) or {})
+    synth_values = merge(synth_values, {"slides": args.slides, "size": args.size, "seed": args.seed})
+    synth = load_config(synth_values, source=source, cls=SynthConfig)
     synth.lesion_size = min(synth.lesion_size, synth.size // 4)  # small slides, small lesions
-    model_cfg = _overlay(StreamingCLAMConfig(tile_size=DEMO_TILE), file_cfg.get("model"), "model")
-    model_cfg = _set(
-        model_cfg,
-        arch=args.arch,
-        tile_size=args.tile_size,
-        weights_path=str(args.weights) if args.weights else None,
-    )
-    train_cfg = _overlay(SlideTrainerConfig(epochs=DEMO_EPOCHS), file_cfg.get("train"), "train")
-    train_cfg = _set(
-        train_cfg,
-        epochs=args.epochs,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        progress=False if args.no_progress else None,
-    )
-    data_cfg = _set(
-        _overlay(SlideDatasetConfig(mpp=DEMO_MPP), file_cfg.get("data"), "data"), mpp=args.mpp
-    )
-    if not (file_cfg.get("data") or {}).get("tissue"):
-        data_cfg.tissue = demo_tissue_config(synth)
-    elif isinstance(data_cfg.tissue, dict):
-        data_cfg.tissue = TissueMaskConfig(**data_cfg.tissue)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    out: Path = args.out
+    manifest = out / "data" / "manifest.csv"
+    run_values = merge(merge(DEMO_RUN, {"data": {"tissue": demo_tissue(synth)}}), values)
+    overrides = merge(common.run_overrides(args), {"manifest": str(manifest)})
+    config = load_config(run_values, overrides, source=source)  # validated before any write
+    check_out(out, args.resume, args.overwrite)  # before writing anything
 
     start = time.perf_counter()
-    out: Path = args.out
     sources = _find_sources(args.sources)
     if not sources:
         out.mkdir(parents=True, exist_ok=True)
@@ -212,36 +116,26 @@ def _run(args: argparse.Namespace) -> int:
             "no H&E images found (pass --sources): cutting tissue from a procedural texture, %s",
             sources[0],
         )
-    manifest_path = synthesize_dataset(out / "data", synth, sources, progress=train_cfg.progress)
+    if not (args.resume and manifest.is_file()):
+        synthesize_dataset(out / "data", synth, sources, progress=config.train.progress)
     synth_seconds = time.perf_counter() - start
     print(f"wrote {synth.slides} synthetic slides of {synth.size}^2 px in {synth_seconds:.1f} s")
-    manifest = read_manifest(manifest_path)
-
-    torch.manual_seed(train_cfg.seed)
-    model_cfg.num_classes = len(manifest.labels)
-    model = StreamingCLAM(model_cfg)
-    resolved = {"model": model_cfg, "synth": synth, "sources": [str(s) for s in sources]}
-    metrics = train_slide_classifier(model, manifest, out, train_cfg, data_cfg, resolved)
+    prepared = prepare(config)
+    metrics = fit(config, out, resume=args.resume, overwrite=args.overwrite, prepared=prepared)
 
     total = time.perf_counter() - start
     final = metrics["final"]
-    positive = manifest.labels[-1]
-    slides = ", ".join(
-        f"{p['slide_id']} ({p['label']}) {p['probs'][-1]:.3f}" for p in final["predictions"]
-    )
+    positive = prepared.class_names[-1]
+    auc = final["val_auc"]
     print(
         f"done in {total:.0f} s (data {synth_seconds:.0f} s, training+validation "
         f"{metrics['seconds']:.0f} s), peak RSS {metrics['peak_rss_mib']:.0f} MiB\n"
-        f"validation ({len(metrics['val_slides'])} slides): AUC {final['val_auc']:.3f}, "
-        f"accuracy {final['val_accuracy']:.3f}, loss {final['val_loss']:.4f}\n"
-        f"p({positive}) per validation slide: {slides}\n"
-        f"outputs in {out}: metrics.json, training_curve.png, heatmaps/, checkpoints/"
+        f"validation ({final['slides']} held-out slides): AUC "
+        f"{'n/a' if auc is None else f'{auc:.3f}'}, accuracy {final['val_accuracy']:.3f}, "
+        f"loss {final['val_loss']:.4f} (best epoch {metrics['best_epoch']})\n"
+        f"p({positive}) range on validation slides: "
+        f"{final['prob_range'][0]:.3f}..{final['prob_range'][1]:.3f}\n"
+        f"outputs in {out}: metrics.json, predictions.csv, training_curve.png, heatmaps/, "
+        "checkpoints/, config.yaml"
     )
-    low, high = final["val_prob_range"]
-    if high - low < 0.05:
-        print(
-            f"note: validation predictions span only {low:.3f}..{high:.3f}: the model has not "
-            "learned to tell the classes apart yet (train longer, on more or larger slides, "
-            "or from pretrained --weights); on so few slides AUC and accuracy are coarse."
-        )
     return 0

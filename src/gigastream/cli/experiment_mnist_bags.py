@@ -1,4 +1,8 @@
-"""``gigastream experiment mnist-bags``: train and evaluate one MNIST-bags run, write JSON."""
+"""``gigastream experiment mnist-bags``: train and evaluate one MNIST-bags run, write JSON.
+
+Training runs on the project's one engine (``MILClassifier`` in a Lightning ``Trainer``);
+see :func:`gigastream.train.mil_experiment.run_mnist_bags`.
+"""
 
 from __future__ import annotations
 
@@ -28,29 +32,42 @@ _FLAGS = {
     "sample_size": (int, "instances per step (sample)"),
     "memory_budget_mib": (float, "accumulate: MiB for chunks that keep their graph"),
     "bags_per_step": (int, "bags per optimiser step (gradient accumulation over bags)"),
-    "lr": (float, "Adam learning rate"),
+    "lr": (float, "AdamW learning rate (constant)"),
+    "weight_decay": (float, "AdamW weight decay"),
     "dtype": (str, "float32 or float64"),
+    "device": (str, "cpu, cuda or auto"),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML file of MnistBagsConfig fields")
-    parser.add_argument("--data", type=Path, help="folder with the MNIST/QMNIST IDX files "
-                        "(default: ../shared/data/mnist from the working directory or repo)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="folder with the MNIST/QMNIST IDX files "
+        "(default: ../shared/data/mnist from the working directory or repo)",
+    )
     parser.add_argument("--out", type=Path, help="write the results JSON here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    choices = {"strategy": ["baseline", "accumulate", "sample"], "dtype": ["float32", "float64"]}
+    choices = {
+        "strategy": ["baseline", "accumulate", "sample"],
+        "dtype": ["float32", "float64"],
+        "device": ["cpu", "cuda", "auto"],
+    }
     for name, (kind, text) in _FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices.get(name),
-                            help=text)
+        parser.add_argument(
+            "--" + name.replace("_", "-"), type=kind, choices=choices.get(name), help=text
+        )
 
 
 def _default_data() -> Path:
     import gigastream
 
-    candidates = [Path("../shared/data/mnist"),
-                  Path(gigastream.__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist"]
+    candidates = [
+        Path("../shared/data/mnist"),
+        Path(gigastream.__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist",
+    ]
     for path in candidates:
         if path.is_dir():
             return path
@@ -89,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
         logger.info("wrote %s", args.out)
-    print(json.dumps({k: result[k] for k in ("test_auc", "train_seconds", "seconds_per_bag",
-                                              "peak_rss_mib")}))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("test_auc", "train_seconds", "seconds_per_bag", "peak_rss_mib")}
+        )
+    )
     return 0

@@ -17,6 +17,7 @@ import importlib
 import logging
 import pkgutil
 import sys
+import warnings
 from collections.abc import Sequence
 
 import gigastream
@@ -72,13 +73,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:  # noise from Lightning's internals
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     run = getattr(args, "_run", None)
     if run is None:
         parser.print_help()
         return 2
     try:
         return int(run(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # user-facing errors
+    except KeyboardInterrupt as exc:  # SIGINT / SIGTERM (a run records status "interrupted")
+        print(f"gigastream: interrupted: {exc or 'stopped'}", file=sys.stderr)
+        return 130
+    except OSError as exc:  # unwritable --out, full disk, ...: one line, not a traceback
+        if args.verbose >= 2:
+            raise
+        from gigastream.train.io import describe_os_error
+
+        print(f"gigastream: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
+    except (ValueError, RuntimeError) as exc:  # user-facing errors name the problem and the fix
         if args.verbose >= 2:
             raise
         print(f"gigastream: error: {exc}", file=sys.stderr)

@@ -16,7 +16,8 @@ recomputed, which is faster. It is built on the shared primitive
 
 Dropout is replayed exactly (same masks in the recompute). BatchNorm in train mode is
 refused: its statistics over a chunk are not the bag's, so gradients would not be exact;
-:func:`freeze_batchnorm` replaces it by its frozen (running-statistics) form.
+:func:`gigastream.streaming.batchnorm.freeze_batchnorm` replaces it by its frozen
+(running-statistics) form.
 """
 
 from __future__ import annotations
@@ -29,90 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gigastream.streaming.batchnorm import freeze_batchnorm as _freeze_batchnorm
+from gigastream.streaming.batchnorm import training_batchnorms
 from gigastream.streaming.recompute import Piece, piecewise_recompute
 
 logger = logging.getLogger(__name__)
 
 _MIB = 2**20
-
-
-class FrozenBatchNorm(nn.Module):
-    """BatchNorm that always normalises with its running statistics (train mode or not).
-
-    The affine ``weight`` and ``bias`` stay trainable; the running statistics are buffers
-    that never change. Works for any input ``(N, C, ...)``.
-
-    Args:
-        bn: the BatchNorm module to freeze; its statistics and affine parameters are copied.
-    """
-
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
-        super().__init__()
-        if bn.running_mean is None or bn.running_var is None:
-            raise ValueError(
-                "cannot freeze a BatchNorm built with track_running_stats=False: it has no "
-                "running statistics to normalise with"
-            )
-        self.eps = bn.eps
-        self.register_buffer("running_mean", bn.running_mean.detach().clone())
-        self.register_buffer("running_var", bn.running_var.detach().clone())
-        if bn.affine:
-            self.weight = nn.Parameter(bn.weight.detach().clone())
-            self.bias = nn.Parameter(bn.bias.detach().clone())
-        else:
-            self.weight = None
-            self.bias = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        scale = torch.rsqrt(self.running_var + self.eps)
-        shift = -self.running_mean * scale
-        if self.weight is not None:
-            scale = scale * self.weight
-            shift = shift * self.weight + self.bias
-        return x * scale.reshape(shape) + shift.reshape(shape)
-
-    def extra_repr(self) -> str:
-        return f"{self.running_mean.shape[0]}, eps={self.eps}"
-
-    def stream_geometry(self):
-        """Per-position affine map: streams like any pointwise module."""
-        from gigastream.streaming.geometry import Geometry
-
-        return Geometry()
-
-
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm in ``module`` by a :class:`FrozenBatchNorm`, in place.
-
-    Frozen BatchNorm is a per-instance affine map, so chunked gradients are exact; it stays
-    frozen when the model is put back in train mode.
-
-    Args:
-        module: a model, or a BatchNorm module itself.
-
-    Returns:
-        ``module`` (or its frozen replacement when ``module`` is itself a BatchNorm).
-
-    Example:
-        >>> enc = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
-        >>> enc = freeze_batchnorm(enc)
-        >>> type(enc[1]).__name__
-        'FrozenBatchNorm'
-    """
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return FrozenBatchNorm(module)
-    for name, child in module.named_children():
-        setattr(module, name, freeze_batchnorm(child))
-    return module
-
-
-def _training_batchnorms(module: nn.Module) -> list[str]:
-    return [
-        name or type(module).__name__
-        for name, m in module.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-    ]
 
 
 def _activation_bytes(fn: Callable[[Tensor], Tensor], sample: Tensor, skip: set[int]) -> int:
@@ -141,6 +65,9 @@ class ChunkedEncoder(nn.Module):
             that those chunks are not recomputed in backward; ``None`` or 0: recompute all.
         progress: optional callback called with the number of instances of each chunk the
             forward pass finishes (e.g. ``tqdm.update``).
+        freeze_batchnorm: replace the encoder's BatchNorm layers by frozen ones
+            (:func:`gigastream.streaming.batchnorm.freeze_batchnorm`: running statistics,
+            trainable affine parameters); otherwise a train-mode BatchNorm raises an error.
 
     Example:
         >>> enc = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 32), nn.ReLU())
@@ -152,28 +79,34 @@ class ChunkedEncoder(nn.Module):
     """
 
     def __init__(
-        self, encoder: nn.Module, chunk_size: int = 64, memory_budget_mib: float | None = None,
+        self,
+        encoder: nn.Module,
+        chunk_size: int = 64,
+        memory_budget_mib: float | None = None,
         progress: Callable[[int], Any] | None = None,
+        *,
+        freeze_batchnorm: bool = False,
     ) -> None:
         super().__init__()
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         if memory_budget_mib is not None and memory_budget_mib < 0:
             raise ValueError(f"memory_budget_mib must be >= 0, got {memory_budget_mib}")
-        self.encoder = encoder
+        self.encoder = _freeze_batchnorm(encoder) if freeze_batchnorm else encoder
         self.chunk_size = chunk_size
         self.memory_budget_mib = memory_budget_mib
         self.progress = progress
         self.kept_chunks = 0  # chunks whose graph the last forward kept (for inspection)
 
     def _check_encoder(self) -> None:
-        names = _training_batchnorms(self.encoder)
+        names = training_batchnorms(self.encoder)
         if names:
             raise ValueError(
                 f"ChunkedEncoder: the encoder has BatchNorm in training mode ({', '.join(names)}); "
                 "its statistics over one chunk are not the bag's, so chunked gradients would "
-                "not be exact. Freeze it: `encoder = gigastream.mil.chunked.freeze_batchnorm("
-                "encoder)` (normalise with the running statistics, keep the affine parameters "
+                "not be exact. Freeze it: `ChunkedEncoder(encoder, ..., freeze_batchnorm=True)` or "
+                "`gigastream.streaming.freeze_batchnorm(encoder)` (normalise with the running "
+                "statistics, keep the affine parameters "
                 "trainable), or put those modules in eval mode with `.eval()`."
             )
 
@@ -207,8 +140,9 @@ class ChunkedEncoder(nn.Module):
             ValueError: on an empty bag or a train-mode BatchNorm in the encoder.
         """
         if bag.dim() < 1 or bag.shape[0] == 0:
-            raise ValueError(f"empty bag: ChunkedEncoder needs N >= 1 instances, got shape "
-                             f"{tuple(bag.shape)}")
+            raise ValueError(
+                f"empty bag: ChunkedEncoder needs N >= 1 instances, got shape {tuple(bag.shape)}"
+            )
         self._check_encoder()
         n = bag.shape[0]
         params = [p for p in self.encoder.parameters() if p.requires_grad]
@@ -221,12 +155,17 @@ class ChunkedEncoder(nn.Module):
         if self.memory_budget_mib and bytes_per_instance:
             chunk_mib = bytes_per_instance * self.chunk_size / _MIB
             keep = min(len(starts), math.floor(self.memory_budget_mib / chunk_mib))
-            logger.debug("keeping the graph of %d of %d chunks (%.1f MiB each)",
-                         keep, len(starts), chunk_mib)
+            logger.debug(
+                "keeping the graph of %d of %d chunks (%.1f MiB each)", keep, len(starts), chunk_mib
+            )
         self.kept_chunks = keep
         pieces = [
-            Piece((slice(i, i + self.chunk_size),), (slice(i, i + self.chunk_size),),
-                  (slice(None),), keep_graph=k < keep)
+            Piece(
+                (slice(i, i + self.chunk_size),),
+                (slice(i, i + self.chunk_size),),
+                (slice(None),),
+                keep_graph=k < keep,
+            )
             for k, i in enumerate(starts)
         ]
         progress = None
@@ -238,8 +177,13 @@ class ChunkedEncoder(nn.Module):
                 self.progress(next(calls))
 
         return piecewise_recompute(
-            self.encoder, bag, pieces, (n, *feature_shape), params,
-            module=self.encoder, progress=progress,
+            self.encoder,
+            bag,
+            pieces,
+            (n, *feature_shape),
+            params,
+            module=self.encoder,
+            progress=progress,
         )
 
     def _encode_without_graph(self, bag: Tensor) -> Tensor:

@@ -5,7 +5,8 @@ Every registered head shares the interface of :class:`gigastream.mil.base.MILHea
 :class:`~gigastream.mil.base.MILOutput`, and ``head.loss(out, y)`` the training loss.
 
 Registered heads: ``abmil`` and ``gated_abmil`` (Ilse et al. 2018), ``clam_sb`` and
-``clam_mb`` (Lu et al. 2021), ``mean`` and ``max`` pooling.
+``clam_mb`` (Lu et al. 2021), ``mean`` and ``max`` pooling, ``topk`` instance-score
+pooling (:mod:`gigastream.mil.topk`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gigastream.mil.attention import AttentionMIL
 from gigastream.mil.base import MILHead
 from gigastream.mil.clam import CLAM
 from gigastream.mil.pooling import MaxPoolMIL, MeanPoolMIL
+from gigastream.mil.topk import TopKMIL
 
 HeadFactory = Callable[..., MILHead]
 
@@ -27,6 +29,7 @@ _REGISTRY: dict[str, HeadFactory] = {
     "clam_mb": functools.partial(CLAM, multi_branch=True),
     "mean": MeanPoolMIL,
     "max": MaxPoolMIL,
+    "topk": TopKMIL,
 }
 
 
@@ -51,7 +54,7 @@ def list_mil_heads() -> list[str]:
 
     Example:
         >>> list_mil_heads()
-        ['abmil', 'clam_mb', 'clam_sb', 'gated_abmil', 'max', 'mean']
+        ['abmil', 'clam_mb', 'clam_sb', 'gated_abmil', 'max', 'mean', 'topk']
     """
     return sorted(_REGISTRY)
 

@@ -30,14 +30,12 @@ from torch import Tensor, nn
 
 from gigastream.mil.base import MILOutput
 from gigastream.mil.heads import create_mil_head
+from gigastream.models.trunks import build_trunk, list_trunks
 from gigastream.streaming.module import StreamingModule
 from gigastream.streaming.recompute import InputSource
 
 logger = logging.getLogger(__name__)
 
-#: Output stride of a torchvision ResNet trunk (conv1 2x, max-pool 2x, layer2-4 2x each).
-RESNET_STRIDE = 32
-_TRUNK_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
 
 @dataclass
@@ -45,12 +43,14 @@ class StreamingCLAMConfig:
     """A StreamingCLAM model.
 
     Attributes:
-        arch: torchvision ResNet trunk: ``resnet18`` (fast on CPU), ``resnet34`` (the paper's),
-            or ``resnet50``.
-        weights_path: local ``state_dict`` file of the torchvision ResNet (e.g. ImageNet
-            weights saved earlier); ``None`` keeps the random initialisation. Nothing is
-            ever downloaded.
-        num_classes: number of slide classes.
+        arch: a registered trunk (:func:`gigastream.models.trunks.list_trunks`): torchvision
+            ``resnet18``/``resnet34`` (the paper's)/``resnet50``, or the small VGG-style
+            ``vgg_small`` (fast on CPU).
+        weights: trunk weights: ``None`` (random initialisation), ``"imagenet"``
+            (torchvision's weights API; fails at once offline) or a local ``state_dict``
+            file.
+        num_classes: number of slide classes (>= 2: a softmax over the classes; a binary
+            task has two).
         head: registered MIL head name (:func:`gigastream.mil.heads.list_mil_heads`).
         head_options: options of the head, e.g. ``hidden_dim``, ``attn_dim``, ``dropout``.
         tile_size: streaming tile edge in input pixels (margins included).
@@ -62,7 +62,7 @@ class StreamingCLAMConfig:
     """
 
     arch: str = "resnet18"
-    weights_path: str | None = None
+    weights: str | None = None
     num_classes: int = 2
     head: str = "clam_sb"
     head_options: dict[str, Any] = field(
@@ -76,14 +76,24 @@ class StreamingCLAMConfig:
 
     def validate(self) -> None:
         """Raise ValueError on impossible settings."""
-        if self.arch not in _TRUNK_CHANNELS:
-            raise ValueError(f"arch must be one of {', '.join(_TRUNK_CHANNELS)}, got {self.arch!r}")
+        if self.arch not in list_trunks():
+            raise ValueError(f"arch must be one of {', '.join(list_trunks())}, got {self.arch!r}")
+        if self.num_classes < 2:
+            raise ValueError(
+                f"num_classes must be >= 2, got {self.num_classes}: the heads use a softmax over "
+                "the classes, so a binary task has two classes (e.g. negative, positive)"
+            )
+        if self.tile_size is not None and self.tile_size < 1:
+            raise ValueError(f"tile_size must be a positive number of pixels, got {self.tile_size}")
         if self.tile_size is None and self.memory_budget is None:
             raise ValueError("StreamingCLAMConfig needs tile_size or memory_budget")
         if self.pool < 1:
             raise ValueError(f"pool must be >= 1, got {self.pool}")
-        if self.weights_path is not None and not Path(self.weights_path).is_file():
-            raise FileNotFoundError(f"{self.weights_path}: trunk weights file not found")
+        if self.weights not in (None, "imagenet") and not Path(self.weights).is_file():
+            raise FileNotFoundError(
+                f"{self.weights}: trunk weights file not found (give a local state_dict file "
+                "or 'imagenet')"
+            )
 
 
 @dataclass
@@ -107,41 +117,6 @@ class SlideOutput:
     head_output: MILOutput
 
 
-def build_resnet_trunk(arch: str, weights_path: str | Path | None = None) -> nn.Sequential:
-    """A torchvision ResNet without its global pool and classifier, as ``nn.Sequential``.
-
-    Args:
-        arch: ``resnet18``, ``resnet34`` or ``resnet50``.
-        weights_path: a local torchvision ``state_dict`` of the full ResNet (the ``fc``
-            weights are ignored); ``None``: random initialisation.
-
-    Returns:
-        ``conv1, bn1, relu, maxpool, layer1..layer4``: (B, 3, H, W) -> (B, C, H/32, W/32).
-    """
-    import torchvision
-
-    resnet = getattr(torchvision.models, arch)(weights=None)
-    if weights_path is not None:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        try:
-            missing, unexpected = resnet.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatches
-            raise ValueError(
-                f"{weights_path}: not a torchvision {arch} state_dict: {exc}"
-            ) from None
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
-            raise ValueError(
-                f"{weights_path}: not a torchvision {arch} state_dict "
-                f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)"
-            )
-        logger.info("loaded %s trunk weights from %s", arch, weights_path)
-    return nn.Sequential(*list(resnet.children())[:-2])
-
-
 class StreamingCLAM(nn.Module):
     """Streamed ResNet trunk + extra max-pool + CLAM head (see the module docstring).
 
@@ -159,7 +134,7 @@ class StreamingCLAM(nn.Module):
         super().__init__()
         self.config = config = config or StreamingCLAMConfig()
         config.validate()
-        trunk = build_resnet_trunk(config.arch, config.weights_path)
+        trunk, channels, self.trunk_stride = build_trunk(config.arch, config.weights)
         self.trunk = StreamingModule(
             trunk,
             tile_size=config.tile_size,
@@ -169,13 +144,17 @@ class StreamingCLAM(nn.Module):
         )
         self.pool = nn.MaxPool2d(config.pool, config.pool, ceil_mode=True)
         self.head = create_mil_head(
-            config.head, _TRUNK_CHANNELS[config.arch], config.num_classes, **config.head_options
+            config.head, channels, config.num_classes, **config.head_options
         )
 
     @property
     def output_stride(self) -> int:
         """Input pixels per instance (pooled feature-map position) along each axis."""
-        return RESNET_STRIDE * self.config.pool
+        return self.trunk_stride * self.config.pool
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``trunk`` (the CNN) and ``head`` (the MIL head) parameters, for their own learning rates."""
+        return {"trunk": list(self.trunk.parameters()), "head": list(self.head.parameters())}
 
     def feature_map(self, x: Tensor | InputSource, stream: bool = True) -> Tensor:
         """The pooled trunk feature map ``(1, C, h, w)`` of one slide ``(1, 3, H, W)``.
@@ -186,7 +165,7 @@ class StreamingCLAM(nn.Module):
                 (the ordinary computation, for checks; a source is read whole).
         """
         if stream:
-            fmap = self.trunk(x)  # (1, C, H/32, W/32)
+            fmap = self.trunk(x)  # (1, C, H/stride, W/stride)
         else:
             if not isinstance(x, Tensor):
                 x = x.read((slice(None),) * 4)

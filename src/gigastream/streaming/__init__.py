@@ -1,5 +1,10 @@
-"""Streaming: the piecewise-recompute primitive, analytic tile geometry, planner, StreamingModule."""
+"""Streaming: the piecewise-recompute primitive, analytic tile geometry, planner, StreamingModule.
 
+Also :func:`~gigastream.streaming.batchnorm.freeze_batchnorm`, the one way to freeze
+BatchNorm so that streaming (and chunked bag encoding) stays exact.
+"""
+
+from gigastream.streaming.batchnorm import FrozenBatchNorm, freeze_batchnorm
 from gigastream.streaming.geometry import (
     AxisGeometry,
     Geometry,
@@ -8,12 +13,13 @@ from gigastream.streaming.geometry import (
     register_geometry,
 )
 from gigastream.streaming.memory import tune_cpu_allocator
-from gigastream.streaming.module import StreamingModule, batchnorm_eval
+from gigastream.streaming.module import StreamingModule
 from gigastream.streaming.planner import StreamingPlan, plan_streaming, split_segments
 from gigastream.streaming.recompute import InputSource, Piece, piecewise_recompute
 
 __all__ = [
     "AxisGeometry",
+    "FrozenBatchNorm",
     "Geometry",
     "InputSource",
     "Piece",
@@ -21,7 +27,7 @@ __all__ = [
     "StreamingModule",
     "StreamingPlan",
     "describe",
-    "batchnorm_eval",
+    "freeze_batchnorm",
     "piecewise_recompute",
     "plan_streaming",
     "register_geometry",

@@ -220,7 +220,10 @@ def run_benchmark(
             if mode == "conventional":
                 ref_path = grads_path
             elif ref_path is not None:
-                res["max_rel_grad_error"] = _rel_error(torch.load(grads_path), torch.load(ref_path))
+                res["max_rel_grad_error"] = _rel_error(
+                    torch.load(grads_path, weights_only=True),
+                    torch.load(ref_path, weights_only=True),
+                )
             res.pop("plan", None)
             res.pop("plan_text", None)
             result["modes"][mode] = res

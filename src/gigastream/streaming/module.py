@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from gigastream.streaming.batchnorm import freeze_batchnorm as _freeze_batchnorm
+from gigastream.streaming.batchnorm import training_batchnorms
 from gigastream.streaming.geometry import StreamingError
 from gigastream.streaming.memory import AUTO_TUNE_BYTES, available_memory, tune_cpu_allocator
 from gigastream.streaming.planner import (
@@ -37,18 +39,6 @@ from gigastream.streaming.planner import (
 from gigastream.streaming.recompute import InputSource, piecewise_recompute
 
 logger = logging.getLogger(__name__)
-
-
-def batchnorm_eval(module: nn.Module) -> nn.Module:
-    """Put every BatchNorm layer of ``module`` in eval mode (running statistics); returns it.
-
-    (To replace BatchNorm layers by modules that stay frozen in train mode, use
-    :func:`gigastream.mil.chunked.freeze_batchnorm`; those stream too.)
-    """
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-    return module
 
 
 class StreamingModule(nn.Module):
@@ -67,7 +57,9 @@ class StreamingModule(nn.Module):
             streaming every segment at that tile size needs.
         segments: ``"auto"`` (cut a ResNet into stem+layer1 | layer2 | layer3 | layer4),
             ``"none"`` (one segment), or names of top-level children to cut before.
-        freeze_batchnorm: keep BatchNorm layers in eval mode even after ``.train()``;
+        freeze_batchnorm: replace the trunk's BatchNorm layers, in place, by frozen ones
+            (:func:`gigastream.streaming.batchnorm.freeze_batchnorm`: running statistics
+            whatever the mode, trainable affine parameters, same ``state_dict`` keys);
             otherwise a train-mode BatchNorm raises an error (it cannot stream exactly).
         progress: show a progress bar over tiles.
         tune_allocator: on CPU, fix glibc's mmap threshold so freed tile buffers leave
@@ -105,24 +97,17 @@ class StreamingModule(nn.Module):
             raise StreamingError(f"tile_size must be a positive number of pixels, got {tile_size}")
         if memory_budget is not None:
             parse_bytes(memory_budget)  # validate early
+        if freeze_batchnorm:
+            trunk = _freeze_batchnorm(trunk)
         self.trunk = trunk
         self.tile_size = int(tile_size) if tile_size is not None else None
         self.memory_budget = memory_budget
-        self.freeze_bn = freeze_batchnorm
         self.progress = progress
         self.tune_allocator = tune_allocator
-        if freeze_batchnorm:
-            batchnorm_eval(trunk)
         # plain list: the segments reference the trunk's own modules (no copies)
         self._segments: list[Segment] = split_segments(trunk, segments)
         self._plans: dict[tuple, StreamingPlan] = {}
         self.last_plan: StreamingPlan | None = None
-
-    def train(self, mode: bool = True) -> StreamingModule:
-        super().train(mode)
-        if self.freeze_bn:
-            batchnorm_eval(self.trunk)
-        return self
 
     def plan(
         self,
@@ -152,13 +137,13 @@ class StreamingModule(nn.Module):
         return self._plans[key]
 
     def _check_modes(self) -> None:
-        for name, m in self.trunk.named_modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
-                raise StreamingError(
-                    f"cannot stream {name or type(m).__name__!r} ({type(m).__name__} in train mode): "
-                    "batch statistics couple all positions of the image. Call .eval() on the trunk "
-                    "or use StreamingModule(..., freeze_batchnorm=True)."
-                )
+        names = training_batchnorms(self.trunk)
+        if names:
+            raise StreamingError(
+                f"cannot stream {names[0]!r} (BatchNorm in train mode): batch statistics "
+                "couple all positions of the image. Use StreamingModule(..., "
+                "freeze_batchnorm=True) or call .eval() on the trunk."
+            )
 
     def forward(self, x: Tensor | InputSource) -> Tensor:
         """Run the trunk on ``x`` (B, C, H, W) -> the trunk's output feature map.

@@ -13,13 +13,26 @@ Two renderings:
   blended on top, written strip by strip (:mod:`gigastream.wsi.pyramid`), that slide
   viewers (QuPath, ASAP, OpenSlide-based viewers) open like the slide itself.
 
+Both draw the contours of a ground-truth mask (``contours=``, e.g. the lesion masks
+``lesions/<slide_id>.png`` of the synthetic datasets, loaded with
+:meth:`gigastream.wsi.tissue.TissueMask.load`) in :data:`CONTOUR_COLOUR`.
+
+Attention maps are drawn as **attention x N** (:func:`attention_times_n`; N instances, so
+1 is uniform attention) on a fixed log scale from 0.1 to 10 with a diverging colour map
+whose neutral middle is 1 (:meth:`HeatmapStyle.for_attention`): uniform attention is one
+flat, pale colour, instances attended 10x more than average are saturated red, 10x less
+saturated blue, and noise around uniform stays pale instead of being stretched over the
+whole colour range. :func:`attention_heatmap_png` and :func:`attention_heatmap_tiff` do all of it; :func:`slide_title`
+gives the title (slide, its label, p(positive)).
+
 Example:
     >>> import numpy as np
     >>> from gigastream import SlideReader
     >>> slide = SlideReader.from_array(np.full((512, 512, 3), 230, np.uint8), mpp=0.5)
-    >>> scores = np.linspace(0, 1, 64).reshape(8, 8)
-    >>> heatmap_png(slide, scores, "heatmap.png", title="attention")  # doctest: +SKIP
-    >>> heatmap_tiff(slide, scores, "heatmap.tif")  # doctest: +SKIP
+    >>> attention = np.full((8, 8), 1 / 64)
+    >>> title = slide_title("synth_003", "positive", 0.93)
+    >>> attention_heatmap_png(slide, attention, "heatmap.png", title=title)  # doctest: +SKIP
+    >>> attention_heatmap_tiff(slide, attention, "heatmap.tif")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -29,13 +42,25 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gigastream.wsi.pyramid import PyramidConfig, write_pyramid
 from gigastream.wsi.reader import Resolution, SlideReader
 
+if TYPE_CHECKING:
+    from gigastream.wsi.tissue import TissueMask
+
 logger = logging.getLogger(__name__)
+
+#: RGB colour of ground-truth contours: bright green, apart from the attention colours
+#: (red/blue) and from H&E (pink/purple).
+CONTOUR_COLOUR = (0, 230, 0)
+#: Legend entry of the contours.
+CONTOUR_LABEL = "lesion (ground truth)"
+#: Colour bar label of attention maps drawn by :func:`attention_heatmap_png`.
+ATTENTION_LABEL = "attention × N  (N instances; 1 = uniform; log scale)"
 
 
 @dataclass
@@ -47,12 +72,56 @@ class HeatmapStyle:
         alpha: opacity of the colours over the slide (0-1).
         vmin: score at the bottom of the colour scale (default: the minimum score).
         vmax: score at the top of the colour scale (default: the maximum score).
+        log: colour by ``log(score)`` between ``vmin`` and ``vmax`` (both > 0).
     """
 
     cmap: str = "inferno"
     alpha: float = 0.5
     vmin: float | None = None
     vmax: float | None = None
+    log: bool = False
+
+    @classmethod
+    def for_attention(cls, alpha: float = 0.55) -> HeatmapStyle:
+        """The fixed scale of attention x N: log, 0.1 to 10, neutral (white) at 1."""
+        return cls(cmap="RdBu_r", alpha=alpha, vmin=0.1, vmax=10.0, log=True)
+
+
+def attention_times_n(attention: np.ndarray) -> np.ndarray:
+    """Attention relative to uniform: ``attention * N`` over the N finite cells.
+
+    The attention is first renormalised to sum to 1 over its finite cells (NaN: no
+    instance), so 1 means "as much as every instance under uniform attention", 10 means
+    ten times that.
+
+    Example:
+        >>> attention_times_n(np.array([[0.25, 0.25], [0.5, np.nan]])).round(2).tolist()
+        [[0.75, 0.75], [1.5, nan]]
+    """
+    attention = np.asarray(attention, dtype=np.float64)
+    finite = np.isfinite(attention)
+    total = attention[finite].sum()
+    if not finite.any() or not total > 0:
+        raise ValueError("attention holds no finite positive value")
+    return attention / total * finite.sum()
+
+
+def slide_title(
+    slide_id: str, label: str | None, p_positive: float, positive_name: str = "positive"
+) -> str:
+    """A heatmap title: the slide, its true label (if known) and p(positive).
+
+    Example:
+        >>> slide_title("synth_003", "positive", 0.931)
+        'synth_003 — label: positive — p(positive) = 0.93'
+        >>> slide_title("s7", None, 0.2, positive_name="tumour")
+        's7 — p(tumour) = 0.20'
+    """
+    parts = [slide_id]
+    if label is not None:
+        parts.append(f"label: {label}")
+    parts.append(f"p({positive_name}) = {p_positive:.2f}")
+    return " — ".join(parts)
 
 
 def _check_scores(scores: np.ndarray) -> np.ndarray:
@@ -67,21 +136,43 @@ def _check_scores(scores: np.ndarray) -> np.ndarray:
 
 
 def _limits(scores: np.ndarray, style: HeatmapStyle) -> tuple[float, float]:
-    vmin = float(np.nanmin(scores)) if style.vmin is None else style.vmin
-    vmax = float(np.nanmax(scores)) if style.vmax is None else style.vmax
+    finite = scores[np.isfinite(scores)]
+    if style.log:
+        finite = finite[finite > 0]
+        if style.vmin is None or style.vmax is None:
+            if not finite.size:
+                raise ValueError("a log colour scale needs positive scores or vmin and vmax")
+    vmin = float(finite.min()) if style.vmin is None else style.vmin
+    vmax = float(finite.max()) if style.vmax is None else style.vmax
+    if style.log and not vmin > 0:
+        raise ValueError(f"a log colour scale needs vmin > 0, got {vmin}")
     if vmax <= vmin:
-        vmax = vmin + 1e-12
+        vmax = vmin * (1 + 1e-12) + 1e-12
     return vmin, vmax
 
 
+def _norm(scores: np.ndarray, style: HeatmapStyle):
+    """The matplotlib norm of the colour scale (for the colour bar)."""
+    from matplotlib.colors import LogNorm, Normalize
+
+    return (LogNorm if style.log else Normalize)(*_limits(scores, style))
+
+
 def colorize(scores: np.ndarray, style: HeatmapStyle) -> tuple[np.ndarray, np.ndarray]:
-    """Colours of scores: ``(..., 3)`` uint8 RGB and a ``(...)`` bool of finite cells."""
+    """Colours of scores: ``(..., 3)`` uint8 RGB and a ``(...)`` bool of finite cells.
+
+    Scores outside ``[vmin, vmax]`` get the colour of the nearer end.
+    """
     import matplotlib
 
     lut = (matplotlib.colormaps[style.cmap](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
     vmin, vmax = _limits(scores, style)
     finite = np.isfinite(scores)
-    unit = np.clip((np.where(finite, scores, vmin) - vmin) / (vmax - vmin), 0, 1)
+    values = np.where(finite, scores, vmin)
+    if style.log:
+        values = np.log(np.maximum(values, vmin))
+        vmin, vmax = math.log(vmin), math.log(vmax)
+    unit = np.clip((values - vmin) / (vmax - vmin), 0, 1)
     return lut[np.rint(unit * 255).astype(np.int64)], finite
 
 
@@ -135,6 +226,81 @@ class _Painter:
         return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+def _mask_um(mask: TissueMask, slide: SlideReader) -> tuple[float, float]:
+    """``(y, x)`` microns per mask pixel, in the heatmap's microns (level-0 px without mpp)."""
+    if slide.mpp is not None:
+        return (mask.mpp, mask.mpp)
+    width, height = slide.dimensions  # no mpp: the mask is taken to cover the whole slide
+    return (height / mask.mask.shape[0], width / mask.mask.shape[1])
+
+
+def contour_lines(
+    mask: TissueMask, slide: SlideReader, um_per_px: tuple[float, float]
+) -> list[np.ndarray]:
+    """Contours of ``mask`` as ``(points, 2)`` ``(x, y)`` arrays in pixels of a picture.
+
+    Args:
+        mask: a bool mask over the slide with its mpp (e.g. a ground-truth lesion mask).
+        slide: the slide the mask covers.
+        um_per_px: ``(y, x)`` microns per pixel of the picture (pixel ``j``'s centre is
+            at coordinate ``j``, as matplotlib's ``imshow`` places it).
+
+    Returns:
+        One closed polyline per connected region boundary (also along the slide border).
+    """
+    from skimage.measure import find_contours
+
+    um_y, um_x = _mask_um(mask, slide)
+    padded = np.pad(np.asarray(mask.mask, dtype=np.float32), 1)  # closes border contours
+    lines = []
+    for line in find_contours(padded, 0.5):  # (points, 2) (row, col) in padded mask px
+        rows = (line[:, 0] - 1 + 0.5) * um_y / um_per_px[0] - 0.5
+        cols = (line[:, 1] - 1 + 0.5) * um_x / um_per_px[1] - 0.5
+        lines.append(np.stack([cols, rows], axis=1))
+    return lines
+
+
+@dataclass
+class _ContourBand:
+    """Pixels of a picture on the inner border (``width_px`` wide) of a mask's regions."""
+
+    band: np.ndarray  # (grid_rows, grid_cols) bool, one cell per width_px x width_px pixels
+    width_px: int
+
+    @classmethod
+    def prepare(
+        cls,
+        mask: TissueMask,
+        slide: SlideReader,
+        um_per_px: float,
+        shape: tuple[int, int],
+        width_px: int,
+    ) -> _ContourBand:
+        um_y, um_x = _mask_um(mask, slide)
+        cell_um = um_per_px * width_px
+        grid = (math.ceil(shape[0] / width_px), math.ceil(shape[1] / width_px))
+        h, w = mask.mask.shape
+        rows = np.floor((np.arange(grid[0]) + 0.5) * cell_um / um_y).astype(np.int64)
+        cols = np.floor((np.arange(grid[1]) + 0.5) * cell_um / um_x).astype(np.int64)
+        inside = np.zeros(grid, bool)
+        ok_r, ok_c = rows < h, cols < w
+        inside[np.ix_(ok_r, ok_c)] = np.asarray(mask.mask, bool)[np.ix_(rows[ok_r], cols[ok_c])]
+        padded = np.pad(inside, 1)  # outside the slide counts as outside the mask
+        eroded = inside.copy()
+        for dy in (0, 1, 2):  # 3x3 erosion
+            for dx in (0, 1, 2):
+                eroded &= padded[dy : dy + grid[0], dx : dx + grid[1]]
+        return cls(inside & ~eroded, width_px)
+
+    def paint(self, pixels: np.ndarray, y0: int, colour: tuple[int, int, int]) -> np.ndarray:
+        """Draw the band on ``pixels``, full-width rows of the picture from row ``y0``."""
+        rows = np.arange(y0, y0 + pixels.shape[0]) // self.width_px
+        cols = np.arange(pixels.shape[1]) // self.width_px
+        on = self.band[rows[:, None], cols[None, :]]
+        pixels[on] = colour
+        return pixels
+
+
 def overlay(
     slide: SlideReader,
     scores: np.ndarray,
@@ -158,6 +324,7 @@ def heatmap_png(
     max_size: int = 1024,
     title: str | None = None,
     label: str = "score",
+    contours: TissueMask | None = None,
 ) -> Path:
     """Write the slide's thumbnail with the scores blended on top and a colour bar.
 
@@ -168,15 +335,18 @@ def heatmap_png(
         cell_um: microns per score cell; default: the grid spans the slide.
         style: colours.
         max_size: longer side of the thumbnail in pixels.
-        title: figure title.
-        label: colour bar label.
+        title: figure title (e.g. :func:`slide_title`).
+        label: colour bar label: say what the scores are and on which scale.
+        contours: a ground-truth mask over the slide (``.mask`` bool, ``.mpp``, e.g.
+            ``TissueMask.load("lesions/<slide_id>.png")``); its contours are drawn in
+            :data:`CONTOUR_COLOUR` with the legend entry :data:`CONTOUR_LABEL`.
 
     Returns:
         ``out``.
     """
     from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+    from matplotlib.lines import Line2D
 
     style = style or HeatmapStyle()
     scores = _check_scores(scores)
@@ -184,18 +354,90 @@ def heatmap_png(
     blended = overlay(slide, scores, thumb, cell_um, style)
     height, width = blended.shape[:2]
     dpi = 100
-    fig = Figure(figsize=(width / dpi + 1.6, height / dpi + 0.6), dpi=dpi)
+    fig = Figure(figsize=(width / dpi + 1.6, height / dpi + 0.9), dpi=dpi)
     ax = fig.subplots()
     ax.imshow(blended)
     ax.set_axis_off()
     if title:
         ax.set_title(title)
-    mappable = ScalarMappable(norm=Normalize(*_limits(scores, style)), cmap=style.cmap)
-    fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.02, label=label)
+    if contours is not None:
+        w0, h0 = slide.dimensions
+        mpp = slide.mpp or 1.0
+        colour = tuple(c / 255 for c in CONTOUR_COLOUR)
+        lines = contour_lines(contours, slide, (h0 * mpp / height, w0 * mpp / width))
+        for line in lines:
+            ax.plot(line[:, 0], line[:, 1], color=colour, linewidth=1.5)
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
+        entry = CONTOUR_LABEL if lines else f"{CONTOUR_LABEL}: none"
+        ax.legend(
+            handles=[Line2D([], [], color=colour, linewidth=2, label=entry)],
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            frameon=False,
+        )
+    mappable = ScalarMappable(norm=_norm(scores, style), cmap=style.cmap)
+    extend = "both" if style.vmin is not None or style.vmax is not None else "neither"
+    bar = fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.02, label=label, extend=extend)
+    if style.log:
+        from matplotlib.ticker import FixedLocator, FuncFormatter
+
+        vmin, vmax = _limits(scores, style)
+        ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10) if vmin <= t <= vmax]
+        if len(ticks) >= 2:
+            bar.ax.yaxis.set_major_locator(FixedLocator(ticks))
+            bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            bar.ax.yaxis.set_minor_locator(FixedLocator([]))
     out = Path(out)
     fig.savefig(out, dpi=dpi, bbox_inches="tight")
     logger.info("wrote heatmap %s", out)
     return out
+
+
+def attention_heatmap_png(
+    slide: SlideReader,
+    attention: np.ndarray,
+    out: str | Path,
+    cell_um: float | None = None,
+    max_size: int = 1024,
+    title: str | None = None,
+    contours: TissueMask | None = None,
+    style: HeatmapStyle | None = None,
+) -> Path:
+    """Write an attention heatmap PNG: attention x N on the fixed log scale, with contours.
+
+    Args:
+        slide: the slide.
+        attention: ``(rows, cols)`` attention weights of the instances (NaN: no instance);
+            they are shown as :func:`attention_times_n` (1 = uniform).
+        out: PNG file to write.
+        cell_um: microns per attention cell (e.g. ``output_stride * mpp``); default: the
+            grid spans the slide.
+        max_size: longer side of the thumbnail in pixels.
+        title: figure title, e.g. ``slide_title(slide_id, label, p_positive)``.
+        contours: ground-truth mask whose contours are drawn (see :func:`heatmap_png`).
+        style: colours; default :meth:`HeatmapStyle.for_attention` (0.1 to 10, log).
+
+    Returns:
+        ``out``.
+
+    Example:
+        >>> import numpy as np
+        >>> from gigastream import SlideReader
+        >>> slide = SlideReader.from_array(np.full((256, 256, 3), 230, np.uint8), mpp=1.0)
+        >>> attention_heatmap_png(slide, np.full((4, 4), 1 / 16), "a.png")  # doctest: +SKIP
+    """
+    return heatmap_png(
+        slide,
+        attention_times_n(_check_scores(attention)),
+        out,
+        cell_um=cell_um,
+        style=style or HeatmapStyle.for_attention(),
+        max_size=max_size,
+        title=title,
+        label=ATTENTION_LABEL,
+        contours=contours,
+    )
 
 
 def heatmap_tiff(
@@ -207,6 +449,8 @@ def heatmap_tiff(
     mpp: float | None = None,
     strip_rows: int = 256,
     config: PyramidConfig | None = None,
+    contours: TissueMask | None = None,
+    contour_width_px: int | None = None,
 ) -> Path:
     """Write a pyramidal TIFF of the slide with the scores blended on, strip by strip.
 
@@ -219,6 +463,10 @@ def heatmap_tiff(
         mpp: resolution of the overlay; default: level 0 (full resolution).
         strip_rows: rows read and blended at a time (memory: ``strip_rows`` x width).
         config: tiling and compression of the TIFF.
+        contours: a ground-truth mask over the slide whose region borders are burned in,
+            opaque, in :data:`CONTOUR_COLOUR` (see :func:`heatmap_png`).
+        contour_width_px: width of the contour lines in pixels of the TIFF; default:
+            the longer side / 1000, at least 2 (visible when the viewer zooms out).
 
     Returns:
         ``out``.
@@ -232,11 +480,20 @@ def heatmap_tiff(
         res = slide.resolution(mpp)
         out_mpp = slide.require_mpp() * slide.levels[res.level].downsample * res.scale
     width, height = res.dimensions
+    band = None
+    if contours is not None:
+        line = contour_width_px
+        if line is None:
+            line = max(2, round(max(width, height) / 1000))
+        if line < 1:
+            raise ValueError(f"contour_width_px must be positive, got {contour_width_px}")
+        band = _ContourBand.prepare(contours, slide, out_mpp, (height, width), line)
 
     def strips() -> Iterator[np.ndarray]:
         for y0 in range(0, height, strip_rows):
             pixels = slide.read_scaled(res, 0, y0, width, min(strip_rows, height - y0))
-            yield painter.paint(pixels, y0, (out_mpp, out_mpp))
+            pixels = painter.paint(pixels, y0, (out_mpp, out_mpp))
+            yield band.paint(pixels, y0, CONTOUR_COLOUR) if band is not None else pixels
 
     write_pyramid(
         out,
@@ -255,3 +512,31 @@ def heatmap_tiff(
         math.ceil(height / strip_rows),
     )
     return Path(out)
+
+
+def attention_heatmap_tiff(
+    slide: SlideReader,
+    attention: np.ndarray,
+    out: str | Path,
+    cell_um: float | None = None,
+    contours: TissueMask | None = None,
+    style: HeatmapStyle | None = None,
+    **options: Any,
+) -> Path:
+    """Write an attention overlay TIFF: attention x N on the fixed log scale, with contours.
+
+    The TIFF counterpart of :func:`attention_heatmap_png`; ``options`` go to
+    :func:`heatmap_tiff` (``mpp``, ``strip_rows``, ``config``, ``contour_width_px``).
+
+    Returns:
+        ``out``.
+    """
+    return heatmap_tiff(
+        slide,
+        attention_times_n(_check_scores(attention)),
+        out,
+        cell_um=cell_um,
+        style=style or HeatmapStyle.for_attention(),
+        contours=contours,
+        **options,
+    )

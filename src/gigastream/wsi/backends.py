@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gigastream.wsi.reader import Level, SlideError, SlideReader
+from gigastream.wsi.reader import READ_ERROR_FIX, Level, SlideError, SlideReader
 from gigastream.wsi.resample import downsample2
 
 logger = logging.getLogger(__name__)
@@ -131,9 +131,46 @@ class OpenSlideReader(_OpenSlideLike):
             raise SlideError(f"{path}: OpenSlide cannot open it: {exc}") from exc
         super().__init__(path, handle, mpp)
 
+    #: Level pixels per aligned block read on levels whose downsample is not an integer.
+    block_size = 512
+
     def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        region = self._handle.read_region(self._location0(level, x, y), level, (width, height))
+        if float(self.levels[level].downsample).is_integer():
+            return self._read_direct(level, x, y, width, height)
+        # OpenSlide takes a level-0 location and resamples the level at location /
+        # downsample, a sub-pixel offset that depends on the location when the downsample
+        # is not an integer (scanners: 2.0005, 4.001, ...). Reading whole blocks on a fixed
+        # grid gives every level pixel from the same call, whatever the window, so crops
+        # equal the same window of a whole read.
+        b = self.block_size
+        out = np.empty((height, width, 3), np.uint8)
+        for by in range(y // b * b, y + height, b):
+            for bx in range(x // b * b, x + width, b):
+                block = self._read_direct(level, bx, by, b, b)
+                xs, ys = max(x, bx), max(y, by)
+                xe, ye = min(x + width, bx + b), min(y + height, by + b)
+                out[ys - y : ye - y, xs - x : xe - x] = block[ys - by : ye - by, xs - bx : xe - bx]
+        return out
+
+    def _read_direct(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        try:
+            region = self._handle.read_region(self._location0(level, x, y), level, (width, height))
+        except Exception:
+            self._reopen()
+            raise  # read_level turns it into a SlideReadError naming the region
         return _composite_on_white(np.asarray(region))
+
+    def _reopen(self) -> None:
+        """A fresh handle: after a failed read, OpenSlide fails every later read too."""
+        import openslide
+
+        try:
+            handle = openslide.OpenSlide(str(self.path))
+        except Exception:  # the file went away: keep the failed handle, reads keep failing
+            logger.debug("%s: cannot reopen after a failed read", self.path, exc_info=True)
+            return
+        self._handle.close()
+        self._handle = handle
 
 
 class TiffSlideReader(_OpenSlideLike):
@@ -161,11 +198,32 @@ class TiffSlideReader(_OpenSlideLike):
         xe, ye = min(x + width, w), min(y + height, h)
         if xe <= xs or ye <= ys:
             return out
-        region = self._handle.read_region(
-            self._location0(level, xs, ys), level, (xe - xs, ye - ys), as_array=True
-        )
+        pixels = self._level_array(level)
+        if pixels is not None:  # exact level pixels, whatever the level's downsample
+            region = pixels[ys:ye, xs:xe]
+        else:  # level-0 location: off by up to a pixel when the downsample is not exact
+            region = self._handle.read_region(
+                self._location0(level, xs, ys), level, (xe - xs, ye - ys), as_array=True
+            )
         out[ys - y : ye - y, xs - x : xe - x] = _composite_on_white(np.asarray(region))[..., :3]
         return out
+
+    def _level_array(self, level: int):
+        """The level's ``(H, W, 3|4)`` uint8 zarr array, or None if it is laid out otherwise.
+
+        tiffslide's ``read_region`` takes a level-0 location and floors ``location /
+        downsample``, which reads scanners' levels (downsample 2.0005, 4.001, ...) one
+        pixel off; the zarr array is indexed in level pixels directly.
+        """
+        try:
+            array = self._handle.zarr_group[str(level)]
+        except Exception:  # no zarr view of this file: fall back to read_region
+            return None
+        w, h = self.levels[level].dimensions
+        if array.ndim == 3 and array.shape[:2] == (h, w) and array.shape[2] in (3, 4):
+            if array.dtype == np.uint8:
+                return array
+        return None
 
 
 _MICRONS_PER_UNIT = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
@@ -195,11 +253,24 @@ def ome_mpp(path: Path) -> float | None:
     return sum(sizes) / 2
 
 
-def check_tiff_complete(path: Path) -> None:
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+
+
+def has_tiff_header(path: Path) -> bool:
+    """Whether the file starts like a (Big)TIFF, whatever its name."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in _TIFF_MAGIC
+    except OSError:
+        return False
+
+
+def check_tiff_complete(path: Path, strict: bool = False) -> None:
     """Raise :class:`SlideError` if a TIFF's tiles or strips reach past the end of the file.
 
     Catches truncated downloads at open time instead of at the first read of a missing
-    tile. Files that tifffile cannot parse are left to the backends to judge.
+    tile. Files that tifffile cannot parse are an error when ``strict`` or when named like
+    a TIFF; otherwise they are left to the backends to judge.
     """
     import tifffile
 
@@ -216,16 +287,20 @@ def check_tiff_complete(path: Path) -> None:
                 if ends and max(ends) > size:
                     raise SlideError(
                         f"{path}: file is truncated: page {index} needs {max(ends)} bytes, "
-                        f"the file has {size}"
+                        f"the file has {size}; {READ_ERROR_FIX}"
                     )
         bad_ifd = [m for m in problems.messages if "invalid page offset" in m]
         if bad_ifd:
-            raise SlideError(f"{path}: file is truncated or corrupt: {bad_ifd[0]}")
+            raise SlideError(
+                f"{path}: file is truncated or corrupt: {bad_ifd[0]}; {READ_ERROR_FIX}"
+            )
     except SlideError:
         raise
     except Exception as exc:  # not a TIFF tifffile understands
-        if path.suffix.lower() in (".tif", ".tiff", ".svs", ".btf"):
-            raise SlideError(f"{path}: not a readable TIFF (truncated or corrupt?): {exc}") from exc
+        if strict or path.suffix.lower() in (".tif", ".tiff", ".svs", ".btf"):
+            raise SlideError(
+                f"{path}: not a readable TIFF (truncated or corrupt?): {exc}; {READ_ERROR_FIX}"
+            ) from exc
         logger.debug("%s: tifffile cannot parse it (%s); leaving it to the backends", path, exc)
     finally:
         tiff_logger.removeHandler(problems)
@@ -266,9 +341,10 @@ def open_slide(path: Path, mpp: float | None = None, backend: str = "auto") -> S
     name = path.name.lower()
     if backend == "image" or (backend == "auto" and name.endswith(IMAGE_SUFFIXES)):
         return _read_image(path, mpp)
-    is_tiff = name.endswith(TIFF_SUFFIXES) or name.endswith(".ndpi")
+    tiff_header = has_tiff_header(path)
+    is_tiff = name.endswith(TIFF_SUFFIXES) or name.endswith(".ndpi") or tiff_header
     if is_tiff:
-        check_tiff_complete(path)
+        check_tiff_complete(path, strict=tiff_header)
     if backend == "tiffslide":
         return TiffSlideReader(path, mpp)
     if backend == "openslide":

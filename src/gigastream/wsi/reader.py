@@ -40,6 +40,44 @@ class SlideError(RuntimeError):
     """A slide cannot be opened or read; the message names the file and the cause."""
 
 
+#: What a :class:`SlideReadError` tells the user to do.
+READ_ERROR_FIX = "the file is corrupt or truncated: re-export it or remove it from the manifest"
+
+
+class SlideReadError(SlideError):
+    """Pixels of a slide cannot be read (a corrupt or truncated tile), e.g. mid-stream.
+
+    Raised by every pixel read (:meth:`SlideReader.read_level`, :meth:`SlideReader.read_scaled`,
+    :meth:`~gigastream.wsi.source.SlideSource.read`) of every backend, chained from the
+    backend's exception; a trainer catches :class:`SlideError` per slide, skips the slide
+    and records it. The message names the file, the region and the fix.
+
+    Attributes:
+        path: the slide file (``None`` for an in-memory image).
+        level: pyramid level of the failed read.
+        region: ``(x, y, width, height)`` in pixels of ``level`` (or of the target mpp,
+            when the message says so).
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        level: int,
+        region: tuple[int, int, int, int],
+        cause: BaseException,
+        units: str = "level pixels",
+    ) -> None:
+        x, y, width, height = region
+        name = str(path) if path is not None else "<array>"
+        super().__init__(
+            f"{name}: reading level {level} region x={x}, y={y}, w={width}, h={height} "
+            f"({units}) failed: {type(cause).__name__}: {cause}; {READ_ERROR_FIX}"
+        )
+        self.path = path
+        self.level = level
+        self.region = region
+
+
 @dataclass(frozen=True)
 class Level:
     """One level of a slide pyramid.
@@ -218,18 +256,22 @@ class SlideReader(ABC):
 
         Returns:
             ``(height, width, 3)`` uint8 RGB; pixels outside the slide are white.
+
+        Raises:
+            SlideReadError: the backend cannot decode the region (corrupt or truncated
+                file); the message names the file, the level, the region and the fix.
+            SlideError: a level that does not exist or a size that is not positive.
         """
         self._check_level(level)
         if width <= 0 or height <= 0:
             raise SlideError(f"{self.name}: region size must be positive, got {(width, height)}")
+        x, y, width, height = int(x), int(y), int(width), int(height)
         try:
-            return self._read_level(level, int(x), int(y), int(width), int(height))
-        except SlideError:
+            return self._read_level(level, x, y, width, height)
+        except (SlideError, MemoryError):
             raise
         except Exception as exc:  # backend errors: corrupt tiles, truncated data
-            raise SlideError(
-                f"{self.name}: reading level {level} at {(x, y)} failed: {exc}"
-            ) from exc
+            raise SlideReadError(self.path, level, (x, y, width, height), exc) from exc
 
     def read_scaled(
         self, res: Resolution, x: float, y: float, width: int, height: int
@@ -238,6 +280,9 @@ class SlideReader(ABC):
 
         Every target pixel depends only on its global position, so crops agree with the
         whole image read the same way.
+
+        Raises:
+            SlideReadError: the pixels cannot be read (see :meth:`read_level`).
         """
         if res.scale == 1.0 and float(x).is_integer() and float(y).is_integer():
             return self.read_level(res.level, int(x), int(y), width, height)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gigastream.wsi.reader import SlideError, SlideReader
+from gigastream.wsi.reader import SlideError, SlideReader, SlideReadError
 from gigastream.wsi.tissue import TissueMask
 
 logger = logging.getLogger(__name__)
@@ -134,11 +134,31 @@ class SlideSource:
         )
         return mask.mask[rows[:, None], cols[None, :]]
 
+    def _read_rgb(self, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        """Target-pixel region of the slide; any failure of the reader is a SlideError."""
+        try:
+            return self.reader.read_scaled(self.resolution, x0, y0, width, height)
+        except (SlideError, MemoryError):
+            raise  # readers' own errors already name the file, region and fix
+        except Exception as exc:  # a reader that lets a backend error through
+            raise SlideReadError(
+                self.reader.path,
+                self.resolution.level,
+                (x0, y0, width, height),
+                exc,
+                units=f"pixels at {self.mpp:.4g} mpp",
+            ) from exc
+
     def read(self, index: tuple[slice, ...]) -> Tensor:
         """``full_input[index]`` for a tuple of slices over ``(B, C, H, W)``.
 
         Returns:
             ``(b, c, h, w)`` tensor of :attr:`dtype` on :attr:`device`.
+
+        Raises:
+            SlideReadError: the region cannot be read from the file (a corrupt or truncated
+                tile); the message names the file, the region and the fix. Streaming
+                passes it on unchanged, so a trainer can skip the slide.
         """
         (b0, b1), (c0, c1), (y0, y1), (x0, x1) = self._bounds(index)
         height, width = y1 - y0, x1 - x0
@@ -154,7 +174,7 @@ class SlideSource:
             out.copy_(self._background_normalized[channels].expand_as(out))
         else:
             self.reads += 1
-            rgb = self.reader.read_scaled(self.resolution, x0, y0, width, height)  # (h, w, 3) uint8
+            rgb = self._read_rgb(x0, y0, width, height)  # (h, w, 3) uint8
             if not rgb.flags.writeable:  # backends may hand out read-only buffers
                 rgb = rgb.copy()
             out.copy_(torch.from_numpy(rgb).permute(2, 0, 1)[channels])  # to dtype, contiguous

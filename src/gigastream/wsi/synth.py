@@ -57,6 +57,8 @@ class SynthConfig:
         lesion_size: lesion diameter in level-0 pixels.
         min_lesions: fewest lesions on a positive slide.
         max_lesions: most lesions on a positive slide.
+        max_lesion_fraction: lesions cover at most this fraction of a positive slide's
+            tissue (fewer lesions are planted where there is little tissue; at least one).
         lesion_contrast: strength of the lesion's nuclear pattern (0: invisible).
         nucleus_period: spacing of lesion nuclei in pixels (the pattern averages out
             at downsampling factors of about this and more).
@@ -76,6 +78,7 @@ class SynthConfig:
     lesion_size: int = 96
     min_lesions: int = 1
     max_lesions: int = 3
+    max_lesion_fraction: float = 0.1
     lesion_contrast: float = 0.6
     nucleus_period: float = 7.0
     block_size: int = 512
@@ -102,6 +105,10 @@ class SynthConfig:
             raise ValueError(f"positive_fraction must be in [0, 1], got {self.positive_fraction}")
         if not 8 <= self.lesion_size <= self.size // 4:
             raise ValueError(f"lesion_size must be in [8, size/4], got {self.lesion_size}")
+        if not 0 < self.max_lesion_fraction <= 1:
+            raise ValueError(
+                f"max_lesion_fraction must be in (0, 1], got {self.max_lesion_fraction}"
+            )
         if not 0 <= self.min_lesions <= self.max_lesions or self.max_lesions < 1:
             raise ValueError("need 0 <= min_lesions <= max_lesions and max_lesions >= 1")
 
@@ -305,6 +312,9 @@ class SlideRenderer:
         self.patterns: list[np.ndarray] = []
         if positive:
             count = int(rng.integers(config.min_lesions, config.max_lesions + 1))
+            tissue_px = float((self.field > 0.5).mean()) * config.size**2
+            lesion_px = math.pi * (config.lesion_size / 2) ** 2
+            count = min(count, int(config.max_lesion_fraction * tissue_px / lesion_px))
             self.lesions = place_lesions(self.field, config, rng, max(count, 1))
             self.patterns = [lesion_modulation(les, config, rng) for les in self.lesions]
 
@@ -473,3 +483,51 @@ def synthesize_dataset(
     resolved = {**asdict(config), "sources": [str(p) for p in source_files]}
     (out / "synth.json").write_text(json.dumps(resolved, indent=1))
     return manifest
+
+
+# ----------------------------------------------------------------------------- procedural
+def procedural_he_image(path: str | Path, size: int = 1024, seed: int = 0) -> Path:
+    """Write a procedural H&E-like PNG: pink fibrous stroma with clusters of dark nuclei.
+
+    The fallback texture source when no real H&E image is at hand (e.g. a fresh ``pip
+    install``): synthetic slides can then still be made, of cruder tissue. Real H&E is
+    better.
+
+    Args:
+        path: PNG file to write.
+        size: edge in pixels.
+        seed: random seed.
+
+    Returns:
+        ``path``.
+    """
+    from PIL import Image
+    from skimage.draw import ellipse
+
+    rng = np.random.default_rng(seed)
+
+    def smooth_noise(cells: int) -> np.ndarray:  # (size, size) in [0, 1]
+        grid = Image.fromarray(rng.random((cells, cells), dtype=np.float32), mode="F")
+        return np.asarray(grid.resize((size, size), Image.BICUBIC)).clip(0, 1)
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    angle = smooth_noise(4) * np.pi
+    phase = (xx * np.cos(angle) + yy * np.sin(angle)) / 4.0 + 12.0 * smooth_noise(24)
+    fibres = (0.5 + 0.5 * np.sin(phase)) * smooth_noise(16)
+    shade = 0.6 * smooth_noise(8) + 0.5 * fibres  # (size, size)
+    stroma = np.array([235, 165, 200], np.float32)
+    dark = np.array([200, 110, 170], np.float32)
+    image = stroma + (dark - stroma) * shade[..., None]  # (size, size, 3)
+    density = smooth_noise(6)
+    for _ in range(size * size // 250):
+        y, x = rng.integers(0, size, 2)
+        if rng.random() > density[y, x] ** 2:
+            continue
+        rows, cols = ellipse(
+            y, x, rng.uniform(3, 7), rng.uniform(3, 7), (size, size), rotation=rng.uniform(0, np.pi)
+        )
+        image[rows, cols] = np.array([95, 50, 140]) + rng.normal(0, 12, 3)
+    image += rng.normal(0, 6, image.shape)
+    path = Path(path)
+    Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(path)
+    return path

@@ -1,0 +1,42 @@
+"""``gigastream predict``: class probabilities of slide files -> predictions.csv."""
+
+from __future__ import annotations
+
+import argparse
+
+from gigastream.cli import common
+
+COMMAND = ("predict",)
+HELP = "predict slide classes with a trained checkpoint: predictions.csv (p_<class> columns)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_checkpoint(parser)
+    common.add_out(parser)
+    common.add_device(parser)
+    common.add_workers(parser)
+    common.add_progress(parser)
+    common.add_slides(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    common.quiet_lightning(args)
+    from gigastream.train.engine import predict_slide_files
+
+    result = predict_slide_files(
+        args.checkpoint, args.slides, args.out, device=args.device,
+        progress=not args.no_progress, num_workers=args.workers,
+    )
+    rows = [
+        {
+            "slide_id": p["slide_id"],
+            **{f"p_{c}": f"{v:.4f}" for c, v in zip(result["class_names"], p["probs"], strict=True)},
+        }
+        for p in result["predictions"]
+    ]
+    if rows:
+        common.print_table(rows, list(rows[0]))
+    for slide_id, reason in result["skipped_slides"].items():
+        print(f"skipped {slide_id}: {reason}")
+    print(f"-> {args.out / 'predictions.csv'}")
+    return 0 if result["predictions"] else 1

@@ -1,0 +1,244 @@
+"""The trunk registry: ``build_trunk(arch, weights)`` -> (trunk, out_channels, output_stride).
+
+A *trunk* is the local part of a CNN (everything before global pooling) as an
+``nn.Sequential`` that :class:`~gigastream.streaming.module.StreamingModule` can stream
+exactly: only convolutions, pooling, eval-mode BatchNorm and pointwise activations (no
+GroupNorm/LayerNorm, which couple all positions).
+
+Registered trunks:
+
+- ``resnet18``, ``resnet34``, ``resnet50``: torchvision ResNets without global pool and
+  classifier (output stride 32); ``resnet34`` is StreamingCLAM's (Dooper et al. 2023).
+- ``vgg_small``: a small VGG-style trunk, conv3x3-BatchNorm-ReLU blocks with 2x2 max-pools,
+  channels 16-32-64-128 (output stride 16, receptive field 70 px, ~0.25 M parameters),
+  about 10x cheaper than ResNet-18 on CPU; with random initialisation its BatchNorm should
+  be calibrated on data (:func:`calibrate_batchnorm`) before it is frozen.
+- ``vgg_small_s32``: the same with a fifth 128-channel block (output stride 32).
+
+Example:
+    >>> trunk, channels, stride = build_trunk("vgg_small")
+    >>> trunk(torch.randn(1, 3, 64, 64)).shape, channels, stride
+    (torch.Size([1, 128, 4, 4]), 128, 16)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+#: ``factory(weights) -> (trunk, out_channels, output_stride)``.
+TrunkFactory = Callable[[str | None], tuple[nn.Sequential, int, int]]
+
+_RESNET_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+#: Output stride of a torchvision ResNet trunk (conv1 2x, max-pool 2x, layer2-4 2x each).
+RESNET_STRIDE = 32
+
+
+def _load_state_dict(path: str | Path) -> dict[str, Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: trunk weights file not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state_dict (got {type(state).__name__})")
+    return state
+
+
+def _resnet_trunk(arch: str, weights: str | None = None) -> tuple[nn.Sequential, int, int]:
+    """A torchvision ResNet without global pool and classifier.
+
+    Args:
+        arch: ``resnet18``, ``resnet34`` or ``resnet50``.
+        weights: ``None`` (random initialisation), ``"imagenet"`` (torchvision's
+            IMAGENET1K_V1 weights, downloaded by torchvision if not cached) or a local
+            ``state_dict`` path of the full torchvision ResNet (``fc.*`` is ignored).
+    """
+    import torchvision
+
+    if weights == "imagenet":
+        enum = getattr(torchvision.models, f"ResNet{arch[len('resnet'):]}_Weights").IMAGENET1K_V1
+        try:
+            resnet = getattr(torchvision.models, arch)(weights=enum)
+        except Exception as exc:  # offline: URLError, OSError, ...
+            raise ValueError(
+                f"downloading the ImageNet weights of {arch} failed ({type(exc).__name__}: "
+                f"{exc}); pass a local torchvision state_dict with --weights PATH"
+            ) from None
+        logger.info("loaded torchvision ImageNet weights into %s", arch)
+    else:
+        resnet = getattr(torchvision.models, arch)(weights=None)
+        if weights is not None:
+            state = {k: v for k, v in _load_state_dict(weights).items() if not k.startswith("fc.")}
+            try:
+                missing, unexpected = resnet.load_state_dict(state, strict=False)
+            except RuntimeError as exc:  # shape mismatches
+                raise ValueError(f"{weights}: not a torchvision {arch} state_dict: {exc}") from None
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:
+                raise ValueError(
+                    f"{weights}: not a torchvision {arch} state_dict "
+                    f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)"
+                )
+            logger.info("loaded %s trunk weights from %s", arch, weights)
+    trunk = nn.Sequential(*list(resnet.children())[:-2])
+    return trunk, _RESNET_CHANNELS[arch], RESNET_STRIDE
+
+
+def vgg_trunk(
+    blocks: Sequence[Sequence[int]], in_channels: int = 3, batchnorm: bool = True
+) -> nn.Sequential:
+    """A VGG-style trunk: per block, conv3x3(-BatchNorm)-ReLU layers, then a 2x2 max-pool.
+
+    Args:
+        blocks: output channels of each block's convolutions, e.g. ``[[16], [32], [64, 64]]``.
+        in_channels: input channels.
+        batchnorm: put a BatchNorm2d after every convolution (to be calibrated and frozen).
+
+    Returns:
+        ``(B, in_channels, H, W) -> (B, blocks[-1][-1], H / 2**len(blocks), W / 2**len(blocks))``.
+        Convolutions are Kaiming-initialised (fan-out, ReLU gain), biases zero.
+    """
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for block in blocks:
+        for out in block:
+            conv = nn.Conv2d(channels, out, 3, padding=1, bias=not batchnorm)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+            layers.append(conv)
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.ReLU(inplace=True))
+            channels = out
+        layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers)
+
+
+def _vgg_factory(
+    blocks: Sequence[Sequence[int]], weights: str | None = None
+) -> tuple[nn.Sequential, int, int]:
+    trunk = vgg_trunk(blocks)
+    if weights == "imagenet":
+        raise ValueError("vgg_small trunks have no ImageNet weights; pass a local state_dict")
+    if weights is not None:
+        try:
+            trunk.load_state_dict(_load_state_dict(weights))
+        except RuntimeError as exc:
+            raise ValueError(f"{weights}: not a state_dict of this trunk: {exc}") from None
+    return trunk, blocks[-1][-1], 2 ** len(blocks)
+
+
+_VGG_SMALL = ([16], [32], [64, 64], [128, 128])
+
+_REGISTRY: dict[str, TrunkFactory] = {
+    **{arch: functools.partial(_resnet_trunk, arch) for arch in _RESNET_CHANNELS},
+    "vgg_small": functools.partial(_vgg_factory, _VGG_SMALL),
+    "vgg_small_s32": functools.partial(_vgg_factory, (*_VGG_SMALL, [128])),
+}
+
+
+def register_trunk(name: str, factory: TrunkFactory) -> None:
+    """Add a trunk to the registry.
+
+    Args:
+        name: the registry name; must be new.
+        factory: called as ``factory(weights)``; returns ``(trunk, out_channels, output_stride)``.
+
+    Raises:
+        ValueError: if the name is taken.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"trunk {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def list_trunks() -> list[str]:
+    """Names of the registered trunks, sorted.
+
+    Example:
+        >>> list_trunks()
+        ['resnet18', 'resnet34', 'resnet50', 'vgg_small', 'vgg_small_s32']
+    """
+    return sorted(_REGISTRY)
+
+
+def build_trunk(arch: str, weights: str | None = None) -> tuple[nn.Sequential, int, int]:
+    """Build a registered trunk.
+
+    Args:
+        arch: one of :func:`list_trunks`.
+        weights: ``None`` (random initialisation), a local ``state_dict`` path, or for
+            torchvision ResNets ``"imagenet"`` (torchvision's weights API).
+
+    Returns:
+        ``(trunk, out_channels, output_stride)``: ``trunk`` maps ``(B, 3, H, W)`` to
+        ``(B, out_channels, H / output_stride, W / output_stride)``.
+
+    Raises:
+        ValueError: unknown ``arch``; weights that do not fit; an ImageNet download that
+            failed (the message says to pass a local state_dict with ``--weights PATH``).
+        FileNotFoundError: a weights path that does not exist.
+
+    Example:
+        >>> trunk, channels, stride = build_trunk("resnet18")
+        >>> channels, stride
+        (512, 32)
+    """
+    try:
+        factory = _REGISTRY[arch]
+    except KeyError:
+        raise ValueError(f"unknown trunk {arch!r}; available: {', '.join(list_trunks())}") from None
+    return factory(None if weights is None else str(weights))
+
+
+@torch.no_grad()
+def calibrate_batchnorm(trunk: nn.Module, batches: Iterable[Tensor]) -> nn.Module:
+    """Data-dependent BatchNorm calibration: set running statistics from data, then freeze.
+
+    A randomly initialised network in eval mode normalises with mean 0 and variance 1,
+    i.e. not at all, so activations grow or shrink layer by layer. This resets every
+    BatchNorm's running statistics, forwards ``batches`` in train mode without gradients
+    (cumulative average over all batches: ``momentum=None``), and puts the BatchNorms back
+    in eval mode, after which each channel is normalised to ~zero mean and unit variance
+    on the data. Affine parameters are untouched.
+
+    Args:
+        trunk: the trunk (its BatchNorm layers are calibrated in place).
+        batches: input tensors ``(B, 3, H, W)``, e.g. crops of training slides.
+
+    Returns:
+        ``trunk``, with every BatchNorm in eval mode.
+
+    Example:
+        >>> trunk, _, _ = build_trunk("vgg_small")
+        >>> trunk = calibrate_batchnorm(trunk, [torch.randn(2, 3, 64, 64)])
+        >>> trunk[1].training
+        False
+    """
+    norms = [m for m in trunk.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = {m: (m.momentum, m.training) for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+        m.train()
+    seen = 0
+    for batch in batches:
+        trunk(batch)
+        seen += 1
+    for m in norms:
+        m.momentum = saved[m][0]
+        m.eval()
+    if seen == 0:
+        raise ValueError("calibrate_batchnorm needs at least one batch")
+    logger.info("calibrated %d BatchNorm layers on %d batches", len(norms), seen)
+    return trunk

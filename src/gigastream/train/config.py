@@ -1,0 +1,408 @@
+"""The configuration of a training run: one dataclass per component, YAML in and out.
+
+Precedence: the dataclass defaults < a YAML file (``--config``) < command-line flags. The
+YAML file has one section per component::
+
+    manifest: data/manifest.csv
+    class_names: [negative, positive]
+    model: {arch: resnet34, head: clam_sb, tile_size: 2048}
+    data: {mpp: 0.5, tissue: {mpp: 8.0}}
+    optim: {lr: 1.0e-4, head_lr: 1.0e-3}
+    train: {epochs: 20, precision: bf16-mixed}
+
+Every key is checked: a typo at any depth is one error naming the key and the closest
+valid one (``train.epocs: unknown key; did you mean train.epochs?``). The resolved
+configuration (:func:`to_dict`) is written next to every run as ``config.yaml`` and stored
+in every checkpoint, so ``--config RUN/config.yaml`` re-runs the same job and a checkpoint
+rebuilds its model without any file.
+
+Example:
+    >>> config = load_config({"train": {"epochs": 3}}, source="example")
+    >>> config.train.epochs, config.model.head
+    (3, 'clam_sb')
+    >>> load_config({"train": {"epocs": 3}}, source="example")
+    Traceback (most recent call last):
+    ...
+    gigastream.train.config.ConfigError: example: unknown key 'train.epocs'; did you mean 'train.epochs'?
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gigastream.models.streaming_clam import StreamingCLAMConfig
+from gigastream.wsi.tissue import TissueMaskConfig
+
+PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed")
+NORMALIZATIONS = ("imagenet", "none")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message names it and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """How slides become inputs.
+
+    Attributes:
+        mpp: resolution the slides are streamed at (microns per pixel).
+        tissue: tissue masker settings (also the no-tissue threshold).
+        mask_dir: folder of ``<slide_id>.png`` tissue masks: used when present, otherwise
+            computed masks are cached there (default: ``RUN/masks``).
+        mask_input: blank non-tissue pixels of the input (and skip reading them).
+        normalize: ``imagenet`` (torchvision's statistics) or ``none`` (pixels in [0, 1]).
+        backend: slide reader backend: ``auto``, ``openslide`` or ``tiffslide``.
+        num_workers: DataLoader worker processes that open slides, compute tissue masks
+            and read small slides ahead of the training step (0: in the main process).
+        preload_pixels: a slide whose input has at most this many pixels is read whole
+            by the worker (off the training thread); larger ones stay lazy and are read
+            tile by tile while streaming.
+    """
+
+    mpp: float = 1.0
+    tissue: TissueMaskConfig = field(default_factory=TissueMaskConfig)
+    mask_dir: str | None = None
+    mask_input: bool = True
+    normalize: str = "imagenet"
+    backend: str = "auto"
+    num_workers: int = 2
+    preload_pixels: int = 4096 * 4096
+
+    def validate(self) -> None:
+        """Raise ConfigError on impossible settings."""
+        if not (math.isfinite(self.mpp) and self.mpp > 0):
+            raise ConfigError(f"data.mpp must be a positive number of microns, got {self.mpp}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ConfigError(
+                f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}"
+            )
+        if self.backend not in ("auto", "openslide", "tiffslide"):
+            raise ConfigError(
+                f"data.backend must be auto, openslide or tiffslide, got {self.backend!r}"
+            )
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class OptimConfig:
+    """The optimiser and learning-rate schedule.
+
+    Attributes:
+        lr: AdamW learning rate of the trunk (the CNN).
+        head_lr: learning rate of the MIL head (``None``: ``lr``).
+        weight_decay: AdamW weight decay.
+        warmup_steps: optimiser steps of linear warm-up from 0.
+        schedule: ``cosine`` (decay to 0 over the run after warm-up) or ``constant``.
+        grad_clip: clip the gradient norm to this (``None``: no clipping).
+    """
+
+    lr: float = 1e-4
+    head_lr: float | None = None
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    grad_clip: float | None = None
+
+    def validate(self) -> None:
+        """Raise ConfigError on impossible settings."""
+        for name in ("lr", "head_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"optim.{name} must be a positive number, got {value}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"optim.schedule must be cosine or constant, got {self.schedule!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"optim.grad_clip must be positive, got {self.grad_clip}")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop (Lightning's ``Trainer``).
+
+    Attributes:
+        epochs: passes over the training slides.
+        seed: seed of the split, the initialisation, the slide order and dropout; each
+            epoch reseeds from ``(seed, epoch)``, so a resumed run is exact.
+        device: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto`` (CUDA if available).
+        devices: number of devices (processes) to train on; >1 uses DDP.
+        num_nodes: machines (with ``torchrun`` / SLURM).
+        strategy: Lightning strategy: ``auto``, ``ddp``, ...
+        precision: ``32``, ``64``, ``bf16-mixed`` or ``16-mixed`` (CUDA only).
+        accumulate_grad_batches: slides per optimiser step (gradient accumulation over
+            slides: the multi-bag accumulation of Andersson et al.).
+        early_stopping_patience: stop after this many epochs without a better validation
+            AUC (``None``: never).
+        val_fraction: held-out fraction when the manifest has no ``split`` column and no
+            splits file is given.
+        heatmaps: number of validation slides to draw attention heatmaps of at the end.
+        progress: progress bars.
+        threads: torch CPU threads (``None``: torch's choice).
+    """
+
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32"
+    accumulate_grad_batches: int = 1
+    early_stopping_patience: int | None = None
+    val_fraction: float = 0.25
+    heatmaps: int = 4
+    progress: bool = True
+    threads: int | None = None
+
+    def validate(self) -> None:
+        """Raise ConfigError on impossible settings (devices are checked by :func:`check_device`)."""
+        positive = ("epochs", "devices", "num_nodes", "accumulate_grad_batches")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"train.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError(
+                f"train.early_stopping_patience must be >= 1, got {self.early_stopping_patience}"
+            )
+        if self.heatmaps < 0:
+            raise ConfigError(f"train.heatmaps must be >= 0, got {self.heatmaps}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"train.threads must be >= 1, got {self.threads}")
+
+
+@dataclass
+class RunConfig:
+    """A whole training run.
+
+    Attributes:
+        manifest: slide manifest CSV (``slide_id,path,label[,case_id,split,mpp]``).
+        splits: folds CSV written by ``gigastream splits`` (``None``: the manifest's
+            ``split`` column, or a stratified hold-out of ``train.val_fraction``).
+        fold: the validation fold of ``splits``.
+        class_names: class names in index order (``None``: the manifest's sorted labels).
+        model: the model.
+        data: how slides are read.
+        optim: the optimiser.
+        train: the loop.
+    """
+
+    manifest: str | None = None
+    splits: str | None = None
+    fold: int | None = None
+    class_names: list[str] | None = None
+    model: StreamingCLAMConfig = field(default_factory=StreamingCLAMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        """Check every section; raise ConfigError naming the first bad value."""
+        for section in (self.data, self.optim, self.train):
+            section.validate()
+        try:
+            self.model.validate()
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError(f"model: {exc}") from None
+        if self.splits is not None and self.fold is None:
+            raise ConfigError("a splits file needs --fold K (or --folds all)")
+        if self.fold is not None and self.fold < 0:
+            raise ConfigError(f"fold must be >= 0, got {self.fold}")
+        if self.class_names is not None and len(self.class_names) < 2:
+            raise ConfigError(
+                f"class_names needs at least 2 classes, got {self.class_names}: a binary task "
+                "has two classes (e.g. [negative, positive]) with a softmax over them"
+            )
+
+
+# ----------------------------------------------------------------------------- (de)serialising
+def _is_dataclass_type(kind: Any) -> bool:
+    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, kind: Any, key: str, source: str) -> Any:
+    """``value`` converted to the annotated type ``kind`` (ints to floats, ...)."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [k for k in typing.get_args(kind) if k is not type(None)]
+        if value is None:
+            return None
+        for option in options:
+            try:
+                return _coerce(value, option, key, source)
+            except ConfigError:
+                continue
+        names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+        raise ConfigError(f"{source}: '{key}' must be {names}, got {value!r}")
+    if _is_dataclass_type(kind):
+        if isinstance(kind, type) and isinstance(value, kind):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping of settings, got {value!r}")
+        return _build(kind, value, f"{key}.", source)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        (item,) = typing.get_args(kind)[:1] or (Any,)
+        return [_coerce(v, item, key, source) for v in value]
+    if origin is dict or kind is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if kind is Any:
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. precision: 32
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
+    """An instance of dataclass ``cls`` from defaults overlaid with ``values``."""
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        key = str(unknown[0])
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+        hint = f"; did you mean '{prefix}{close[0]}'?" if close else f" (valid: {', '.join(names)})"
+        raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+    kwargs = {
+        name: _coerce(value, hints[name], f"{prefix}{name}", source)
+        for name, value in values.items()
+    }
+    return cls(**kwargs)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of two nested dicts (``override`` wins; ``None`` values are ignored)."""
+    out = dict(base)
+    for key, value in override.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            out[key] = merge(out[key] if isinstance(out.get(key), dict) else {}, value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file (``yaml.safe_load``); errors name the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    values: dict[str, Any] | str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    source: str | None = None,
+    cls: type = RunConfig,
+) -> Any:
+    """A validated config from defaults < ``values`` (a dict or YAML file) < ``overrides``.
+
+    Args:
+        values: settings as a nested dict, or a YAML file path.
+        overrides: settings that win over ``values`` (e.g. from command-line flags;
+            ``None`` entries are ignored).
+        source: name used in error messages (default: the file, or ``config``).
+        cls: the config dataclass (default :class:`RunConfig`).
+
+    Raises:
+        ConfigError: an unknown key (with the closest valid key), a wrongly typed or
+            impossible value.
+    """
+    if isinstance(values, (str, Path)):
+        source = source or str(values)
+        values = read_yaml(values)
+    source = source or "config"
+    config = _build(cls, merge(values or {}, overrides or {}), "", source)
+    if hasattr(config, "validate"):
+        config.validate()
+    return config
+
+
+def to_dict(config: Any) -> Any:
+    """A config as plain YAML/JSON types (NaN/inf as ``None``, paths as strings)."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, dict):
+        return {str(k): to_dict(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    if isinstance(config, float) and not math.isfinite(config):
+        return None
+    if config is None or isinstance(config, (bool, int, float, str)):
+        return config
+    return str(config)
+
+
+def dump_yaml(config: Any, path: str | Path) -> Path:
+    """Write a config as YAML (atomically)."""
+    import yaml
+
+    from gigastream.train.io import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "dump_yaml",
+    "load_config",
+    "merge",
+    "read_yaml",
+    "to_dict",
+]

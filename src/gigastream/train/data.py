@@ -1,0 +1,314 @@
+"""Slides as training examples: label checks, train/validation splits, Dataset and DataLoader.
+
+Slides are opened in DataLoader worker processes: a worker opens the slide, loads or
+computes its tissue mask, checks that it has tissue and, when the slide's input is small
+(``DataConfig.preload_pixels``), reads it whole, all off the training thread. Larger
+slides stay lazy: the training step gets a picklable :class:`SlideExample` and opens a
+:class:`~gigastream.wsi.source.SlideSource` that the streamed trunk reads tile by tile.
+An unreadable or tissue-free slide becomes an example with ``error`` set; the training
+step skips it and the run lists it in ``metrics.json``.
+
+Example:
+    >>> manifest = read_manifest("data/manifest.csv")  # doctest: +SKIP
+    >>> train_rows, val_rows = split_rows(manifest, RunConfig())  # doctest: +SKIP
+    >>> loader = slide_loader(train_rows, manifest.labels, DataConfig(), seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from gigastream.train.config import ConfigError, DataConfig, RunConfig
+from gigastream.wsi.manifest import Manifest, ManifestRow, read_splits, stratified_folds
+from gigastream.wsi.reader import SlideError, SlideReader
+from gigastream.wsi.source import IMAGENET, Normalization, SlideSource
+from gigastream.wsi.tissue import TissueMask, compute_tissue_mask, require_tissue
+
+logger = logging.getLogger(__name__)
+
+TRAIN_SPLITS = ("train", "training")
+VAL_SPLITS = ("val", "valid", "validation")
+
+
+def _label_key(label: str) -> str:
+    return " ".join(label.split()).casefold()
+
+
+def check_labels(labels: Sequence[str], class_names: Sequence[str] | None) -> list[str]:
+    """The class names of a run, after checking the labels of its slides.
+
+    Args:
+        labels: the label of every slide.
+        class_names: the configured classes in index order, or ``None`` (then the sorted
+            distinct labels).
+
+    Returns:
+        The class names in index order.
+
+    Raises:
+        ConfigError: labels not among ``class_names`` (each with the closest class name),
+            labels that differ only in case or spacing, or fewer than two classes. One
+            error lists every offending label.
+    """
+    distinct = sorted(set(labels))
+    if class_names is not None:
+        names = list(class_names)
+        keys = [_label_key(n) for n in names]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"class_names {names} holds names that differ only in case/spacing")
+        bad = [lab for lab in distinct if lab not in names]
+        if bad:
+            parts = []
+            for lab in bad:
+                close = [n for n in names if _label_key(n) == _label_key(lab)]
+                close = close or difflib.get_close_matches(lab, names, n=1, cutoff=0.6)
+                parts.append(f"{lab!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(
+                f"{len(bad)} label(s) not in the configured classes {names}: {', '.join(parts)}; "
+                "fix the manifest's label column (labels are case- and space-sensitive)"
+            )
+        return names
+    groups: dict[str, list[str]] = {}
+    for lab in distinct:
+        groups.setdefault(_label_key(lab), []).append(lab)
+    clashes = [spellings for spellings in groups.values() if len(spellings) > 1]
+    if clashes:
+        listing = "; ".join(" vs ".join(repr(s) for s in group) for group in clashes)
+        raise ConfigError(
+            f"labels that differ only in case or spacing: {listing}; make them identical in "
+            "the manifest, or set class_names in the config"
+        )
+    if len(distinct) < 2:
+        raise ConfigError(
+            f"the slides have {len(distinct)} distinct label(s) {distinct}; a classifier needs "
+            "at least two classes"
+        )
+    return distinct
+
+
+def split_rows(manifest: Manifest, config: RunConfig) -> tuple[list[ManifestRow], list[ManifestRow]]:
+    """Training and validation slides of a run.
+
+    In order of preference: a splits file and fold (``gigastream splits``), the manifest's
+    ``split`` column (``train``/``training`` vs ``val``/``valid``/``validation``; other
+    names such as ``test`` are left out), or fold 0 of ``round(1 / val_fraction)``
+    stratified patient-level folds.
+
+    Raises:
+        ConfigError: slides missing from the splits file, or an empty side.
+    """
+    rows = manifest.rows
+    if config.splits is not None:
+        fold_of = read_splits(config.splits)
+        missing = [r.slide_id for r in rows if r.slide_id not in fold_of]
+        if missing:
+            raise ConfigError(
+                f"{config.splits}: {len(missing)} slide(s) of the manifest have no fold "
+                f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); "
+                "re-create it with gigastream splits"
+            )
+        folds = sorted(set(fold_of.values()))
+        if config.fold not in folds:
+            raise ConfigError(f"--fold {config.fold} is not in {config.splits} (folds {folds})")
+        train = [r for r in rows if fold_of[r.slide_id] != config.fold]
+        val = [r for r in rows if fold_of[r.slide_id] == config.fold]
+    elif any(r.split for r in rows):
+        train = [r for r in rows if (r.split or "").lower() in TRAIN_SPLITS]
+        val = [r for r in rows if (r.split or "").lower() in VAL_SPLITS]
+    else:
+        folds = max(2, round(1 / config.train.val_fraction))
+        fold_of = stratified_folds(manifest, folds=folds, seed=config.train.seed)
+        train = [r for r in rows if fold_of[r.slide_id] != 0]
+        val = [r for r in rows if fold_of[r.slide_id] == 0]
+    if not train or not val:
+        raise ConfigError(
+            f"need training and validation slides, got {len(train)} and {len(val)} of "
+            f"{len(rows)} (check the split column / splits file)"
+        )
+    return train, val
+
+
+def normalization(name: str) -> Normalization | None:
+    """The input normalisation called ``name`` (``imagenet`` or ``none``)."""
+    return IMAGENET if name == "imagenet" else None
+
+
+@dataclass
+class SlideExample:
+    """One slide as the training step receives it (picklable: crosses worker processes).
+
+    Attributes:
+        slide_id: the slide's id.
+        label: class index, or ``None`` when unknown (prediction).
+        path: the slide file.
+        slide_mpp: mpp overriding the file's metadata (from the manifest), or ``None``.
+        tissue_mask: the slide's tissue mask, or ``None`` (masking off).
+        pixels: ``(1, 3, H, W)`` input read whole by the worker, or ``None`` (lazy).
+        error: why the slide cannot be used (unreadable, no tissue), or ``None``.
+    """
+
+    slide_id: str
+    label: int | None
+    path: str
+    slide_mpp: float | None = None
+    tissue_mask: TissueMask | None = None
+    pixels: Tensor | None = None
+    error: str | None = None
+
+    def open(self, data: DataConfig, device: torch.device | str = "cpu") -> SlideInput:
+        """The slide's input on ``device``: the preloaded tensor or a lazy source."""
+        if self.pixels is not None:
+            return SlideInput(self.pixels.to(device), None, self.tissue_mask, None)
+        reader = SlideReader.open(self.path, mpp=self.slide_mpp, backend=data.backend)
+        try:
+            source = make_source(reader, self.tissue_mask, data)
+        except BaseException:
+            reader.close()
+            raise
+        source.device = torch.device(device)
+        return SlideInput(source, reader, self.tissue_mask, source.mpp)
+
+
+@dataclass
+class SlideInput:
+    """An opened slide input: ``x`` is a tensor or a lazy source; close it when done."""
+
+    x: Tensor | SlideSource
+    reader: SlideReader | None
+    tissue_mask: TissueMask | None
+    mpp: float | None
+
+    def close(self) -> None:
+        """Release the slide file."""
+        if self.reader is not None:
+            self.reader.close()
+
+
+def make_source(reader: SlideReader, mask: TissueMask | None, data: DataConfig) -> SlideSource:
+    """The lazy input of a slide at ``data.mpp`` with the run's normalisation and masking."""
+    return SlideSource(
+        reader,
+        mpp=data.mpp,
+        tissue_mask=mask if data.mask_input else None,
+        normalize=normalization(data.normalize),
+    )
+
+
+class SlideExamples(Dataset):
+    """Manifest rows as :class:`SlideExample` s (see the module docstring).
+
+    Args:
+        rows: the slides.
+        class_names: class names in index order (labels map to their index; a row whose
+            label is not a class gets ``label=None``).
+        data: how slides are read.
+    """
+
+    def __init__(self, rows: Sequence[ManifestRow], class_names: Sequence[str], data: DataConfig):
+        self.rows = list(rows)
+        self.index = {name: i for i, name in enumerate(class_names)}
+        self.data = data
+        if data.mask_dir is not None:
+            Path(data.mask_dir).mkdir(parents=True, exist_ok=True)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _mask(self, row: ManifestRow, slide: SlideReader) -> TissueMask:
+        mask_dir = self.data.mask_dir
+        path = Path(mask_dir) / f"{row.slide_id}.png" if mask_dir is not None else None
+        if path is not None and path.is_file():
+            return TissueMask.load(path, slide=slide)
+        mask = compute_tissue_mask(slide, self.data.tissue)
+        if path is not None:
+            mask.save(path)
+        return mask
+
+    def __getitem__(self, i: int) -> SlideExample:
+        row = self.rows[i]
+        example = SlideExample(row.slide_id, self.index.get(row.label), str(row.path), row.mpp)
+        try:
+            with SlideReader.open(row.path, mpp=row.mpp, backend=self.data.backend) as slide:
+                mask = require_tissue(
+                    self._mask(row, slide), row.slide_id, self.data.tissue.min_tissue_fraction
+                )
+                example.tissue_mask = mask
+                source = make_source(slide, mask, self.data)
+                if source.shape[-2] * source.shape[-1] <= self.data.preload_pixels:
+                    example.pixels = source.read((slice(None),) * 4)  # (1, 3, H, W)
+        except SlideError as exc:  # unreadable, corrupt tile, no tissue
+            example.error = str(exc)
+        return example
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of ``range(n)`` per epoch, seeded by ``(seed, epoch)`` (resumable)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order :meth:`__iter__` gives (Lightning calls this)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _identity(example):
+    return example
+
+
+def example_loader(
+    dataset: Dataset, num_workers: int, seed: int = 0, shuffle: bool = False
+) -> DataLoader:
+    """A DataLoader of single examples (no batching: one slide or bag per step)."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=EpochSampler(len(dataset), seed, shuffle),
+        num_workers=num_workers,
+        collate_fn=_identity,
+        persistent_workers=num_workers > 0,
+        multiprocessing_context="fork" if num_workers > 0 else None,
+    )
+
+
+def slide_loader(
+    rows: Sequence[ManifestRow],
+    class_names: Sequence[str],
+    data: DataConfig,
+    seed: int = 0,
+    shuffle: bool = False,
+) -> DataLoader:
+    """A DataLoader of the slides in ``rows`` (workers as configured in ``data``)."""
+    workers = min(data.num_workers, len(rows))
+    return example_loader(SlideExamples(rows, class_names, data), workers, seed, shuffle)
+
+
+__all__ = [
+    "EpochSampler",
+    "SlideExample",
+    "SlideExamples",
+    "SlideInput",
+    "check_labels",
+    "example_loader",
+    "make_source",
+    "normalization",
+    "slide_loader",
+    "split_rows",
+]

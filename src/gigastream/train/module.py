@@ -1,0 +1,304 @@
+"""The one training engine: a LightningModule for MIL classifiers of slides and bags.
+
+:class:`MILClassifier` trains any model that keeps the :class:`MILModel` contract (one
+input - a whole slide, streamed, or a bag of instances - gives class logits and attention
+over instances; the model defines its own loss) with PyTorch Lightning: the ``Trainer``
+owns the loop, checkpoints, loggers, precision, devices and gradient accumulation over
+slides (``accumulate_grad_batches``). One step is one slide or bag. StreamingCLAM on
+whole slides (``gigastream train``, ``gigastream demo``) and the MNIST-bags experiment run
+through it.
+
+Exactness of a resumed run: every epoch reseeds torch, numpy and ``random`` from
+``(seed, epoch)`` and visits the examples in an order seeded the same way
+(:class:`~gigastream.train.data.EpochSampler`), so resuming from the checkpoint of a
+finished epoch repeats the remaining epochs bit for bit.
+
+Example:
+    >>> import lightning as L  # doctest: +SKIP
+    >>> module = MILClassifier(model, ["negative", "positive"], OptimConfig(lr=1e-4))  # doctest: +SKIP
+    >>> L.Trainer(max_epochs=3).fit(module, train_loader, val_loader)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gigastream.train.config import DataConfig, OptimConfig
+from gigastream.train.metrics import classification_metrics
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the slide and the epoch."""
+
+
+@runtime_checkable
+class MILModel(Protocol):
+    """What the engine needs of a model.
+
+    ``model(x, label=y)`` returns an object with ``logits`` ``(num_classes,)`` and
+    ``attention`` ``(N,)`` (optionally ``attention_map`` ``(h, w)`` and ``instances``
+    ``(h, w)`` for slides); ``model.loss(out, y)`` is the training loss;
+    ``model.parameter_groups()`` maps ``"trunk"`` and ``"head"`` to their parameters
+    (they get ``lr`` and ``head_lr``).
+    """
+
+    def __call__(self, x: Any, label: Any = None) -> Any: ...
+
+    def loss(self, out: Any, label: Any) -> Tensor: ...
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]: ...
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch`` of a run seeded ``seed``."""
+    return int(np.random.SeedSequence([seed, epoch, 7]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (all devices), numpy and ``random``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, schedule: str):
+    """Multiplier of the base learning rate at optimiser step ``s`` (warm-up, then cosine)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant" or total_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class MILClassifier(L.LightningModule):
+    """Lightning module around a :class:`MILModel` (see the module docstring).
+
+    Args:
+        model: the model.
+        class_names: class names in index order.
+        optim: optimiser settings.
+        data: how slides are read (used to open lazy slide inputs); ``None`` for bags.
+        seed: the run's seed (per-epoch reseeding).
+        run_config: the resolved run configuration stored in every checkpoint.
+
+    Attributes:
+        skipped: slide id -> reason, for slides that could not be used.
+        epoch_log: per-epoch metrics (train loss, validation loss/AUC/accuracy).
+        last_validation: the latest validation's per-slide results.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        class_names: Sequence[str],
+        optim: OptimConfig | None = None,
+        data: DataConfig | None = None,
+        seed: int = 0,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.class_names = list(class_names)
+        self.optim = optim or OptimConfig()
+        self.data = data or DataConfig()
+        self.seed = seed
+        self.run_config = run_config or {}
+        self.skipped: dict[str, str] = {}
+        self._train_losses: list[float] = []
+        self._val: list[dict[str, Any]] = []
+        self.epoch_log: list[dict[str, Any]] = []
+        self.last_validation: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ inputs
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # examples are opened on the device in the step (lazy slides)
+
+    def _skip(self, example: Any, stage: str) -> None:
+        if example.slide_id not in self.skipped:
+            logger.warning("skipping %s (%s): %s", example.slide_id, stage, example.error)
+        self.skipped[example.slide_id] = example.error
+
+    def _forward(self, example: Any) -> tuple[Any, Tensor | None]:
+        """``(output, loss)`` of one example (loss ``None`` without a label)."""
+        from gigastream.wsi.reader import SlideError
+
+        opened = example.open(self.data, self.device)
+        try:
+            label = example.label
+            out = self.model(opened.x, label=label)
+            loss = None if label is None else self.model.loss(out, label)
+        except SlideError as exc:  # a read error mid-stream
+            example.error = str(exc)
+            return None, None
+        finally:
+            opened.close()
+        return out, loss
+
+    def _zero_loss(self) -> Tensor:
+        """A zero loss touching every parameter (keeps DDP ranks in step on a skipped slide)."""
+        return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros(()))
+
+    # ------------------------------------------------------------------ training
+    def on_train_epoch_start(self) -> None:
+        seed_everything(epoch_seed(self.seed, self.current_epoch))
+        self._train_losses = []
+
+    def training_step(self, example: Any, batch_idx: int) -> Tensor | None:
+        distributed = self.trainer.world_size > 1
+        if example.error is None:
+            out, loss = self._forward(example)
+        if example.error is not None:
+            self._skip(example, "train")
+            return self._zero_loss() if distributed else None
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss is {float(loss)} on slide {example.slide_id!r} in epoch "
+                f"{self.current_epoch + 1}: lower optim.lr / optim.head_lr, set optim.grad_clip, "
+                "or check the slide; the last good checkpoint is kept"
+            )
+        self._train_losses.append(float(loss.detach()))
+        self.log("train_loss", loss.detach(), on_step=True, on_epoch=True, batch_size=1)
+        return loss
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def _record(self, example: Any, out: Any, loss: Tensor | None) -> dict[str, Any]:
+        probs = torch.softmax(out.logits.detach().double(), dim=-1).cpu().numpy()
+        record = {
+            "slide_id": example.slide_id,
+            "label": example.label,
+            "probs": probs,
+            "loss": None if loss is None else float(loss.detach()),
+        }
+        attention_map = getattr(out, "attention_map", None)
+        if attention_map is not None:
+            instances = out.instances.cpu().numpy()
+            attention = attention_map.detach().double().cpu().numpy()
+            record["attention_map"] = np.where(instances, attention, np.nan)
+            record["instances"] = int(instances.sum())
+        return record
+
+    def validation_step(self, example: Any, batch_idx: int) -> None:
+        if example.error is None:
+            out, loss = self._forward(example)
+        if example.error is not None:
+            self._skip(example, "validation")
+            return
+        record = self._record(example, out, loss)
+        record.pop("attention_map", None)  # not kept for every epoch
+        self._val.append(record)
+
+    def _gather(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            everything: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(everything, records)
+            seen: dict[str, dict[str, Any]] = {}
+            for part in everything:
+                for rec in part:
+                    seen.setdefault(rec["slide_id"], rec)  # DistributedSampler pads
+            return list(seen.values())
+        return records
+
+    def on_validation_epoch_end(self) -> None:
+        records = self._gather(self._val)
+        self.last_validation = records
+        labelled = [r for r in records if r["label"] is not None]
+        if labelled:
+            metrics = classification_metrics(
+                [r["label"] for r in labelled], np.stack([r["probs"] for r in labelled])
+            )
+            val_loss = float(np.mean([r["loss"] for r in labelled]))
+        else:
+            metrics, val_loss = {"auc": math.nan, "accuracy": math.nan}, math.nan
+        auc = metrics["auc"]
+        # the checkpoint monitor needs a number: -1 when the AUC is undefined (one class)
+        self.log("val_auc", auc if math.isfinite(auc) else -1.0, sync_dist=False, batch_size=1)
+        self.log("val_loss", val_loss, batch_size=1)
+        self.log("val_accuracy", metrics["accuracy"], batch_size=1)
+        if self.trainer.sanity_checking:
+            return
+        train_loss = float(np.mean(self._train_losses)) if self._train_losses else math.nan
+        self.epoch_log.append(
+            {
+                "epoch": self.current_epoch + 1,
+                "train_loss": train_loss,
+                "train_slide_losses": list(self._train_losses),
+                "val_loss": val_loss,
+                "val_auc": auc,
+                "val_accuracy": metrics["accuracy"],
+                "val_slides": len(labelled),
+                "lr": [g["lr"] for g in self.optimizers().optimizer.param_groups]
+                if self.trainer.optimizers
+                else None,
+            }
+        )
+
+    # ------------------------------------------------------------------ prediction
+    def predict_step(self, example: Any, batch_idx: int) -> dict[str, Any]:
+        if example.error is None:
+            with torch.no_grad():
+                out, loss = self._forward(example)
+        if example.error is not None:
+            self._skip(example, "predict")
+            return {"slide_id": example.slide_id, "label": example.label, "error": example.error}
+        return self._record(example, out, loss)
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        groups = self.model.parameter_groups()
+        head_lr = self.optim.head_lr or self.optim.lr
+        param_groups = [
+            {"params": [p for p in groups["trunk"] if p.requires_grad], "lr": self.optim.lr},
+            {"params": [p for p in groups["head"] if p.requires_grad], "lr": head_lr},
+        ]
+        param_groups = [g for g in param_groups if g["params"]]
+        optimizer = torch.optim.AdamW(param_groups, weight_decay=self.optim.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        factor = lr_lambda(self.optim.warmup_steps, total, self.optim.schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from gigastream import __version__
+
+        checkpoint["gigastream"] = {
+            "version": __version__,
+            "config": self.run_config,
+            "class_names": self.class_names,
+            "epoch_log": _plain(self.epoch_log),
+            "skipped": dict(self.skipped),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("gigastream", {})
+        self.epoch_log = list(saved.get("epoch_log", []))
+        self.skipped.update(saved.get("skipped", {}))
+
+
+def _plain(value: Any) -> Any:
+    """Checkpoint-safe (``weights_only``-loadable) plain types."""
+    from gigastream.train.io import jsonable
+
+    return jsonable(value)
+
+
+__all__ = ["MILClassifier", "MILModel", "NonFiniteLossError", "epoch_seed", "lr_lambda"]

@@ -1,0 +1,104 @@
+"""A tiny synthetic dataset and run configuration shared by the engine and train-CLI tests.
+
+Eight 512^2 px slides (0.5 um/px) streamed at 1 um/px (256^2 px inputs) with 192 px
+tiles through ``vgg_small``: a two-epoch run takes a few seconds on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+#: The settings of every tiny run (``vgg_small`` where the trunk does not matter).
+TINY: dict[str, Any] = {
+    "model": {
+        "arch": "vgg_small",
+        "tile_size": 192,
+        "head_options": {"hidden_dim": 32, "attn_dim": 16, "dropout": 0.0},
+    },
+    "data": {
+        "mpp": 1.0,
+        "num_workers": 0,
+        "tissue": {"mpp": 2.0, "min_object_um2": 500.0, "max_hole_um2": 1000.0},
+    },
+    "train": {"epochs": 2, "threads": 1, "heatmaps": 1, "progress": False},
+}
+
+_CACHE: dict[str, Path] = {}
+
+
+def dataset_manifest(root: Path) -> Path:
+    """Synthesize the tiny dataset once per session under ``root``; its manifest."""
+    if "manifest" not in _CACHE:
+        from gigastream.wsi.synth import SynthConfig, synthesize_dataset
+
+        if not (DATA / "images").is_dir():
+            pytest.skip(f"shared H&E images not found at {DATA / 'images'}")
+        config = SynthConfig(slides=8, size=512, lesion_size=96, seed=0)
+        _CACHE["manifest"] = synthesize_dataset(
+            root / "synth", config, [str(DATA / "images")], progress=False
+        )
+    return _CACHE["manifest"]
+
+
+def write_tiny_yaml(path: Path, **sections: dict[str, Any]) -> Path:
+    """``TINY`` with ``sections`` merged in, written as YAML to ``path``."""
+    from gigastream.train.config import merge
+
+    path.write_text(yaml.safe_dump(merge(TINY, sections), sort_keys=False))
+    return path
+
+
+def tiny_config(manifest: Path, **sections: dict[str, Any]):
+    """The tiny :class:`~gigastream.train.config.RunConfig` on ``manifest``."""
+    from gigastream.train.config import load_config, merge
+
+    return load_config(merge(TINY, sections), {"manifest": str(manifest)}, source="tiny")
+
+
+def copy_manifest(manifest: Path, dest: Path, edit=None) -> Path:
+    """``manifest`` rewritten to ``dest`` with absolute slide paths; ``edit(rows)`` may change rows."""
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["path"] = str((manifest.parent / row["path"]).resolve())
+    if edit is not None:
+        rows = edit(rows)
+    with open(dest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def manifest(tmp_path_factory) -> Path:
+    """The tiny synthetic dataset's manifest (8 slides, half positive)."""
+    return dataset_manifest(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path) -> Path:
+    """The tiny run's settings as a YAML file."""
+    return write_tiny_yaml(tmp_path / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, manifest) -> Path:
+    """One finished two-epoch run (shared read-only by several tests; copy before writing)."""
+    if "run" not in _CACHE:
+        from gigastream.train.engine import fit
+
+        out = tmp_path_factory.mktemp("trained") / "run"
+        fit(tiny_config(manifest), out)
+        _CACHE["run"] = out
+    return _CACHE["run"]
+
+
+__all__ = ["TINY", "copy_manifest", "dataset_manifest", "tiny_config", "write_tiny_yaml"]
