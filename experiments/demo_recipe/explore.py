@@ -66,6 +66,8 @@ def parse() -> argparse.Namespace:
     a("--schedule", default="cosine", choices=("cosine", "constant"))
     a("--accum", type=int, default=1, help="slides per optimiser step")
     a("--epochs", type=int, default=10)
+    a("--clip", type=float, default=0.0, help="gradient norm clipping (0: off)")
+    a("--balanced", type=int, default=1, help="alternate positive and negative slides")
     a("--augment", type=int, default=1, help="random flips/rot90")
     a("--budget", type=float, default=600.0, help="stop training after this many seconds")
     a("--seed", type=int, default=0)
@@ -217,6 +219,10 @@ def main() -> None:
     n_slides = 0
     for epoch in range(args.epochs):
         order = rng.permutation(len(train))
+        if args.balanced:  # alternate classes so every accumulation window is balanced
+            pos = [i for i in order if train[i][2] == 1]
+            neg = [i for i in order if train[i][2] == 0]
+            order = [i for pair in zip(pos, neg) for i in pair] + pos[len(neg):] + neg[len(pos):]
         losses = []
         for i, idx in enumerate(order):
             x, cells, label, _ = train[idx]
@@ -225,9 +231,11 @@ def main() -> None:
             out = model(x, cells, label=label)
             loss = model.head.loss(out, label)
             (loss / args.accum).backward()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             n_slides += 1
             if (i + 1) % args.accum == 0 or i + 1 == len(order):
+                if args.clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), args.clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 sched.step()

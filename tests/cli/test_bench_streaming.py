@@ -59,3 +59,63 @@ def test_bench_streaming_unknown_arch(tmp_path, arch):
         )
         == 1
     )
+
+
+def test_bench_streaming_flags_parse():
+    from gigastream.cli.main import build_parser
+
+    args = build_parser().parse_args(
+        [
+            "bench",
+            "streaming",
+            "--device",
+            "cuda",
+            "--precision",
+            "bf16",
+            "--size",
+            "65536",
+            "--lazy",
+        ]
+    )
+    assert (args.device, args.precision, args.size, args.lazy) == ("cuda", "bf16", 65536, True)
+    args = build_parser().parse_args(["bench", "streaming"])
+    assert (args.device, args.precision, args.lazy) == ("cpu", "fp32", None)
+
+
+def test_bench_streaming_tf32_needs_cuda(tmp_path, capsys):
+    assert (
+        main(["bench", "streaming", "--precision", "tf32", "--out", str(tmp_path / "x.json")]) == 1
+    )
+    assert "needs --device cuda" in capsys.readouterr().err
+
+
+def test_bench_streaming_bf16_lazy_tiny_cpu_run(tmp_path):
+    """bf16 autocast on CPU, streaming from the procedural image (never whole in memory)."""
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "bench", "streaming", "--arch", "resnet18", "--size", "256", "--tile", "160",
+            "--precision", "bf16", "--lazy", "--repeats", "1",
+            "--modes", "conventional,streaming", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["config"]["precision"] == "bf16" and result["config"]["lazy_input"] is True
+    assert result["plan"]["lazy_input"] is True and result["plan"]["bytes_per_elem"] == 2
+    streamed = result["modes"]["streaming"]
+    assert streamed["lazy_input"] is True and streamed["seconds_median"] > 0
+    assert streamed["max_rel_grad_error"] < 0.1  # bf16 autocast: same pixels, rounding only
+
+
+def test_bench_streaming_skips_what_cannot_fit(tmp_path, monkeypatch):
+    """A conventional run whose estimate exceeds the memory is reported as skipped."""
+    from gigastream.streaming import benchmark
+
+    monkeypatch.setattr(benchmark, "_mem_available", lambda: 8 * 2**20)
+    result = benchmark.run_benchmark(
+        "resnet18", 256, tile_size=128, repeats=1, modes=("conventional",), out=tmp_path / "b.json"
+    )
+    conv = result["modes"]["conventional"]
+    assert conv["skipped"] and conv["est_bytes"] > 0.9 * 8 * 2**20
+    assert result["config"]["lazy_input"] is True

@@ -37,7 +37,9 @@ def test_demo_writes_outputs(tmp_path, sources, capsys):
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["train"]["epochs"] == 1 and config["data"]["mpp"] > 0
     assert config["class_names"] == ["negative", "positive"]
-    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (
+        out / "checkpoints" / "last.ckpt"
+    ).is_file()
     assert (out / "data" / "manifest.csv").is_file()
 
     # a second demo into the same folder refuses, unless --overwrite

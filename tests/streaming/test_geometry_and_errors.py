@@ -23,7 +23,9 @@ from gigastream.streaming.planner import parse_bytes
 
 
 def resnet_trunk(name: str) -> nn.Sequential:
-    return nn.Sequential(*list(getattr(torchvision.models, name)(weights=None).children())[:-2]).eval()
+    return nn.Sequential(
+        *list(getattr(torchvision.models, name)(weights=None).children())[:-2]
+    ).eval()
 
 
 @pytest.mark.parametrize(("name", "rf"), [("resnet18", 435), ("resnet34", 899), ("resnet50", 427)])
@@ -143,15 +145,19 @@ def test_freeze_batchnorm_survives_train():
 
 def test_tile_too_small_reports_smallest_valid_size():
     net = resnet_trunk("resnet18")
-    streamed = StreamingModule(net, tile_size=32)
+    cuts = ["5", "6", "7"]  # fixed cuts: the first segment is stem+layer1
+    streamed = StreamingModule(net, tile_size=32, segments=cuts)
     with pytest.raises(StreamingError, match=r"tile_size >= (\d+)") as err:
         streamed(torch.randn(1, 3, 160, 160))
     smallest = int(re.search(r"tile_size >= (\d+)", str(err.value)).group(1))
     # the reported size works
-    plan = StreamingModule(net, tile_size=smallest).plan((1, 3, 160, 160))
-    assert plan.segments[0].mode in ("stream", "keep")
+    plan = StreamingModule(net, tile_size=smallest, segments=cuts).plan((1, 3, 160, 160))
+    assert plan.segments[0].mode == "stream"
     with pytest.raises(StreamingError, match="tile_size >="):
-        StreamingModule(net, tile_size=smallest - 1).plan((1, 3, 160, 160))
+        StreamingModule(net, tile_size=smallest - 1, segments=cuts).plan((1, 3, 160, 160))
+    # planned cuts make such a tile possible: the first segment becomes shallower
+    plan = StreamingModule(net, tile_size=32).plan((1, 3, 160, 160))
+    assert plan.segments[0].mode == "stream" and max(plan.segments[0].max_tile) <= 32
 
 
 def test_settings_errors():

@@ -89,9 +89,8 @@ def tiny_yaml(tmp_path) -> Path:
     return write_tiny_yaml(tmp_path / "tiny.yaml")
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, manifest) -> Path:
-    """One finished two-epoch run (shared read-only by several tests; copy before writing)."""
+def trained_run_folder(tmp_path_factory, manifest: Path) -> Path:
+    """Train the tiny two-epoch run once per session; its folder."""
     if "run" not in _CACHE:
         from gigastream.train.engine import fit
 
@@ -101,4 +100,17 @@ def trained_run(tmp_path_factory, manifest) -> Path:
     return _CACHE["run"]
 
 
-__all__ = ["TINY", "copy_manifest", "dataset_manifest", "tiny_config", "write_tiny_yaml"]
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, manifest) -> Path:
+    """One finished two-epoch run (shared read-only by several tests; copy before writing)."""
+    return trained_run_folder(tmp_path_factory, manifest)
+
+
+__all__ = [
+    "TINY",
+    "copy_manifest",
+    "dataset_manifest",
+    "tiny_config",
+    "trained_run_folder",
+    "write_tiny_yaml",
+]

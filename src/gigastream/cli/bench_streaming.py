@@ -10,14 +10,20 @@ HELP = "time and peak memory of conventional, checkpointed and streamed trunk tr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", default="resnet34", help="torchvision architecture (default resnet34)")
+    parser.add_argument(
+        "--arch", default="resnet34", help="torchvision architecture (default resnet34)"
+    )
     parser.add_argument("--size", type=int, default=3072, help="square image side in pixels")
     parser.add_argument("--tile", type=int, default=None, help="largest tile in pixels")
-    parser.add_argument("--memory-budget", default=None, help="e.g. 2GiB; the planner picks the plan")
+    parser.add_argument(
+        "--memory-budget", default=None, help="e.g. 2GiB; the planner picks the plan"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="forward+backward runs per mode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--modes", default="conventional,checkpoint,streaming", help="comma-separated subset of modes"
+        "--modes",
+        default="conventional,checkpoint,streaming",
+        help="comma-separated subset of modes",
     )
     parser.add_argument("--out", default="bench-streaming.json", help="JSON file to write")
     parser.add_argument(
@@ -26,6 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="glibc mmap threshold in every mode: tuned (128 KiB), default (dynamic), or auto "
         "(tuned when the conventional run would need > 16 GiB, as StreamingModule does)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "tf32", "bf16"],
+        default="fp32",
+        help="fp32 (TF32 off), tf32 (CUDA only) or bf16 autocast",
+    )
+    parser.add_argument(
+        "--lazy",
+        action="store_true",
+        default=None,
+        help="stream from a procedural image generated tile by tile (default: only when the "
+        "conventional estimate does not fit; up to --size 65536 and beyond)",
     )
 
 
@@ -36,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown mode(s) {bad}; choose from {list(MODES)}")
+    if args.size < 1:
+        raise ValueError(f"--size must be a positive number of pixels, got {args.size}")
+    if args.precision == "tf32" and not args.device.startswith("cuda"):
+        raise ValueError("--precision tf32 needs --device cuda (TF32 is a CUDA tensor-core mode)")
     result = run_benchmark(
         args.arch,
         args.size,
@@ -46,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         modes,
         args.out,
         tune_allocator={"auto": None, "tuned": True, "default": False}[args.allocator],
+        device=args.device,
+        precision=args.precision,
+        lazy=args.lazy,
     )
     print(result["plan_text"])
     print(json.dumps(result["modes"], indent=2))

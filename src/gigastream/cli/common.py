@@ -18,7 +18,9 @@ def add_out(parser: argparse.ArgumentParser, help: str = "output folder") -> Non
 
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--checkpoint", type=Path, required=True,
+        "--checkpoint",
+        type=Path,
+        required=True,
         help="a checkpoint written by gigastream train (RUN/checkpoints/best.ckpt)",
     )
 
@@ -67,13 +69,20 @@ def add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", choices=["32", "64", "bf16-mixed", "16-mixed"], help="numeric precision"
     )
-    parser.add_argument("--early-stopping", type=int, metavar="EPOCHS",
-                        help="stop after EPOCHS epochs without a better validation AUC")
+    parser.add_argument(
+        "--early-stopping",
+        type=int,
+        metavar="EPOCHS",
+        help="stop after EPOCHS epochs without a better validation AUC",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     add_workers(parser)
     add_progress(parser)
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last finished epoch")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last finished epoch",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a run in --out")
 
 

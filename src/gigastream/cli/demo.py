@@ -36,12 +36,18 @@ DEMO_RUN: dict[str, Any] = {"train": {"heatmaps": 6, "val_fraction": 0.25}}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_out(parser)
-    parser.add_argument("--slides", type=int, help=f"synthetic slides (default {DEMO_SYNTH['slides']})")
     parser.add_argument(
-        "--size", type=int, help=f"slide edge in level-0 px at 0.5 um/px (default {DEMO_SYNTH['size']})"
+        "--slides", type=int, help=f"synthetic slides (default {DEMO_SYNTH['slides']})"
     )
     parser.add_argument(
-        "--sources", type=Path, nargs="+",
+        "--size",
+        type=int,
+        help=f"slide edge in level-0 px at 0.5 um/px (default {DEMO_SYNTH['size']})",
+    )
+    parser.add_argument(
+        "--sources",
+        type=Path,
+        nargs="+",
         help="H&E images/slides to cut synthetic tissue from (default: ../shared/data)",
     )
     common.add_training(parser)
@@ -97,7 +103,9 @@ def _run(args: argparse.Namespace) -> int:
     values = read_yaml(args.config) if args.config else {}
     source = str(args.config) if args.config else "config"
     synth_values = merge(DEMO_SYNTH, values.pop("synth", None) or {})
-    synth_values = merge(synth_values, {"slides": args.slides, "size": args.size, "seed": args.seed})
+    synth_values = merge(
+        synth_values, {"slides": args.slides, "size": args.size, "seed": args.seed}
+    )
     synth = load_config(synth_values, source=source, cls=SynthConfig)
     synth.lesion_size = min(synth.lesion_size, synth.size // 4)  # small slides, small lesions
     out: Path = args.out

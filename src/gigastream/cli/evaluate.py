@@ -25,13 +25,19 @@ def run(args: argparse.Namespace) -> int:
     from gigastream.train.engine import evaluate_manifest
 
     metrics = evaluate_manifest(
-        args.checkpoint, args.manifest, args.out, device=args.device,
-        progress=not args.no_progress, num_workers=args.workers,
+        args.checkpoint,
+        args.manifest,
+        args.out,
+        device=args.device,
+        progress=not args.no_progress,
+        num_workers=args.workers,
     )
     auc = metrics["auc"]
-    print(f"{metrics['slides']} slides: AUC {'n/a' if auc != auc else f'{auc:.3f}'}, "
-          f"accuracy {metrics['accuracy']:.3f} -> {args.out / 'metrics.json'}, "
-          f"{args.out / 'predictions.csv'}")
+    print(
+        f"{metrics['slides']} slides: AUC {'n/a' if auc != auc else f'{auc:.3f}'}, "
+        f"accuracy {metrics['accuracy']:.3f} -> {args.out / 'metrics.json'}, "
+        f"{args.out / 'predictions.csv'}"
+    )
     if metrics["skipped_slides"]:
         print(f"skipped {len(metrics['skipped_slides'])} unreadable slide(s): see metrics.json")
     return 0

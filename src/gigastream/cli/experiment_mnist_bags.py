@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import fields
 from pathlib import Path
 
 COMMAND = ("experiment", "mnist-bags")
@@ -79,17 +78,18 @@ def _default_data() -> Path:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    import yaml
 
+    from gigastream.cli.common import quiet_lightning
+
+    quiet_lightning(args)
+
+    from gigastream.train.config import load_config, read_yaml
     from gigastream.train.mil_experiment import MnistBagsConfig, run_mnist_bags
 
     values: dict = {}
     if args.config is not None:
-        values.update(yaml.safe_load(args.config.read_text()) or {})
-        known = {f.name for f in fields(MnistBagsConfig) if f.init}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown keys in {args.config}: {', '.join(sorted(unknown))}")
+        values.update(read_yaml(args.config))
+        load_config(values, source=str(args.config), cls=MnistBagsConfig)  # names typos
     values.update({k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None})
     if args.data is not None:
         values["data"] = str(args.data)

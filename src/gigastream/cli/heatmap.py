@@ -14,10 +14,16 @@ HELP = "attention heatmaps of slides with a trained checkpoint (PNG, optional py
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_checkpoint(parser)
     common.add_out(parser)
-    parser.add_argument("--tiff", action="store_true",
-                        help="also write a full-resolution pyramidal TIFF overlay per slide")
-    parser.add_argument("--lesions", type=Path,
-                        help="folder of ground-truth masks <slide_id>.png to draw as contours")
+    parser.add_argument(
+        "--tiff",
+        action="store_true",
+        help="also write a full-resolution pyramidal TIFF overlay per slide",
+    )
+    parser.add_argument(
+        "--lesions",
+        type=Path,
+        help="folder of ground-truth masks <slide_id>.png to draw as contours",
+    )
     common.add_device(parser)
     common.add_workers(parser)
     common.add_progress(parser)
@@ -29,9 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from gigastream.train.engine import predict_slide_files
 
     result = predict_slide_files(
-        args.checkpoint, args.slides, args.out, device=args.device,
-        progress=not args.no_progress, heatmaps=True, tiff=args.tiff,
-        lesion_dir=args.lesions, num_workers=args.workers,
+        args.checkpoint,
+        args.slides,
+        args.out,
+        device=args.device,
+        progress=not args.no_progress,
+        heatmaps=True,
+        tiff=args.tiff,
+        lesion_dir=args.lesions,
+        num_workers=args.workers,
     )
     for path in result["heatmaps"]:
         print(path)

@@ -43,8 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gigastream",
         description="Exact, memory-bounded training on gigapixel images and huge MIL bags.",
     )
-    parser.add_argument("--version", action="version", version=f"gigastream {gigastream.__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument(
+        "--version", action="version", version=f"gigastream {gigastream.__version__}"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
         (): parser.add_subparsers(dest="command", metavar="COMMAND")
     }
@@ -56,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
             if prefix not in parsers:
                 sub = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
                 parsers[prefix] = sub
-                groups[prefix] = sub.add_subparsers(dest="_".join(prefix) + "_command", metavar="COMMAND")
+                groups[prefix] = sub.add_subparsers(
+                    dest="_".join(prefix) + "_command", metavar="COMMAND"
+                )
             elif prefix not in groups:
                 groups[prefix] = parsers[prefix].add_subparsers(metavar="COMMAND")
         leaf = groups[path[:-1]].add_parser(
@@ -76,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose < 2:  # noise from Lightning's internals
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     run = getattr(args, "_run", None)
     if run is None:
         parser.print_help()

@@ -24,13 +24,19 @@ def run(args: argparse.Namespace) -> int:
     from gigastream.train.engine import predict_slide_files
 
     result = predict_slide_files(
-        args.checkpoint, args.slides, args.out, device=args.device,
-        progress=not args.no_progress, num_workers=args.workers,
+        args.checkpoint,
+        args.slides,
+        args.out,
+        device=args.device,
+        progress=not args.no_progress,
+        num_workers=args.workers,
     )
     rows = [
         {
             "slide_id": p["slide_id"],
-            **{f"p_{c}": f"{v:.4f}" for c, v in zip(result["class_names"], p["probs"], strict=True)},
+            **{
+                f"p_{c}": f"{v:.4f}" for c, v in zip(result["class_names"], p["probs"], strict=True)
+            },
         }
         for p in result["predictions"]
     ]

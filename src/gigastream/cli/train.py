@@ -17,8 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--splits", type=Path, help="folds CSV written by gigastream splits")
     parser.add_argument("--fold", type=int, help="validation fold of --splits")
     parser.add_argument("--folds", choices=["all"], help="all: cross-validate every fold")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="validate everything and print the streaming plan; train nothing")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate everything and print the streaming plan; train nothing",
+    )
     common.add_training(parser)
 
 
@@ -38,15 +41,21 @@ def run(args: argparse.Namespace) -> int:
         summary = fit_folds(config, args.out, resume=args.resume, overwrite=args.overwrite)
         for row in summary["folds"]:
             print(f"fold {row['fold']}: validation AUC {row['val_auc']:.3f}")
-        print(f"cross-validation AUC {summary['val_auc_mean']:.3f} ± {summary['val_auc_sd']:.3f}"
-              f" over {len(summary['folds'])} folds -> {args.out / 'cv_metrics.json'}")
+        print(
+            f"cross-validation AUC {summary['val_auc_mean']:.3f} ± {summary['val_auc_sd']:.3f}"
+            f" over {len(summary['folds'])} folds -> {args.out / 'cv_metrics.json'}"
+        )
         return 0
     prepared = prepare(config)
-    print(f"{len(prepared.train_rows)} training and {len(prepared.val_rows)} validation slides, "
-          f"classes {prepared.class_names}")
+    print(
+        f"{len(prepared.train_rows)} training and {len(prepared.val_rows)} validation slides, "
+        f"classes {prepared.class_names}"
+    )
     if args.dry_run:
         return _dry_run(prepared)
     metrics = fit(config, args.out, resume=args.resume, overwrite=args.overwrite, prepared=prepared)
+    if "final" not in metrics:  # a DDP worker (rank > 0): rank 0 reports
+        return 0
     final = metrics["final"]
     auc = final["val_auc"]
     print(

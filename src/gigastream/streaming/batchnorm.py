@@ -24,12 +24,20 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from torch import Tensor, nn
 from torch.nn.functional import batch_norm
 
 from gigastream.streaming.geometry import Geometry
 
-__all__ = ["FrozenBatchNorm", "freeze_batchnorm", "is_batchnorm", "training_batchnorms"]
+__all__ = [
+    "FrozenBatchNorm",
+    "calibrate_batchnorm",
+    "freeze_batchnorm",
+    "is_batchnorm",
+    "training_batchnorms",
+]
 
 
 def is_batchnorm(module: nn.Module) -> bool:
@@ -68,8 +76,21 @@ class FrozenBatchNorm(nn.Module):
         self.register_buffer("running_var", bn.running_var)
         self.register_buffer("num_batches_tracked", bn.num_batches_tracked)
 
+    calibrating: bool = False  # set only by calibrate_batchnorm
+
     def forward(self, x: Tensor) -> Tensor:
-        """Normalise ``x`` ``(N, C, ...)`` with the running statistics (never updated)."""
+        """Normalise ``x`` ``(N, C, ...)`` with the running statistics (never updated).
+
+        Only inside :func:`calibrate_batchnorm` it normalises with the batch's statistics
+        and accumulates them into the running ones, as a BatchNorm in train mode would.
+        """
+        if self.calibrating:  # cumulative average over the calibration batches
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked)
+            return batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, True, factor,
+                self.eps,
+            )
         return batch_norm(
             x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
         )
@@ -117,3 +138,63 @@ def training_batchnorms(module: nn.Module) -> list[str]:
         for name, m in module.named_modules()
         if is_batchnorm(m) and m.training
     ]
+
+
+def calibrate_batchnorm(module: nn.Module, batches: Iterable[Tensor]) -> int:
+    """Data-dependent BatchNorm calibration: running statistics from data (frozen or not).
+
+    A randomly initialised network normalises with mean 0 and variance 1 (not at all), so
+    its activations grow or shrink layer by layer. This resets the running statistics of
+    every BatchNorm and :class:`FrozenBatchNorm` in ``module``, forwards ``batches``
+    without gradients, each layer normalising with its batch's statistics (as in train
+    mode) and accumulating them (cumulative average, ``momentum=None``), and restores
+    the layers' modes. Affine parameters are untouched. Afterwards every channel is
+    normalised to about zero mean and unit variance on the data.
+
+    Args:
+        module: the network (calibrated in place).
+        batches: inputs ``(B, C, H, W)``, e.g. crops of training slides.
+
+    Returns:
+        The number of batches forwarded.
+
+    Raises:
+        ValueError: no batch was given.
+
+    Example:
+        >>> import torch
+        >>> net = freeze_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+        >>> calibrate_batchnorm(net, [torch.randn(2, 3, 16, 16) * 5 + 3])
+        1
+        >>> bool(net(torch.randn(2, 3, 16, 16) * 5 + 3).std() < 2)
+        True
+    """
+    import torch
+
+    norms = [m for m in module.modules() if is_batchnorm(m) or isinstance(m, FrozenBatchNorm)]
+    saved = {m: (getattr(m, "momentum", None), m.training) for m in norms}
+    for m in norms:
+        m.running_mean.zero_()
+        m.running_var.fill_(1.0)
+        m.num_batches_tracked.zero_()
+        if isinstance(m, FrozenBatchNorm):
+            m.calibrating = True
+        else:
+            m.momentum = None
+            m.train()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                module(batch)
+                seen += 1
+    finally:
+        for m in norms:
+            if isinstance(m, FrozenBatchNorm):
+                m.calibrating = False
+            else:
+                m.momentum = saved[m][0]
+                m.train(saved[m][1])
+    if seen == 0:
+        raise ValueError("calibrate_batchnorm needs at least one batch of inputs")
+    return seen

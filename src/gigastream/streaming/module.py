@@ -6,19 +6,22 @@ Streaming convolution (Pinckaers, van Ginneken, Litjens, TPAMI 2020) with two re
   tile (the one that owns it), so a tile needs one receptive-field radius of margin, and
   only on its sides that face another tile; tiles are balanced over the image and placed
   on the output-stride grid, so each computes exactly what the full image computes;
-- **segmented streaming**: the trunk is cut at layer boundaries into segments; each is
-  streamed with its own (much smaller) margin or, for deep low-resolution segments, runs
-  with its graph kept. The (graph-free) feature map between segments is stored; in
-  backward, its gradient is accumulated and streamed back through the segment before.
+- **planned segmentation**: the trunk is cut at top-level layer boundaries into segments,
+  chosen per input shape by the planner; each segment is streamed with its own (much
+  smaller) margin and its own tile grid or, for deep low-resolution segments, runs with its
+  graph kept. The (graph-free) feature map between segments is stored, on the device or,
+  when the budget demands, in (pinned) host memory; in backward its gradient is accumulated
+  there and streamed back through the segment before.
 
-The plan (segments, tiles, kept graphs, estimated peak memory and compute) is chosen by
-:func:`gigastream.streaming.planner.plan_streaming` from ``tile_size`` and/or
+The plan (cuts, tiles, kept graphs, offloaded maps, estimated peak memory and compute) is
+chosen by :func:`gigastream.streaming.planner.plan_trunk` from ``tile_size`` and/or
 ``memory_budget`` and is available as :attr:`StreamingModule.last_plan`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -26,14 +29,13 @@ from torch import Tensor, nn
 
 from gigastream.streaming.batchnorm import freeze_batchnorm as _freeze_batchnorm
 from gigastream.streaming.batchnorm import training_batchnorms
-from gigastream.streaming.geometry import StreamingError
+from gigastream.streaming.geometry import Geometry, StreamingError, describe
 from gigastream.streaming.memory import AUTO_TUNE_BYTES, available_memory, tune_cpu_allocator
 from gigastream.streaming.planner import (
-    Segment,
     StreamingPlan,
     make_pieces,
     parse_bytes,
-    plan_streaming,
+    plan_trunk,
     split_segments,
 )
 from gigastream.streaming.recompute import InputSource, piecewise_recompute
@@ -55,8 +57,9 @@ class StreamingModule(nn.Module):
         memory_budget: bytes or e.g. ``"4GiB"``: the planner picks the fastest plan whose
             estimated peak tensor memory fits. With only ``tile_size`` the budget is what
             streaming every segment at that tile size needs.
-        segments: ``"auto"`` (cut a ResNet into stem+layer1 | layer2 | layer3 | layer4),
-            ``"none"`` (one segment), or names of top-level children to cut before.
+        segments: ``"auto"``: the planner chooses the cuts (any subset of the trunk's
+            top-level boundaries, per input shape); ``"none"``: one segment; or names of
+            top-level children to cut before (exactly those cuts).
         freeze_batchnorm: replace the trunk's BatchNorm layers, in place, by frozen ones
             (:func:`gigastream.streaming.batchnorm.freeze_batchnorm`: running statistics
             whatever the mode, trainable affine parameters, same ``state_dict`` keys);
@@ -66,6 +69,13 @@ class StreamingModule(nn.Module):
             the resident set (see :func:`tune_cpu_allocator`): ``"auto"`` for inputs whose
             conventional computation would need more than 16 GiB, ``True`` always (lowest
             memory, slower), ``False`` never.
+        offload: keep feature maps between streamed segments (and their gradient
+            accumulators) in host memory: ``"auto"`` where the device budget demands it
+            (CUDA only: on CPU host memory is the device memory), ``True`` between every two
+            streamed segments (on CPU: a separate buffer, same results), ``False`` never.
+        channels_last: run the tiles in ``torch.channels_last`` memory format (often faster
+            convolutions on GPU; unmeasured here). Values are the same up to the
+            convolution algorithm's rounding.
 
     Example:
         >>> import torchvision
@@ -87,6 +97,8 @@ class StreamingModule(nn.Module):
         freeze_batchnorm: bool = False,
         progress: bool = False,
         tune_allocator: bool | str = "auto",
+        offload: bool | str = "auto",
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if tile_size is None and memory_budget is None:
@@ -97,6 +109,8 @@ class StreamingModule(nn.Module):
             raise StreamingError(f"tile_size must be a positive number of pixels, got {tile_size}")
         if memory_budget is not None:
             parse_bytes(memory_budget)  # validate early
+        if offload not in (True, False, "auto"):
+            raise StreamingError(f"offload must be True, False or 'auto', got {offload!r}")
         if freeze_batchnorm:
             trunk = _freeze_batchnorm(trunk)
         self.trunk = trunk
@@ -104,10 +118,45 @@ class StreamingModule(nn.Module):
         self.memory_budget = memory_budget
         self.progress = progress
         self.tune_allocator = tune_allocator
-        # plain list: the segments reference the trunk's own modules (no copies)
-        self._segments: list[Segment] = split_segments(trunk, segments)
+        self.offload = offload
+        self.channels_last = channels_last
+        # units: the trunk's top-level children (a non-Sequential trunk is one unit); the
+        # segments built from them reference the trunk's own modules (no copies)
+        if isinstance(trunk, nn.Sequential):
+            self._units = list(trunk.named_children())
+            if not self._units:
+                raise StreamingError(
+                    "the trunk is an empty nn.Sequential: there is nothing to stream"
+                )
+        else:
+            self._units = [(type(trunk).__name__, trunk)]
+        self._geometries = [describe(mod, name) for name, mod in self._units]
+        if segments == "auto" or len(self._units) == 1:
+            self._cuts: str | list[int] = "planned"
+        elif segments is None or segments == "none":
+            self._cuts = []
+        else:
+            split_segments(trunk, segments)  # validates the names
+            names = [n for n, _ in self._units]
+            self._cuts = sorted({names.index(n) for n in segments} - {0})
+        self._span_modules: dict[tuple[int, int], nn.Module] = {}
         self._plans: dict[tuple, StreamingPlan] = {}
         self.last_plan: StreamingPlan | None = None
+
+    def _span_module(self, start: int, stop: int) -> nn.Module:
+        """The trunk's children ``start..stop-1`` as one module (shares their parameters)."""
+        key = (start, stop)
+        if key not in self._span_modules:
+            units = self._units[start:stop]
+            self._span_modules[key] = (
+                units[0][1] if len(units) == 1 else nn.Sequential(OrderedDict(units))
+            )
+        return self._span_modules[key]
+
+    def _offload_setting(self, device: torch.device) -> bool | str:
+        if self.offload == "auto":
+            return "auto" if device.type == "cuda" else False
+        return self.offload
 
     def plan(
         self,
@@ -117,22 +166,44 @@ class StreamingModule(nn.Module):
         input_requires_grad: bool = False,
         lazy_input: bool = False,
         device: torch.device | str = "cpu",
+        available_bytes: int | None = None,
     ) -> StreamingPlan:
-        """The plan for an input of ``input_shape`` (B, C, H, W), cached per shape."""
+        """The plan for an input of ``input_shape`` (B, C, H, W), cached per shape.
+
+        Planning needs no memory and no compute (shapes come from the ``meta`` device), so
+        it works for any size, e.g. ``plan((1, 3, 65536, 65536), torch.bfloat16,
+        lazy_input=True, device="cuda", available_bytes=80 * 2**30)`` on a machine without
+        a GPU. ``available_bytes`` defaults to the free memory of ``device``.
+        """
         device = torch.device(device)
-        key = (tuple(input_shape), dtype, input_requires_grad, lazy_input, device.type)
+        key = (
+            tuple(input_shape),
+            dtype,
+            input_requires_grad,
+            lazy_input,
+            device.type,
+            available_bytes,
+        )
         if key not in self._plans:
             itemsize = torch.empty((), dtype=dtype).element_size()
-            self._plans[key] = plan_streaming(
-                self._segments,
+            if available_bytes is None and (device.type != "cuda" or torch.cuda.is_available()):
+                available_bytes = available_memory(device)
+            self._plans[key] = plan_trunk(
+                self._units,
                 input_shape,
+                geometries=self._geometries,
+                cuts=self._cuts,
                 bytes_per_elem=itemsize,
                 tile_size=self.tile_size,
                 memory_budget=self.memory_budget,
                 input_requires_grad=input_requires_grad,
                 lazy_input=lazy_input,
-                available_bytes=available_memory(device),
+                available_bytes=available_bytes,
+                offload=self._offload_setting(device),
             )
+            if len(self._units) == 1 or not isinstance(self.trunk, nn.Sequential):
+                for seg in self._plans[key].segments:
+                    seg.names = [n for n, _ in self._units[seg.span[0] : seg.span[1]]]
             logger.info("%s", self._plans[key])
         return self._plans[key]
 
@@ -154,7 +225,9 @@ class StreamingModule(nn.Module):
         lazy = not isinstance(x, Tensor)
         ndim = x.dim() if isinstance(x, Tensor) else len(x.shape)
         if ndim != 4:
-            raise StreamingError(f"StreamingModule expects (B, C, H, W) input, got shape {tuple(x.shape)}")
+            raise StreamingError(
+                f"StreamingModule expects (B, C, H, W) input, got shape {tuple(x.shape)}"
+            )
         self._check_modes()
         dtype = x.dtype
         device_type = x.device.type if x.device.type in ("cuda", "cpu") else "cpu"
@@ -179,25 +252,33 @@ class StreamingModule(nn.Module):
 
             total = sum(s.tiles[0] * s.tiles[1] for s in plan.segments if s.mode == "stream")
             bar = tqdm(total=total, desc="streaming tiles", leave=False)
+        param = next(self.trunk.parameters(), None)
+        compute_device = param.device if param is not None else x.device
         try:
             h: Tensor | InputSource = x
-            for seg, seg_plan in zip(self._segments, plan.segments, strict=True):
+            for seg_plan in plan.segments:
+                start, stop = seg_plan.span
+                module = self._span_module(start, stop)
                 if seg_plan.mode == "keep":
                     assert isinstance(h, Tensor)
-                    h = seg.module(h)
+                    h = module(self._format(h))
                     continue
-                assert seg.geometry is not None
+                geometry = Geometry.chain(*self._geometries[start:stop])
                 pieces = make_pieces(
-                    seg.geometry, seg_plan.in_shape[-2:], seg_plan.out_shape[-2:], seg_plan.tiles
+                    geometry, seg_plan.in_shape[-2:], seg_plan.out_shape[-2:], seg_plan.tiles
                 )
+                out_offloaded = any(s.offload_input and s.span[0] == stop for s in plan.segments)
                 h = piecewise_recompute(
-                    seg.module,
+                    module if not self.channels_last else (lambda t, m=module: m(self._format(t))),
                     h,
                     pieces,
                     seg_plan.out_shape,
-                    list(seg.module.parameters()),
-                    module=seg.module,
+                    list(module.parameters()),
+                    module=module,
                     progress=bar.update if bar is not None else None,
+                    device=compute_device,
+                    offload_input=seg_plan.offload_input,
+                    offload_output=out_offloaded,
                 )
         finally:
             if bar is not None:
@@ -205,3 +286,7 @@ class StreamingModule(nn.Module):
         assert isinstance(h, Tensor)
         return h
 
+    def _format(self, t: Tensor) -> Tensor:
+        if self.channels_last and t.dim() == 4:
+            return t.contiguous(memory_format=torch.channels_last)
+        return t

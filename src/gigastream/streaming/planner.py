@@ -22,6 +22,7 @@ import copy
 import itertools
 import math
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,8 +33,22 @@ from torch import nn
 from gigastream.streaming.geometry import Geometry, StreamingError, describe
 from gigastream.streaming.recompute import Piece
 
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12,
-          "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1e3,
+    "kb": 1e3,
+    "m": 1e6,
+    "mb": 1e6,
+    "g": 1e9,
+    "gb": 1e9,
+    "t": 1e12,
+    "tb": 1e12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_bytes(value: int | float | str) -> int:
@@ -62,9 +77,7 @@ def axis_bounds(out_size: int, n_tiles: int) -> list[int]:
     return [round(i * out_size / n_tiles) for i in range(n_tiles + 1)]
 
 
-def axis_tiles(
-    axis, in_size: int, out_size: int, n_tiles: int
-) -> list[tuple[int, int, int, int]]:
+def axis_tiles(axis, in_size: int, out_size: int, n_tiles: int) -> list[tuple[int, int, int, int]]:
     """``(out_start, out_stop, in_start, in_stop)`` per tile along one axis."""
     bounds = axis_bounds(out_size, n_tiles)
     tiles = []
@@ -72,27 +85,6 @@ def axis_tiles(
         a, b = axis.input_span(o0, o1, in_size)
         tiles.append((o0, o1, a, b))
     return tiles
-
-
-def tiles_for_extent(axis, in_size: int, out_size: int, max_extent: int) -> int | None:
-    """Fewest tiles along an axis whose input extents are all ``<= max_extent`` (None: impossible)."""
-    if out_size <= 0:
-        return None
-    lo, hi = 1, out_size
-    if max(b - a for _, _, a, b in axis_tiles(axis, in_size, out_size, hi)) > max_extent:
-        return None
-    # extents shrink (weakly) as tiles get more numerous; binary search the smallest count
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if max(b - a for _, _, a, b in axis_tiles(axis, in_size, out_size, mid)) <= max_extent:
-            hi = mid
-        else:
-            lo = mid + 1
-    # balanced rounding is not perfectly monotone: step up until it fits
-    n = lo
-    while max(b - a for _, _, a, b in axis_tiles(axis, in_size, out_size, n)) > max_extent:
-        n += 1
-    return n
 
 
 def make_pieces(
@@ -110,7 +102,12 @@ def make_pieces(
                 Piece(
                     in_index=(full, full, slice(a, b), slice(c, d)),
                     out_index=(full, full, slice(o0, o1), slice(p0, p1)),
-                    crop=(full, full, slice(o0 - a // sh, o1 - a // sh), slice(p0 - c // sw, p1 - c // sw)),
+                    crop=(
+                        full,
+                        full,
+                        slice(o0 - a // sh, o1 - a // sh),
+                        slice(p0 - c // sw, p1 - c // sw),
+                    ),
                 )
             )
     return pieces
@@ -184,12 +181,12 @@ class _Profile:
     flops: float  # multiply-adds x2 of convolutions for the whole input
 
 
-def profile_segments(segments: Sequence[Segment], input_shape: Sequence[int]) -> list[_Profile]:
-    """Shapes, activation sizes and FLOPs of each segment, from a forward pass on ``meta``."""
+def _profile_modules(modules: Sequence[nn.Module], input_shape: Sequence[int]) -> list[_Profile]:
+    """Shapes, activation sizes and FLOPs of consecutive modules, from a forward pass on ``meta``."""
     profiles = []
     x = torch.empty(tuple(input_shape), device="meta")
-    for seg in segments:
-        meta = copy.deepcopy(seg.module).to(device="meta", dtype=torch.float32)
+    for module in modules:
+        meta = copy.deepcopy(module).to(device="meta", dtype=torch.float32)
         stats = {"elems": 0, "flops": 0.0}
 
         def hook(mod, inputs, output, stats=stats):
@@ -209,12 +206,27 @@ def profile_segments(segments: Sequence[Segment], input_shape: Sequence[int]) ->
     return profiles
 
 
+def profile_segments(segments: Sequence[Segment], input_shape: Sequence[int]) -> list[_Profile]:
+    """Shapes, activation sizes and FLOPs of each segment, from a forward pass on ``meta``."""
+    return _profile_modules([s.module for s in segments], input_shape)
+
+
 # ------------------------------------------------------------------------- plans
 
 
 @dataclass
 class SegmentPlan:
-    """How one segment runs. Sizes in elements of the segment's input unless said otherwise."""
+    """How one segment runs. Tile sizes are in pixels of the segment's input map.
+
+    Attributes:
+        names: the trunk's top-level children in this segment.
+        mode: ``"stream"`` (tile by tile, recomputed in backward) or ``"keep"`` (graph kept).
+        span: ``[start, stop)`` indices of those children in the trunk.
+        offload_input: the segment's input map and its gradient accumulator live in host
+            memory (pinned on CUDA); tiles are copied to the device on demand.
+        est_graph_bytes: kept: the whole graph; streamed: one tile's graph.
+        est_flops: forward + backward, including recomputation, overlap and per-tile overhead.
+    """
 
     names: list[str]
     mode: str  # "stream" or "keep"
@@ -225,13 +237,20 @@ class SegmentPlan:
     tiles: tuple[int, int] = (1, 1)
     max_tile: tuple[int, int] = (0, 0)  # largest tile input (h, w), segment-input pixels
     overlap: float = 1.0  # sum of tile input areas / input area
-    est_graph_bytes: int = 0  # kept: whole graph; streamed: one tile's graph
-    est_flops: float = 0.0  # forward + backward, including recomputation and overlap
+    est_graph_bytes: int = 0
+    est_flops: float = 0.0
+    span: tuple[int, int] = (0, 0)
+    offload_input: bool = False
 
 
 @dataclass
 class StreamingPlan:
-    """The plan for one input shape; ``str(plan)`` is a table for logs."""
+    """The plan for one input shape; ``str(plan)`` is a table for logs.
+
+    ``est_peak_bytes`` is the estimated peak of device tensor memory (no runtime);
+    ``est_host_bytes`` the host memory held by offloaded maps and gradient accumulators.
+    ``offloaded`` names the segments (by their first child) whose input map is in host memory.
+    """
 
     input_shape: tuple[int, ...]
     segments: list[SegmentPlan]
@@ -242,6 +261,12 @@ class StreamingPlan:
     checkpoint_bytes: int  # estimated peak of torch.utils.checkpoint on the same segments
     memory_budget: int | None = None
     notes: list[str] = field(default_factory=list)
+    offloaded: list[str] = field(default_factory=list)
+    est_host_bytes: int = 0
+    bytes_per_elem: int = 4
+    lazy_input: bool = False
+    cuts: str = "planned"  # "planned" (the planner chose them) or "fixed" (given by the user)
+    planning_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -249,8 +274,11 @@ class StreamingPlan:
     def __str__(self) -> str:
         lines = [
             f"StreamingPlan for input {tuple(self.input_shape)}: est. peak "
-            f"{format_bytes(self.est_peak_bytes)} (conventional {format_bytes(self.conventional_bytes)}), "
-            f"est. compute {self.est_flops / max(self.conventional_flops, 1):.2f}x conventional"
+            f"{format_bytes(self.est_peak_bytes)} (conventional {format_bytes(self.conventional_bytes)}"
+            + (f", budget {format_bytes(self.memory_budget)}" if self.memory_budget else "")
+            + f"), est. compute {self.est_flops / max(self.conventional_flops, 1):.2f}x conventional, "
+            f"{len(self.segments)} segment(s), {self.cuts} cuts"
+            + (f", host {format_bytes(self.est_host_bytes)}" if self.est_host_bytes else "")
         ]
         for s in self.segments:
             what = (
@@ -259,34 +287,76 @@ class StreamingPlan:
                 if s.mode == "stream"
                 else "keep graph"
             )
+            where = ", input in host memory" if s.offload_input else ""
             lines.append(
                 f"  [{'+'.join(s.names)}] {tuple(s.in_shape)} -> {tuple(s.out_shape)}, "
-                f"RF {s.receptive_field[0]}, stride {s.stride[0]}: {what}, "
+                f"RF {s.receptive_field[0]}, stride {s.stride[0]}: {what}{where}, "
                 f"graph {format_bytes(s.est_graph_bytes)}"
             )
+        lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
 
-# Empirical factors of the cost model (CPU, float32, torchvision ResNets); the estimate is
-# for tensors, not for the process (add ~0.5 GiB for the Python/torch runtime).
+# Factors of the cost model. Memory: fitted on CPU, float32, torchvision ResNets; the
+# estimate is for tensors, not for the process (add ~0.5-1 GiB for the torch runtime).
+# Time: in multiply-add FLOPs; the per-tile and transfer terms are rough guesses that only
+# break ties between otherwise similar plans (unmeasured on GPU).
 _GRAPH_FACTOR = 1.0  # bytes of saved tensors per byte of leaf outputs
 _WORK_FACTOR = 2.0  # a tile in backward holds its graph plus gradients of similar size
-_MAX_STREAM_OPTIONS = 8
+_TILE_OVERHEAD_FLOPS = 2e8  # per tile and pass (launches, Python, slicing)
+_TRANSFER_FLOPS_PER_BYTE = 20.0  # host <-> device copies, mostly overlapped with compute
 _MAX_AUTO_OVERLAP = 2.5  # tile_size-only plans: deeper segments stream only below this overlap
-_DEFAULT_FRACTION = 0.3  # default budget (tile_size only): this fraction of the conventional estimate  # tile sizes tried per segment
+_DEFAULT_FRACTION = (
+    0.3  # default budget (tile_size only): this fraction of the conventional estimate
+)
+_EXTENT_RATIO = 1.25  # successive candidate tile extents differ by this factor
+_EXACT_TILES = 64  # up to this many tiles per axis, tile extents are computed tile by tile
 
 
 def _numel(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def _candidate_extents(in_size: int, min_extent: int) -> list[int]:
-    out = []
-    e = in_size
-    while e >= min_extent:
-        out.append(e)
-        e = int(e / 1.25)
-    return out
+def _axis_const(axis) -> int:
+    """Input extent of an interior tile owning one output, minus one stride."""
+    return axis.hi + 1 - (axis.lo // axis.stride) * axis.stride
+
+
+def axis_stats(axis, in_size: int, out_size: int, n_tiles: int) -> tuple[int, int]:
+    """(largest tile extent, sum of tile extents) along one axis; exact up to 64 tiles,
+    a tight upper bound beyond (the few clipped border tiles are counted as interior)."""
+    if n_tiles <= _EXACT_TILES:
+        ext = [b - a for *_, a, b in axis_tiles(axis, in_size, out_size, n_tiles)]
+        return max(ext), sum(ext)
+    s, k = axis.stride, _axis_const(axis)
+    longest = -(-out_size // n_tiles)
+    return min(in_size, (longest - 1) * s + k), (out_size - n_tiles) * s + n_tiles * k
+
+
+def tiles_for_extent(axis, in_size: int, out_size: int, max_extent: int) -> int | None:
+    """Fewest tiles along an axis whose input extents are all ``<= max_extent`` (None: impossible)."""
+    if out_size <= 0:
+        return None
+    if max_extent >= in_size:
+        return 1
+    s, k = axis.stride, _axis_const(axis)
+    per_tile = (max_extent - k) // s + 1  # outputs an interior tile of this extent can own
+    if per_tile < 1:
+        # only tiles clipped by the image border could be this small
+        n = out_size if out_size <= _EXACT_TILES else None
+        if n is None or axis_stats(axis, in_size, out_size, n)[0] > max_extent:
+            return None
+        per_tile = 1
+    n = min(out_size, -(-out_size // per_tile))
+    if n > _EXACT_TILES:
+        return n
+    while n < out_size and axis_stats(axis, in_size, out_size, n)[0] > max_extent:
+        n += 1
+    if axis_stats(axis, in_size, out_size, n)[0] > max_extent:
+        return None
+    while n > 1 and axis_stats(axis, in_size, out_size, n - 1)[0] <= max_extent:
+        n -= 1  # border tiles are clipped: sometimes fewer suffice
+    return n
 
 
 @dataclass
@@ -295,54 +365,417 @@ class _Option:
     tiles: tuple[int, int]
     max_tile: tuple[int, int]
     overlap: float
-    graph_bytes: int
+    graph_bytes: int  # keep: whole graph; stream: one tile's graph
+    work_bytes: int  # extra device bytes while the segment runs backward
     flops: float
 
 
-def _segment_options(
-    seg: Segment,
-    prof: _Profile,
+@dataclass
+class _Span:
+    start: int
+    stop: int
+    names: list[str]
+    geometry: Geometry
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    activation_elems: int
+    flops: float
+    max_unit_elems: int  # leaf outputs of the largest unit (a kept graph's backward work)
+
+
+def _span_options(
+    span: _Span,
     in_stride: int,
     bytes_per_elem: int,
     max_tile_image_px: int | None,
     allow_keep: bool,
+    max_overlap: float | None,
 ) -> list[_Option]:
-    """The ways a segment can run: keep, or streamed at a range of tile sizes."""
-    full_graph = int(prof.activation_elems * bytes_per_elem * _GRAPH_FACTOR)
+    """The ways a segment can run: keep, or streamed with tile grids from one tile to the smallest."""
+    full_graph = int(span.activation_elems * bytes_per_elem * _GRAPH_FACTOR)
     options = []
     if allow_keep:
-        options.append(_Option("keep", (1, 1), tuple(prof.in_shape[-2:]), 1.0, full_graph, 3 * prof.flops))
-    if seg.geometry is None:
-        return options
-    g = seg.geometry
-    in_hw = prof.in_shape[-2:]
-    out_hw = prof.out_shape[-2:]
+        options.append(
+            # backward frees the graph unit by unit; gradients in flight ~ the largest unit's graph
+            _Option(
+                "keep",
+                (1, 1),
+                tuple(span.in_shape[-2:]),
+                1.0,
+                full_graph,
+                int(span.max_unit_elems * bytes_per_elem * _GRAPH_FACTOR),
+                3 * span.flops,
+            )
+        )
+    g = span.geometry
+    in_hw, out_hw = span.in_shape[-2:], span.out_shape[-2:]
     if min(out_hw) <= 0:
         return options
-    min_ext = max(g.h.receptive_field, g.w.receptive_field)
-    extents = _candidate_extents(max(in_hw), max(1, min(min_ext, min(in_hw))))
+    batch, c_in, c_out = span.in_shape[0], span.in_shape[1], span.out_shape[1]
+    min_ext = max(1, min(max(g.h.receptive_field, g.w.receptive_field), min(in_hw)))
+    extents = []
+    e = max(in_hw)
+    while e >= min_ext:
+        extents.append(e)
+        e = int(e / _EXTENT_RATIO)
     if max_tile_image_px is not None:
-        extents = [e for e in extents if e * in_stride <= max_tile_image_px]
-        extents.insert(0, max_tile_image_px // in_stride)
+        cap = max_tile_image_px // in_stride
+        extents = [cap] + [e for e in extents if e < cap]
     seen = set()
     for ext in extents:
-        if len(seen) >= _MAX_STREAM_OPTIONS:
-            break
         nh = tiles_for_extent(g.h, in_hw[0], out_hw[0], ext)
         nw = tiles_for_extent(g.w, in_hw[1], out_hw[1], ext)
         if nh is None or nw is None or (nh, nw) in seen:
             continue
         seen.add((nh, nw))
-        ys = axis_tiles(g.h, in_hw[0], out_hw[0], nh)
-        xs = axis_tiles(g.w, in_hw[1], out_hw[1], nw)
-        th = max(b - a for *_, a, b in ys)
-        tw = max(b - a for *_, a, b in xs)
-        overlap = (sum(b - a for *_, a, b in ys) * sum(b - a for *_, a, b in xs)) / (in_hw[0] * in_hw[1])
+        th, sum_h = axis_stats(g.h, in_hw[0], out_hw[0], nh)
+        tw, sum_w = axis_stats(g.w, in_hw[1], out_hw[1], nw)
+        overlap = sum_h * sum_w / (in_hw[0] * in_hw[1])
+        if max_overlap is not None and overlap > max_overlap:
+            continue
         area = th * tw / (in_hw[0] * in_hw[1])
+        tile_graph = int(full_graph * area)
+        out_tile = -(-out_hw[0] // nh) * -(-out_hw[1] // nw)
+        # the tile's input and its gradient, the owned output crop and its gradient
+        tile_io = 2 * batch * bytes_per_elem * (c_in * th * tw + c_out * out_tile)
+        flops = 4 * span.flops * overlap + 2 * nh * nw * _TILE_OVERHEAD_FLOPS
         options.append(
-            _Option("stream", (nh, nw), (th, tw), overlap, int(full_graph * area), 4 * prof.flops * overlap)
+            _Option(
+                "stream",
+                (nh, nw),
+                (th, tw),
+                overlap,
+                tile_graph,
+                int(_WORK_FACTOR * tile_graph) + tile_io,
+                flops,
+            )
         )
     return options
+
+
+@dataclass
+class _Label:
+    stored: int  # device bytes held for backward by the segments so far
+    peak: int
+    flops: float
+    parent: _Label | None
+    step: tuple | None  # (start, stop, option, offload_input)
+    prev: str  # how the last segment ran: "input", "keep" or "stream"
+    offloaded_now: bool  # the map at this boundary is in host memory
+
+
+def _prune(labels: list[_Label], key: str) -> list[_Label]:
+    """Pareto front over (stored, key): no label is worse in both."""
+    labels.sort(
+        key=lambda lb: (lb.stored, getattr(lb, key), lb.flops if key == "peak" else lb.peak)
+    )
+    front, best = [], math.inf
+    for lb in labels:
+        v = getattr(lb, key)
+        if v < best:
+            front.append(lb)
+            best = v
+    return front
+
+
+def plan_trunk(
+    units: Sequence[tuple[str, nn.Module]],
+    input_shape: Sequence[int],
+    *,
+    geometries: Sequence[Geometry] | None = None,
+    cuts: str | Sequence[int] = "planned",
+    bytes_per_elem: int = 4,
+    tile_size: int | None = None,
+    memory_budget: int | str | None = None,
+    input_requires_grad: bool = False,
+    lazy_input: bool = False,
+    available_bytes: int | None = None,
+    offload: bool | str = False,
+) -> StreamingPlan:
+    """Plan a trunk made of consecutive ``units`` (top-level children): cuts, tiles, graphs, offload.
+
+    A dynamic programme over the unit boundaries: a state is a boundary (and whether the map
+    there is in host memory, and how the segment before it ran); a label carries the device
+    bytes the segments so far hold for backward, the peak so far and the compute so far.
+    Every segment choice (where it ends, keep or stream with which tile grid, whether its
+    output map is offloaded) extends the labels; labels worse in both held bytes and
+    compute are dropped. Estimated peak of the backward pass of segment ``k``::
+
+        held by segments <= k (stored input maps, kept graphs) + final output
+        + gradient of k's output map + gradient accumulator of k's input map + k's work
+
+    where a map or gradient offloaded to host memory counts nothing on the device.
+
+    Args:
+        units: ``(name, module)`` pairs run one after the other.
+        input_shape: (B, C, H, W) of the input.
+        geometries: each unit's geometry (default: :func:`describe`).
+        cuts: ``"planned"`` (any subset of unit boundaries) or the boundary indices
+            (``0 < i < len(units)``) to cut at, exactly.
+        bytes_per_elem: 4 for float32, 2 under bf16/fp16 autocast, 8 for float64.
+        tile_size: the largest tile of the first segment (which then always streams), in
+            input pixels. Without a
+            memory budget, the budget becomes the lowest estimated peak with the first
+            segment at this tile size (its largest tiles), raised to 30% of the conventional
+            estimate (so
+            cheap segments keep their graphs) but not past half of ``available_bytes``.
+        memory_budget: bytes or a string like ``"4GiB"``: the fastest plan whose estimated
+            peak device tensor memory fits.
+        input_requires_grad: whether an input gradient is needed.
+        lazy_input: the input is an :class:`InputSource` (read tile by tile, never whole on
+            the device); the first segment must stream.
+        available_bytes: memory free on the device; caps the default budget at half of it.
+        offload: ``False`` never keeps maps in host memory; ``"auto"`` lets the planner do
+            it where the budget demands; ``True`` offloads every map between two streamed
+            segments (on CPU a separate buffer: exercises the path).
+
+    Returns:
+        The plan. Raises :class:`StreamingError` if no plan fits or a tile is too small.
+    """
+    t_start = time.perf_counter()
+    if tile_size is None and memory_budget is None:
+        raise StreamingError(
+            "give tile_size (pixels) or memory_budget (e.g. '4GiB') to plan streaming"
+        )
+    if offload not in (True, False, "auto"):
+        raise StreamingError(f"offload must be True, False or 'auto', got {offload!r}")
+    m = len(units)
+    if m == 0:
+        raise StreamingError("the trunk is empty: there is nothing to stream")
+    names = [n for n, _ in units]
+    geoms = list(geometries) if geometries is not None else [describe(mod, n) for n, mod in units]
+    profiles = _profile_modules([mod for _, mod in units], input_shape)
+    if cuts == "planned":
+        allowed = set(range(1, m))
+        fixed = False
+    else:
+        allowed = set(int(c) for c in cuts)
+        if not allowed <= set(range(1, m)):
+            raise StreamingError(f"cut positions {sorted(allowed)} are not inside 1..{m - 1}")
+        fixed = True
+    boundaries = [0, *sorted(allowed), m]
+
+    def ends_from(j: int) -> list[int]:
+        if fixed:
+            return [boundaries[boundaries.index(j) + 1]]
+        return [b for b in boundaries if b > j]
+
+    map_bytes = [_numel(p.in_shape) * bytes_per_elem for p in profiles] + [
+        _numel(profiles[-1].out_shape) * bytes_per_elem
+    ]
+    in_stride = [1]
+    for g in geoms:
+        in_stride.append(in_stride[-1] * g.h.stride)
+
+    spans: dict[tuple[int, int], _Span] = {}
+    for j in boundaries[:-1]:
+        for stop in ends_from(j):
+            spans[(j, stop)] = _Span(
+                j,
+                stop,
+                names[j:stop],
+                Geometry.chain(*geoms[j:stop]),
+                profiles[j].in_shape,
+                profiles[stop - 1].out_shape,
+                sum(p.activation_elems for p in profiles[j:stop]),
+                sum(p.flops for p in profiles[j:stop]),
+                max(p.activation_elems for p in profiles[j:stop]),
+            )
+    options: dict[tuple[int, int], list[_Option]] = {}
+    for (j, stop), span in spans.items():
+        options[(j, stop)] = _span_options(
+            span,
+            in_stride[j],
+            bytes_per_elem,
+            tile_size if j == 0 else None,
+            # a lazy input is never whole on the device; a tile_size is a promise of tiles
+            allow_keep=not ((lazy_input or tile_size is not None) and j == 0),
+            max_overlap=_MAX_AUTO_OVERLAP if (memory_budget is None and j > 0) else None,
+        )
+    first_streams = [
+        o for (j, _), opts in options.items() if j == 0 for o in opts if o.mode == "stream"
+    ]
+    if tile_size is not None and not first_streams:
+        first = spans[(0, ends_from(0)[0])]
+        g = first.geometry
+        in_hw, out_hw = first.in_shape[-2:], first.out_shape[-2:]
+        need = max(
+            axis_stats(g.h, in_hw[0], out_hw[0], max(out_hw[0], 1))[0]
+            if out_hw[0] <= _EXACT_TILES
+            else _axis_const(g.h),
+            axis_stats(g.w, in_hw[1], out_hw[1], max(out_hw[1], 1))[0]
+            if out_hw[1] <= _EXACT_TILES
+            else _axis_const(g.w),
+        )
+        raise StreamingError(
+            f"tile_size={tile_size} px is too small for segment [{'+'.join(first.names)}]: its "
+            f"receptive field is {max(g.receptive_field)} px, so a tile needs at least {need} input "
+            f"pixels. Use tile_size >= {need} or cut the trunk into more segments (segments=...)."
+        )
+    allow_offload = offload in (True, "auto")
+    force_offload = offload is True
+    out_term = map_bytes[m]
+
+    def search(budget: float, key: str, first_at_tile_size: bool = False) -> _Label | None:
+        """Best plan: min compute within ``budget`` (key "flops") or min peak (key "peak").
+
+        ``first_at_tile_size``: the first segment streams with the largest tiles allowed."""
+        fronts: dict[tuple, list[_Label]] = {
+            (0, False, "input"): [_Label(0, 0, 0.0, None, None, "input", False)]
+        }
+        finals: list[_Label] = []
+        for j in boundaries[:-1]:
+            for state in [s for s in fronts if s[0] == j]:
+                labels = _prune(fronts.pop(state), key)
+                _, off_j, prev = state
+                stored_j = (
+                    0 if (off_j or (j == 0 and lazy_input) or prev == "keep") else map_bytes[j]
+                )
+                grad_in = 0 if off_j or (j == 0 and not input_requires_grad) else map_bytes[j]
+                for stop in ends_from(j):
+                    opts = options[(j, stop)]
+                    if first_at_tile_size and j == 0:
+                        opts = [o for o in opts if o.mode == "stream"][:1]
+                    for opt in opts:
+                        if opt.mode == "keep" and off_j:
+                            continue
+                        if (
+                            force_offload
+                            and prev == "stream"
+                            and opt.mode == "stream"
+                            and not off_j
+                        ):
+                            continue
+                        can_off = allow_offload and opt.mode == "stream" and stop < m
+                        for off_out in (False, True) if can_off else (False,):
+                            held = stored_j + (opt.graph_bytes if opt.mode == "keep" else 0)
+                            grad_out = 0 if off_out else map_bytes[stop]
+                            local = grad_out + grad_in + opt.work_bytes + out_term
+                            flops = opt.flops
+                            if off_out:
+                                flops += _TRANSFER_FLOPS_PER_BYTE * 6 * map_bytes[stop]
+                            nxt_state = (stop, off_out, opt.mode)
+                            for lb in labels:
+                                stored = lb.stored + held
+                                peak = max(lb.peak, stored + local)
+                                if peak > budget:
+                                    continue
+                                new = _Label(
+                                    stored,
+                                    peak,
+                                    lb.flops + flops,
+                                    lb,
+                                    (j, stop, opt, off_j),
+                                    opt.mode,
+                                    off_out,
+                                )
+                                if stop == m:
+                                    finals.append(new)
+                                else:
+                                    fronts.setdefault(nxt_state, []).append(new)
+                    # keep fronts small as they fill
+                for s in list(fronts):
+                    if len(fronts[s]) > 256:
+                        fronts[s] = _prune(fronts[s], key)
+        if not finals:
+            return None
+        if key == "peak":
+            return min(finals, key=lambda lb: (lb.peak, lb.flops))
+        return min(finals, key=lambda lb: (lb.flops, lb.peak))
+
+    def fixed_plan_bytes(mode: str, bounds: Sequence[int]) -> int:
+        """Peak of running spans as kept graphs / as one-tile checkpoints (input held whole)."""
+        peak, stored = 0, 0
+        for j, stop in itertools.pairwise(bounds):
+            span_graph = int(
+                sum(p.activation_elems for p in profiles[j:stop]) * bytes_per_elem * _GRAPH_FACTOR
+            )
+            stored_j = 0 if (mode == "keep" and j > 0) else map_bytes[j]
+            stored += stored_j + (span_graph if mode == "keep" else 0)
+            grad_in = map_bytes[j] if (j > 0 or input_requires_grad) else 0
+            unit = (
+                max(p.activation_elems for p in profiles[j:stop]) * bytes_per_elem * _GRAPH_FACTOR
+            )
+            work = int(unit) if mode == "keep" else int(_WORK_FACTOR * span_graph)
+            peak = max(peak, stored + map_bytes[stop] + grad_in + work + out_term)
+        return peak
+
+    conv_bytes = fixed_plan_bytes("keep", [0, m])
+    # torch.utils.checkpoint on the given cuts, or on the heuristic ones (split_segments "auto")
+    heuristic = [
+        i for i in range(1, m) if list(units[i][1].children()) and geoms[i].stride != (1, 1)
+    ]
+    checkpoint_bytes = fixed_plan_bytes("stream", boundaries if fixed else [0, *heuristic, m])
+    notes: list[str] = []
+    if memory_budget is None:
+        lowest = search(math.inf, "peak", first_at_tile_size=True)
+        assert lowest is not None
+        budget = max(lowest.peak, int(_DEFAULT_FRACTION * conv_bytes))
+        if available_bytes is not None:
+            budget = max(lowest.peak, min(budget, available_bytes // 2))
+    else:
+        budget = parse_bytes(memory_budget)
+    best = search(budget, "flops")
+    if best is None:
+        lowest = search(math.inf, "peak")
+        smallest = format_bytes(lowest.peak) if lowest is not None else "unknown"
+        raise StreamingError(
+            f"no plan fits memory_budget={format_bytes(budget)} for input {tuple(input_shape)}: "
+            f"the smallest estimate is {smallest}"
+            + ("" if allow_offload else " without host offload (try offload='auto')")
+            + ". Raise the budget, let the planner choose the cuts (segments='auto'), or use a "
+            "smaller batch."
+        )
+    chain = []
+    lb = best
+    while lb.parent is not None:
+        chain.append(lb)
+        lb = lb.parent
+    chain.reverse()
+    seg_plans = []
+    host = 0
+    for lb in chain:
+        j, stop, opt, off_in = lb.step
+        span = spans[(j, stop)]
+        seg_plans.append(
+            SegmentPlan(
+                names=list(span.names),
+                mode=opt.mode,
+                in_shape=tuple(span.in_shape),
+                out_shape=tuple(span.out_shape),
+                stride=span.geometry.stride,
+                receptive_field=span.geometry.receptive_field,
+                tiles=opt.tiles,
+                max_tile=tuple(int(v) for v in opt.max_tile),
+                overlap=round(opt.overlap, 4),
+                est_graph_bytes=opt.graph_bytes,
+                est_flops=opt.flops,
+                span=(j, stop),
+                offload_input=off_in,
+            )
+        )
+        if off_in:
+            host += map_bytes[j]
+    # gradient accumulators in host memory: at most two boundaries at a time
+    grads = [map_bytes[s.span[0]] for s in seg_plans if s.offload_input]
+    host += max((a + b for a, b in itertools.pairwise(grads)), default=max(grads, default=0))
+    return StreamingPlan(
+        input_shape=tuple(input_shape),
+        segments=seg_plans,
+        est_peak_bytes=int(best.peak),
+        est_flops=best.flops,
+        conventional_flops=sum(3 * p.flops for p in profiles),
+        conventional_bytes=conv_bytes,
+        checkpoint_bytes=checkpoint_bytes,
+        memory_budget=int(budget),
+        notes=notes,
+        offloaded=[s.names[0] for s in seg_plans if s.offload_input],
+        est_host_bytes=int(host),
+        bytes_per_elem=bytes_per_elem,
+        lazy_input=lazy_input,
+        cuts="fixed" if fixed else "planned",
+        planning_seconds=round(time.perf_counter() - t_start, 4),
+    )
 
 
 def plan_streaming(
@@ -355,166 +788,28 @@ def plan_streaming(
     input_requires_grad: bool = False,
     lazy_input: bool = False,
     available_bytes: int | None = None,
+    offload: bool | str = False,
 ) -> StreamingPlan:
-    """Choose how each segment runs.
+    """Plan fixed ``segments`` (from :func:`split_segments`): tiles, kept graphs, offload.
 
-    Args:
-        segments: from :func:`split_segments`.
-        input_shape: (B, C, H, W) of the input.
-        bytes_per_elem: 4 for float32, 2 under bf16/fp16 autocast, 8 for float64.
-        tile_size: the largest tile of the first (highest-resolution) segment, in input
-            pixels. Without a memory budget, the budget becomes the estimated peak of
-            streaming the first segment at this tile size and the others at their leanest;
-            that budget may grow to 30% of the conventional estimate (so deep,
-            low-resolution segments keep their graphs) but not past half of
-            ``available_bytes``. The planner then picks the fastest plan within it. Give
-            ``memory_budget`` to bound memory explicitly.
-        memory_budget: bytes or a string like ``"4GiB"``: the fastest plan whose estimated
-            peak tensor memory fits.
-        input_requires_grad: whether an input gradient is needed (adds one input-sized map).
-        lazy_input: the input is an :class:`InputSource`; the first segment must stream.
-        available_bytes: memory free on the device; caps the default budget at half of it.
-
-    Returns:
-        The plan. Raises :class:`StreamingError` if no plan fits or a tile is too small.
+    The same search as :func:`plan_trunk` with a cut at every segment boundary; see there
+    for the arguments.
     """
-    if tile_size is None and memory_budget is None:
-        raise StreamingError("give tile_size (pixels) or memory_budget (e.g. '4GiB') to plan streaming")
-    profiles = profile_segments(segments, input_shape)
-    strides = [1]
-    for seg in segments[:-1]:
-        s = seg.geometry.stride[0] if seg.geometry is not None else 1
-        strides.append(strides[-1] * s)
-    per_segment = []
-    for i, (seg, prof) in enumerate(zip(segments, profiles, strict=True)):
-        opts = _segment_options(
-            seg,
-            prof,
-            strides[i],
-            bytes_per_elem,
-            tile_size if i == 0 else None,
-            allow_keep=not (lazy_input and i == 0),
-        )
-        if tile_size is not None and seg.geometry is not None and not any(o.mode == "stream" for o in opts):
-            in_hw, out_hw = prof.in_shape[-2:], prof.out_shape[-2:]
-            g = seg.geometry
-            need = max(
-                max(b - a for *_, a, b in axis_tiles(g.h, in_hw[0], out_hw[0], max(out_hw[0], 1))),
-                max(b - a for *_, a, b in axis_tiles(g.w, in_hw[1], out_hw[1], max(out_hw[1], 1))),
-            )
-            raise StreamingError(
-                f"tile_size={tile_size} px is too small for segment [{'+'.join(seg.names)}]: its "
-                f"receptive field is {max(g.receptive_field)} px at stride {strides[i]} of the input, "
-                f"so a tile needs at least {need * strides[i]} input pixels. Use tile_size >= "
-                f"{need * strides[i]} or cut the trunk into more segments (segments=...)."
-            )
-        if not opts:
-            raise StreamingError(f"segment [{'+'.join(seg.names)}] can neither stream nor keep its graph")
-        per_segment.append(opts)
-
-    if memory_budget is None:
-        # without an explicit budget, deep segments do not stream with heavily overlapping
-        # tiles (their recomputation would cost more than the memory it saves)
-        for i in range(1, len(per_segment)):
-            lean_enough = [o for o in per_segment[i] if o.mode == "keep" or o.overlap <= _MAX_AUTO_OVERLAP]
-            if lean_enough:
-                per_segment[i] = lean_enough
-
-    map_bytes = [_numel(p.in_shape) * bytes_per_elem for p in profiles] + [
-        _numel(profiles[-1].out_shape) * bytes_per_elem
-    ]
-
-    def evaluate(choice: Sequence[_Option]) -> tuple[int, float]:
-        peak = 0
-        # forward: input, stored maps / graphs accumulate
-        held = []
-        for i, opt in enumerate(choice):
-            held.append(opt.graph_bytes if opt.mode == "keep" else map_bytes[i])
-        # the final output is held too
-        base_out = map_bytes[-1]
-        # backward, from the last segment to the first
-        for k in range(len(choice) - 1, -1, -1):
-            stored = sum(held[: k + 1]) + base_out
-            grad_out = map_bytes[k + 1]
-            grad_in = map_bytes[k] if (k > 0 or input_requires_grad) else 0
-            work = _WORK_FACTOR * choice[k].graph_bytes if choice[k].mode == "stream" else choice[k].graph_bytes
-            peak = max(peak, stored + grad_out + grad_in + int(work))
-        flops = sum(o.flops for o in choice)
-        return int(peak), flops
-
-    full_graphs = [int(p.activation_elems * bytes_per_elem * _GRAPH_FACTOR) for p in profiles]
-    conv_bytes, _ = evaluate([_Option("keep", (1, 1), (0, 0), 1.0, g, 0.0) for g in full_graphs])
-    # checkpointing each segment = streaming it as one tile: inputs stored, whole graph rebuilt
-    checkpoint_bytes, _ = evaluate([_Option("stream", (1, 1), (0, 0), 1.0, g, 0.0) for g in full_graphs])
-    if memory_budget is None:
-        # the first segment streamed at tile_size, the others at their leanest ...
-        lean = []
-        for i, opts in enumerate(per_segment):
-            streams = [o for o in opts if o.mode == "stream"]
-            if i == 0 and streams:
-                lean.append(streams[0])
-            else:
-                lean.append(min(opts, key=lambda o: (_WORK_FACTOR if o.mode == "stream" else 1) * o.graph_bytes))
-        lean_peak, _ = evaluate(lean)
-        # ... may grow to 30% of the conventional estimate (deep segments keep their graphs),
-        # but not past half of the memory available on the device.
-        budget = max(lean_peak, int(_DEFAULT_FRACTION * conv_bytes))
-        if available_bytes is not None:
-            budget = max(lean_peak, min(budget, available_bytes // 2))
-    else:
-        budget = parse_bytes(memory_budget)
-
-    best: tuple[float, int, tuple[_Option, ...]] | None = None
-    fallback: tuple[int, float, tuple[_Option, ...]] | None = None
-    if math.prod(len(o) for o in per_segment) > 500_000:
-        raise StreamingError(
-            f"too many segments ({len(segments)}) to search a plan; cut the trunk into at most 6"
-        )
-    for choice in itertools.product(*per_segment):
-        peak, flops = evaluate(choice)
-        if peak <= budget and (best is None or (flops, peak) < (best[0], best[1])):
-            best = (flops, peak, choice)
-        if fallback is None or peak < fallback[0]:
-            fallback = (peak, flops, choice)
-    notes = []
-    if best is None:
-        assert fallback is not None
-        if memory_budget is not None:
-            raise StreamingError(
-                f"no plan fits memory_budget={format_bytes(budget)} for input {tuple(input_shape)}: "
-                f"the smallest estimate is {format_bytes(fallback[0])}. Raise the budget, cut the "
-                "trunk into more segments, or use a smaller batch."
-            )
-        best = (fallback[1], fallback[0], fallback[2])
-        notes.append("no plan met the tile-size budget; using the lowest-memory plan")
-    flops, peak, choice = best
-    conventional_flops = sum(3 * p.flops for p in profiles)
-    seg_plans = []
-    for seg, prof, opt in zip(segments, profiles, choice, strict=True):
-        g = seg.geometry
-        seg_plans.append(
-            SegmentPlan(
-                names=list(seg.names),
-                mode=opt.mode,
-                in_shape=tuple(prof.in_shape),
-                out_shape=tuple(prof.out_shape),
-                stride=g.stride if g is not None else (0, 0),
-                receptive_field=g.receptive_field if g is not None else (0, 0),
-                tiles=opt.tiles,
-                max_tile=tuple(int(v) for v in opt.max_tile),
-                overlap=round(opt.overlap, 4),
-                est_graph_bytes=opt.graph_bytes,
-                est_flops=opt.flops,
-            )
-        )
-    return StreamingPlan(
-        input_shape=tuple(input_shape),
-        segments=seg_plans,
-        est_peak_bytes=peak,
-        est_flops=flops,
-        conventional_flops=conventional_flops,
-        conventional_bytes=conv_bytes,
-        checkpoint_bytes=checkpoint_bytes,
-        memory_budget=budget,
-        notes=notes,
+    units = [("+".join(s.names), s.module) for s in segments]
+    geoms = [s.geometry if s.geometry is not None else describe(s.module) for s in segments]
+    plan = plan_trunk(
+        units,
+        input_shape,
+        geometries=geoms,
+        cuts=list(range(1, len(segments))),
+        bytes_per_elem=bytes_per_elem,
+        tile_size=tile_size,
+        memory_budget=memory_budget,
+        input_requires_grad=input_requires_grad,
+        lazy_input=lazy_input,
+        available_bytes=available_bytes,
+        offload=offload,
     )
+    for seg_plan, seg in zip(plan.segments, segments, strict=True):
+        seg_plan.names = list(seg.names)
+    return plan

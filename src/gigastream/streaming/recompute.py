@@ -22,7 +22,8 @@ trades memory for time; a planner decides which.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -116,6 +117,88 @@ class _AutocastState:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
 
 
+class _Transfer:
+    """Copies between host memory (offloaded maps) and the compute device.
+
+    On CUDA, loads run on a side stream from pinned staging buffers, one piece ahead of the
+    compute (prefetch), and stores go device -> pinned staging on the side stream and are
+    written (or added) into the host map by the CPU up to two pieces later, so copies
+    overlap the compute. Elsewhere (CPU) the same calls are plain synchronous copies.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.pending: deque = deque()
+
+    def host_empty(self, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+        """An uninitialised host tensor (pinned when the compute runs on CUDA)."""
+        return torch.empty(tuple(shape), dtype=dtype, pin_memory=self.cuda)
+
+    def host_zeros(self, like: Tensor) -> Tensor:
+        return torch.zeros(like.shape, dtype=like.dtype, pin_memory=self.cuda)
+
+    def start_load(self, host: Tensor) -> tuple[Tensor, Any]:
+        """Begin copying ``host`` (a view of a host map) to the device."""
+        if not self.cuda:
+            return host.to(self.device, copy=True), None
+        staging = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+        staging.copy_(host)
+        assert self.stream is not None
+        with torch.cuda.stream(self.stream):
+            dev = staging.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return dev, event
+
+    def finish_load(self, loaded: tuple[Tensor, Any]) -> Tensor:
+        dev, event = loaded
+        if event is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(event)
+            dev.record_stream(current)
+        return dev
+
+    def store(self, value: Tensor, host: Tensor, add: bool = False) -> None:
+        """``host.copy_(value)`` (or ``add_``), asynchronously on CUDA."""
+        if not self.cuda:
+            if add:
+                host.add_(value.to(host.device))
+            else:
+                host.copy_(value)
+            return
+        assert self.stream is not None
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            staging = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            staging.copy_(value, non_blocking=True)
+            value.record_stream(self.stream)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        self.pending.append((event, staging, host, add))
+        self.drain(keep=2)
+
+    def drain(self, keep: int = 0) -> None:
+        """Finish stores until at most ``keep`` are in flight."""
+        while len(self.pending) > keep:
+            event, staging, host, add = self.pending.popleft()
+            event.synchronize()
+            if add:
+                host.add_(staging)
+            else:
+                host.copy_(staging)
+
+
+def _prefetched(items: Sequence[Any], load: Callable[[Any], Any]) -> Iterator[tuple[int, Any]]:
+    """``(i, load(items[i]))``, starting each load one item ahead of its use."""
+    nxt = load(items[0]) if items else None
+    for i in range(len(items)):
+        cur = nxt
+        nxt = load(items[i + 1]) if i + 1 < len(items) else None
+        yield i, cur
+
+
 class _Runner:
     """Holds everything one application of the primitive needs between forward and backward."""
 
@@ -127,8 +210,12 @@ class _Runner:
         params: Sequence[Tensor],
         replay_rng: bool,
         progress: Callable[[int], Any] | None,
+        device: torch.device | None = None,
+        offload_output: bool = False,
     ) -> None:
         self.fn = fn
+        self.device = device  # where fn runs (None: where the input lives)
+        self.offload_output = offload_output
         self.pieces = list(pieces)
         self.out_shape = tuple(out_shape)
         self.params = list(params)
@@ -138,6 +225,8 @@ class _Runner:
         self.kept: dict[int, tuple[Tensor | None, Tensor]] = {}
         self.autocast: _AutocastState | None = None
         self.source: InputSource | None = None
+        self.offload_input = False
+        self.transfer: _Transfer | None = None
 
 
 class _PiecewiseFunction(torch.autograd.Function):
@@ -145,12 +234,21 @@ class _PiecewiseFunction(torch.autograd.Function):
     def forward(ctx, runner: _Runner, x: Tensor | None, *params: Tensor) -> Tensor:
         source = runner.source if x is None else x
         assert source is not None
-        device = source.device
+        device = runner.device if runner.device is not None else source.device
         runner.autocast = _AutocastState.capture(device)
-        out: Tensor | None = None
-        for i, piece in enumerate(runner.pieces):
-            runner.rng.append(_RngState(device) if runner.replay_rng else None)
+        xfer = runner.transfer = (
+            _Transfer(device) if (runner.offload_input or runner.offload_output) else None
+        )
+
+        def load(piece: Piece) -> Any:
             xin = _read(source, piece.in_index)
+            return xfer.start_load(xin) if runner.offload_input else xin
+
+        out: Tensor | None = None
+        for i, loaded in _prefetched(runner.pieces, load):
+            piece = runner.pieces[i]
+            runner.rng.append(_RngState(device) if runner.replay_rng else None)
+            xin = xfer.finish_load(loaded) if runner.offload_input else loaded.to(device)
             if piece.keep_graph:
                 with torch.enable_grad():
                     xin_leaf = xin.detach()
@@ -162,20 +260,32 @@ class _PiecewiseFunction(torch.autograd.Function):
             else:
                 y = runner.fn(xin)[piece.crop]
             if out is None:
-                memory_format = (
-                    torch.channels_last
-                    if y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last)
-                    and not y.is_contiguous()
-                    else torch.contiguous_format
-                )
-                out = torch.empty(
-                    runner.out_shape, dtype=y.dtype, device=y.device, memory_format=memory_format
-                )
-            out[piece.out_index] = y
-            del xin, y
+                if runner.offload_output:
+                    out = xfer.host_empty(runner.out_shape, y.dtype)
+                else:
+                    memory_format = (
+                        torch.channels_last
+                        if y.dim() == 4
+                        and y.is_contiguous(memory_format=torch.channels_last)
+                        and not y.is_contiguous()
+                        else torch.contiguous_format
+                    )
+                    out = torch.empty(
+                        runner.out_shape,
+                        dtype=y.dtype,
+                        device=y.device,
+                        memory_format=memory_format,
+                    )
+            if runner.offload_output:
+                xfer.store(y, out[piece.out_index])
+            else:
+                out[piece.out_index] = y
+            del xin, y, loaded
             if runner.progress is not None:
                 runner.progress(1)
         assert out is not None, "piecewise_recompute needs at least one piece"
+        if xfer is not None:
+            xfer.drain()
         ctx.runner = runner
         ctx.has_input = x is not None
         ctx.save_for_backward(x if x is not None else torch.empty(0))
@@ -193,14 +303,31 @@ class _PiecewiseFunction(torch.autograd.Function):
         if not want_x and not params:
             runner.kept.clear()
             return (None, None, *([None] * len(want_p)))
-        grad_x = torch.zeros_like(x) if want_x else None
+        device = runner.device if runner.device is not None else source.device
+        xfer = runner.transfer
+        if want_x:
+            grad_x = xfer.host_zeros(x) if runner.offload_input else torch.zeros_like(x)
+        else:
+            grad_x = None
         grad_p: list[Tensor | None] = [None] * len(params)
-        for i, piece in enumerate(runner.pieces):
+
+        def load(item: tuple[int, Piece]) -> Any:
+            i, piece = item
             g = grad_out[piece.out_index]
+            g = xfer.start_load(g) if runner.offload_output else g
+            if i in runner.kept:
+                return g, None
+            xin = _read(source, piece.in_index)
+            return g, (xfer.start_load(xin) if runner.offload_input else xin)
+
+        for i, (g, loaded) in _prefetched(list(enumerate(runner.pieces)), load):
+            piece = runner.pieces[i]
+            g = xfer.finish_load(g) if runner.offload_output else g.to(device)
             if i in runner.kept:
                 xin_leaf, y = runner.kept.pop(i)
             else:
-                xin = _read(source, piece.in_index).detach()
+                xin = xfer.finish_load(loaded) if runner.offload_input else loaded.to(device)
+                xin = xin.detach()
                 xin_leaf = xin.requires_grad_(True) if want_x else None
                 rng = runner.rng[i]
                 rng_ctx = rng.restored() if rng is not None else contextlib.nullcontext()
@@ -216,13 +343,18 @@ class _PiecewiseFunction(torch.autograd.Function):
                 assert grad_x is not None
                 gx = grads[0]
                 if gx is not None:
-                    grad_x[piece.in_index] += gx
+                    if runner.offload_input:
+                        xfer.store(gx, grad_x[piece.in_index], add=True)
+                    else:
+                        grad_x[piece.in_index] += gx
                 offset = 1
             for k, gp in enumerate(grads[offset:]):
                 if gp is None:
                     continue
                 grad_p[k] = gp if grad_p[k] is None else grad_p[k].add_(gp)
-            del y, grads
+            del y, grads, g, loaded
+        if xfer is not None:
+            xfer.drain()
         runner.kept.clear()
         it = iter(grad_p)
         param_grads = [next(it) if w else None for w in want_p]
@@ -238,6 +370,9 @@ def piecewise_recompute(
     *,
     module: nn.Module | None = None,
     progress: Callable[[int], Any] | None = None,
+    device: torch.device | str | None = None,
+    offload_input: bool = False,
+    offload_output: bool = False,
 ) -> Tensor:
     """Apply ``fn`` piece by piece, exactly and in bounded memory (see the module docstring).
 
@@ -251,6 +386,12 @@ def piecewise_recompute(
         module: the module behind ``fn`` if any; used to decide whether random state
             must be replayed (dropout). Without it the state is always replayed.
         progress: called with 1 after each piece of the forward pass.
+        device: where ``fn`` runs (default: where ``x`` lives); pieces are copied there.
+        offload_input: ``x`` is a map in host memory (e.g. written by an earlier call with
+            ``offload_output``): pieces are copied to ``device`` one ahead of their use, and
+            the input gradient is accumulated in host memory.
+        offload_output: write the output into host memory (pinned on CUDA; copies
+            overlapped with compute on a side stream), not on ``device``.
 
     Returns:
         The full output, identical to ``fn(x)`` (pieces must be chosen so that it is),
@@ -266,7 +407,17 @@ def piecewise_recompute(
         True
     """
     params = [p for p in params if p.requires_grad]
-    runner = _Runner(fn, pieces, out_shape, params, _has_stochastic(module), progress)
+    runner = _Runner(
+        fn,
+        pieces,
+        out_shape,
+        params,
+        _has_stochastic(module),
+        progress,
+        torch.device(device) if device is not None else None,
+        offload_output,
+    )
+    runner.offload_input = offload_input
     if isinstance(x, Tensor):
         return _PiecewiseFunction.apply(runner, x, *params)
     runner.source = x

@@ -150,6 +150,9 @@ class TrainConfig:
         heatmaps: number of validation slides to draw attention heatmaps of at the end.
         progress: progress bars.
         threads: torch CPU threads (``None``: torch's choice).
+        bn_calibration: training slides whose inputs recalibrate the trunk's BatchNorm
+            statistics before the first epoch (data-dependent initialisation; 0: keep the
+            trunk's own statistics, e.g. ImageNet's). BatchNorm stays frozen afterwards.
     """
 
     epochs: int = 10
@@ -165,6 +168,7 @@ class TrainConfig:
     heatmaps: int = 4
     progress: bool = True
     threads: int | None = None
+    bn_calibration: int = 0
 
     def validate(self) -> None:
         """Raise ConfigError on impossible settings (devices are checked by :func:`check_device`)."""
@@ -184,6 +188,8 @@ class TrainConfig:
             )
         if self.heatmaps < 0:
             raise ConfigError(f"train.heatmaps must be >= 0, got {self.heatmaps}")
+        if self.bn_calibration < 0:
+            raise ConfigError(f"train.bn_calibration must be >= 0, got {self.bn_calibration}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"train.threads must be >= 1, got {self.threads}")
 

@@ -95,7 +95,9 @@ def check_labels(labels: Sequence[str], class_names: Sequence[str] | None) -> li
     return distinct
 
 
-def split_rows(manifest: Manifest, config: RunConfig) -> tuple[list[ManifestRow], list[ManifestRow]]:
+def split_rows(
+    manifest: Manifest, config: RunConfig
+) -> tuple[list[ManifestRow], list[ManifestRow]]:
     """Training and validation slides of a run.
 
     In order of preference: a splits file and fold (``gigastream splits``), the manifest's

@@ -333,6 +333,19 @@ def build_trainer(
 
 
 # ----------------------------------------------------------------------------- fit
+def _resumed_epoch(checkpoint: Path) -> int:
+    """The (0-based) epoch that resuming from ``checkpoint`` trains first.
+
+    Lightning creates the training iterator of a resumed run before it passes this epoch
+    to the sampler, so the engine sets it first: otherwise the resumed epoch would visit
+    the slides in the order of epoch 0 and the result would differ from an uninterrupted
+    run's.
+    """
+    state = load_checkpoint_file(checkpoint)
+    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    return int(progress.get("current", {}).get("processed", state.get("epoch", -1) + 1))
+
+
 def _clean_temporaries(folder: Path) -> None:
     for tmp in list(folder.glob(".*.tmp")) + list(folder.glob("checkpoints/.*.tmp")):
         with contextlib.suppress(OSError):
@@ -355,7 +368,9 @@ def check_out(out: str | Path, resume: bool, overwrite: bool) -> None:
         raise RunError(f"{out}: --out is a file, not a folder; choose another --out")
     last = out / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
-        raise RunError(f"{out}: nothing to resume ({last} not found); start the run without --resume")
+        raise RunError(
+            f"{out}: nothing to resume ({last} not found); start the run without --resume"
+        )
     if not resume and not overwrite and out.exists() and _has_run(out):
         raise RunError(
             f"{out} already holds a run: pass --resume to continue it, --overwrite to replace "
@@ -393,6 +408,8 @@ def fit(
     prepared = prepared or prepare(config)
     config = resolved_config(prepared)
     out = Path(out)
+    if _launched_rank() > 0:  # a DDP worker started by the launcher: rank 0 owns the folder
+        return _fit_locked(prepared, config, out, resume)
     check_out(out, resume, overwrite)
     if resume:
         _check_same_job(out, config)
@@ -405,6 +422,15 @@ def fit(
                     with contextlib.suppress(OSError):
                         old.unlink()
         return _fit_locked(prepared, config, out, resume)
+
+
+def _launched_rank() -> int:
+    """This process's global rank when started by a distributed launcher (else 0)."""
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        value = os.environ.get(name)
+        if value not in (None, "", "0"):
+            return int(value)
+    return 0
 
 
 def _check_same_job(out: Path, config: RunConfig) -> None:
@@ -438,11 +464,13 @@ def _fit_locked(prepared: PreparedRun, config: RunConfig, out: Path, resume: boo
     )
     record.data.setdefault("epochs", [])
     record.data.setdefault("skipped_slides", {})
+    record.enabled = _launched_rank() == 0
     signals = _Signals()
     try:
         with signals.installed():
             record.save()
-            dump_yaml(config, out / "config.yaml")
+            if record.enabled:
+                dump_yaml(config, out / "config.yaml")
             result = _train_and_report(prepared, config, out, resume, record, signals, start)
         return result
     except BaseException as exc:
@@ -483,11 +511,16 @@ def _train_and_report(
         filename="best",
         monitor="val_auc",
         mode="max",
-        save_last=True,
         save_top_k=1,
         enable_version_counter=False,
     )
-    callbacks: list[Callback] = [best, RunRecorder(record, checkpoints)]
+    # Lightning 2.6's save_last=True only refreshes last.ckpt in epochs that improve the
+    # monitored metric; an unmonitored checkpoint is rewritten after every epoch (and, after
+    # ``best``, carries its updated state for resuming)
+    last = ModelCheckpoint(
+        dirpath=checkpoints, filename="last", save_top_k=1, enable_version_counter=False
+    )
+    callbacks: list[Callback] = [best, last, RunRecorder(record, checkpoints)]
     if train.early_stopping_patience:
         callbacks.append(
             EarlyStopping(monitor="val_auc", mode="max", patience=train.early_stopping_patience)
@@ -503,6 +536,10 @@ def _train_and_report(
         SlideExamples(prepared.val_rows, prepared.class_names, data),
         min(data.num_workers, len(prepared.val_rows)),
     )
+    if resume:  # Lightning iterates the loader once before it sets the resumed epoch
+        train_loader.sampler.set_epoch(_resumed_epoch(checkpoints / "last.ckpt"))
+    if train.bn_calibration and not resume:
+        calibrate_trunk(model, train_loader.dataset, train.bn_calibration, data, train.seed)
     signals.trainer = trainer
     fit_start = time.perf_counter()
     try:
@@ -535,8 +572,13 @@ def _train_and_report(
 
         curve = plot_training_curve(epochs, out / "training_curve.png")
     heatmaps = write_heatmaps(
-        results, prepared.val_rows, out / "heatmaps", train.heatmaps, prepared.class_names,
-        module.model.output_stride, data,
+        results,
+        prepared.val_rows,
+        out / "heatmaps",
+        train.heatmaps,
+        prepared.class_names,
+        module.model.output_stride,
+        data,
     )
     trained_slides = sum(len(e["train_slide_losses"]) for e in epochs) or 1
     record.update(
@@ -560,6 +602,55 @@ def _train_and_report(
         },
     )
     return record.data
+
+
+def calibrate_trunk(
+    model: StreamingCLAM,
+    dataset: SlideExamples,
+    slides: int,
+    data,
+    seed: int = 0,
+    max_pixels: int = 1024 * 1024,
+) -> int:
+    """Recalibrate the trunk's BatchNorm statistics on training slides (see ``bn_calibration``).
+
+    Each of ``slides`` training slides (seeded choice) contributes its whole input, or a
+    centred crop of at most ``max_pixels`` for large slides, forwarded one slide at a
+    time; the statistics are the average over slides.
+
+    Returns:
+        The number of slides used.
+    """
+    from gigastream.streaming.batchnorm import calibrate_batchnorm
+
+    order = np.random.default_rng([seed, 11]).permutation(len(dataset)).tolist()
+
+    def inputs() -> Iterator[torch.Tensor]:
+        used = 0
+        for index in order:
+            if used == slides:
+                return
+            example = dataset[index]
+            if example.error is not None:
+                continue
+            opened = example.open(data, "cpu")
+            try:
+                x = opened.x
+                _, _, height, width = x.shape
+                edge = int(math.sqrt(max_pixels))
+                h, w = min(height, edge), min(width, edge)
+                y0, x0 = (height - h) // 2, (width - w) // 2
+                index_ = (slice(None), slice(None), slice(y0, y0 + h), slice(x0, x0 + w))
+                crop = x[index_] if isinstance(x, torch.Tensor) else x.read(index_)
+            finally:
+                opened.close()
+            used += 1
+            yield crop.to(next(model.parameters()).device)
+
+    model.eval()
+    count = calibrate_batchnorm(model.trunk.trunk, inputs())
+    logger.info("calibrated the trunk's BatchNorm statistics on %d training slides", count)
+    return count
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -725,8 +816,11 @@ def write_heatmaps(
             if tiff:
                 paths.append(
                     hm.attention_heatmap_tiff(
-                        slide, r["attention_map"], out_dir / f"{r['slide_id']}.tif",
-                        cell_um=cell_um, contours=lesions,
+                        slide,
+                        r["attention_map"],
+                        out_dir / f"{r['slide_id']}.tif",
+                        cell_um=cell_um,
+                        contours=lesions,
                     )
                 )
     return paths
@@ -750,8 +844,9 @@ def load_classifier(checkpoint: str | Path) -> tuple[MILClassifier, RunConfig]:
     class_names = list(saved["class_names"])
     config = replace(config, model=replace(config.model, weights=None))  # weights come from ckpt
     model = build_model(config, len(class_names))
-    module = MILClassifier(model, class_names, config.optim, config.data, config.train.seed,
-                           saved["config"])
+    module = MILClassifier(
+        model, class_names, config.optim, config.data, config.train.seed, saved["config"]
+    )
     try:
         module.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
@@ -846,8 +941,15 @@ def predict_slide_files(
     paths = []
     if heatmaps:
         paths = write_heatmaps(
-            results, rows, out, None, module.class_names, module.model.output_stride, data,
-            tiff=tiff, lesion_dir=lesion_dir,
+            results,
+            rows,
+            out,
+            None,
+            module.class_names,
+            module.model.output_stride,
+            data,
+            tiff=tiff,
+            lesion_dir=lesion_dir,
         )
     return {
         "class_names": module.class_names,

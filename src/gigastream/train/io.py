@@ -123,9 +123,12 @@ class RunRecord:
     or SIGINT) or ``failed: <reason>``.
     """
 
-    def __init__(self, path: str | Path, data: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, data: dict[str, Any] | None = None, enabled: bool = True
+    ) -> None:
         self.path = Path(path)
         self.data: dict[str, Any] = data if data is not None else {}
+        self.enabled = enabled  # False on DDP ranks other than 0: they never write
 
     def update(self, **values: Any) -> None:
         """Set top-level entries and rewrite the file."""
@@ -134,7 +137,8 @@ class RunRecord:
 
     def save(self) -> None:
         """Rewrite the file (atomically)."""
-        write_json(self.path, self.data)
+        if self.enabled:
+            write_json(self.path, self.data)
 
     @classmethod
     def load(cls, path: str | Path) -> RunRecord:

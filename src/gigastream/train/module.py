@@ -124,9 +124,12 @@ class MILClassifier(L.LightningModule):
         self._val: list[dict[str, Any]] = []
         self.epoch_log: list[dict[str, Any]] = []
         self.last_validation: list[dict[str, Any]] = []
+        self._open_input: Any = None  # a lazy slide kept open for its backward pass
 
     # ------------------------------------------------------------------ inputs
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
         return batch  # examples are opened on the device in the step (lazy slides)
 
     def _skip(self, example: Any, stage: str) -> None:
@@ -134,21 +137,45 @@ class MILClassifier(L.LightningModule):
             logger.warning("skipping %s (%s): %s", example.slide_id, stage, example.error)
         self.skipped[example.slide_id] = example.error
 
-    def _forward(self, example: Any) -> tuple[Any, Tensor | None]:
-        """``(output, loss)`` of one example (loss ``None`` without a label)."""
+    def _forward(self, example: Any, keep_open: bool = False) -> tuple[Any, Tensor | None]:
+        """``(output, loss)`` of one example (loss ``None`` without a label).
+
+        Args:
+            example: the slide or bag.
+            keep_open: leave a lazy slide open: the streamed backward pass re-reads its
+                tiles after the training step returns (:meth:`on_train_batch_end` closes it).
+        """
         from gigastream.wsi.reader import SlideError
 
+        self._close_input()
         opened = example.open(self.data, self.device)
         try:
             label = example.label
             out = self.model(opened.x, label=label)
             loss = None if label is None else self.model.loss(out, label)
         except SlideError as exc:  # a read error mid-stream
+            opened.close()
             example.error = str(exc)
             return None, None
-        finally:
+        except BaseException:
+            opened.close()
+            raise
+        if keep_open:
+            self._open_input = opened
+        else:
             opened.close()
         return out, loss
+
+    def _close_input(self) -> None:
+        opened, self._open_input = self._open_input, None
+        if opened is not None:
+            opened.close()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._close_input()  # the backward pass of this slide is done
+
+    def teardown(self, stage: str) -> None:
+        self._close_input()
 
     def _zero_loss(self) -> Tensor:
         """A zero loss touching every parameter (keeps DDP ranks in step on a skipped slide)."""
@@ -162,11 +189,12 @@ class MILClassifier(L.LightningModule):
     def training_step(self, example: Any, batch_idx: int) -> Tensor | None:
         distributed = self.trainer.world_size > 1
         if example.error is None:
-            out, loss = self._forward(example)
+            out, loss = self._forward(example, keep_open=True)
         if example.error is not None:
             self._skip(example, "train")
             return self._zero_loss() if distributed else None
         if not torch.isfinite(loss):
+            self._close_input()
             raise NonFiniteLossError(
                 f"the training loss is {float(loss)} on slide {example.slide_id!r} in epoch "
                 f"{self.current_epoch + 1}: lower optim.lr / optim.head_lr, set optim.grad_clip, "
@@ -274,7 +302,10 @@ class MILClassifier(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         factor = lr_lambda(self.optim.warmup_steps, total, self.optim.schedule)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

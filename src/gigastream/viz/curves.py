@@ -36,7 +36,9 @@ def plot_training_curve(epochs: Sequence[dict[str, Any]], out: str | Path) -> Pa
     if steps:
         xs, ys = zip(*steps, strict=True)
         ax_loss.plot(xs, ys, ".", color="0.75", markersize=3, label="train (per slide)")
-    ax_loss.plot(numbers, [value(r, "train_loss") for r in epochs], "o-", label="train (epoch mean)")
+    ax_loss.plot(
+        numbers, [value(r, "train_loss") for r in epochs], "o-", label="train (epoch mean)"
+    )
     ax_loss.plot(numbers, [value(r, "val_loss") for r in epochs], "s-", label="validation")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
