@@ -96,9 +96,10 @@ def test_clam_instance_loss(name):
     assert head(_bag(30)).instance_loss is None
     out = head(_bag(30), label=0)
     assert out.instance_loss is not None and out.instance_loss.dim() == 0
-    expected = 0.6 * torch.nn.functional.cross_entropy(
-        out.logits[None], torch.tensor([0])
-    ) + 0.4 * out.instance_loss
+    expected = (
+        0.6 * torch.nn.functional.cross_entropy(out.logits[None], torch.tensor([0]))
+        + 0.4 * out.instance_loss
+    )
     torch.testing.assert_close(head.loss(out, 0), expected)
     # fewer instances than B: B shrinks to N // 2, still a finite loss
     assert torch.isfinite(head(_bag(5), label=1).instance_loss)

@@ -17,9 +17,13 @@ F64_RTOL = 1e-10
 F64_ATOL_REL = 1e-10
 
 
-def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol_rel: float, msg: str):
+def assert_close_scaled(
+    actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol_rel: float, msg: str
+):
     scale = expected.abs().max().item() or 1.0
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol_rel * scale, msg=lambda m: f"{msg}: {m}")
+    torch.testing.assert_close(
+        actual, expected, rtol=rtol, atol=atol_rel * scale, msg=lambda m: f"{msg}: {m}"
+    )
 
 
 def compare_streaming(
@@ -33,7 +37,9 @@ def compare_streaming(
 ) -> StreamingModule:
     """Run ``net`` ordinarily and streamed; assert output, input grad and every param grad agree."""
     net = net.to(dtype)
-    rtol, atol_rel = (F64_RTOL, F64_ATOL_REL) if dtype == torch.float64 else (F32_RTOL, F32_ATOL_REL)
+    rtol, atol_rel = (
+        (F64_RTOL, F64_ATOL_REL) if dtype == torch.float64 else (F32_RTOL, F32_ATOL_REL)
+    )
     x_ref = x.detach().to(dtype).requires_grad_(input_grad)
     net.zero_grad(set_to_none=True)
     ref = net(x_ref)

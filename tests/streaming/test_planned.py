@@ -133,9 +133,11 @@ def test_gigapixel_plans_fit_the_budget(side, budget_gib):
         lazy_input=True,
         device="cuda",
         available_bytes=139 * 2**30,
+        available_host_bytes=100 * 2**30,  # the host budget (default: the machine's)
     )
     seconds = time.perf_counter() - t0
     assert plan.est_peak_bytes <= budget_gib * 2**30, str(plan)
+    assert plan.est_host_bytes <= plan.host_memory_budget == 100 * 2**30, str(plan)
     assert plan.segments[0].mode == "stream" and plan.bytes_per_elem == 2
     assert plan.segments[0].in_shape[-2:] == (side, side)
     assert seconds < 2.0, seconds

@@ -20,6 +20,7 @@ TINY: dict[str, Any] = {
     "model": {
         "arch": "vgg_small",
         "tile_size": 192,
+        "head": "clam_sb",
         "head_options": {"hidden_dim": 32, "attn_dim": 16, "dropout": 0.0},
     },
     "data": {

@@ -120,3 +120,26 @@ def test_config_errors_name_the_key(values, message):
         load_config(values, source="c.yaml")
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_preloaded_and_lazy_slides_give_the_same_prediction(manifest):
+    from gigastream.models.streaming_clam import StreamingCLAM, StreamingCLAMConfig
+    from gigastream.train.module import MILClassifier
+
+    torch.manual_seed(0)
+    model = StreamingCLAM(
+        StreamingCLAMConfig(arch="vgg_small", tile_size=96, pool=1, head_options={"attn_dim": 8})
+    )
+    results = []
+    for preload in (4096 * 4096, 0):
+        data = DataConfig(**{**DATA.__dict__, "preload_pixels": preload})
+        example = SlideExamples(manifest.rows, ["normal", "tumor"], data)[0]
+        assert (example.pixels is None) == (preload == 0)
+        module = MILClassifier(model, ["normal", "tumor"], data=data).eval()
+        results.append(module.predict_step(example, 0))
+    preloaded, lazy = results
+    assert preloaded["instances"] == lazy["instances"] < 16 * 16  # tissue positions only
+    np.testing.assert_allclose(preloaded["probs"], lazy["probs"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.nan_to_num(preloaded["attention_map"]), np.nan_to_num(lazy["attention_map"]), atol=1e-6
+    )

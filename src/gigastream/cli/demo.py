@@ -29,9 +29,18 @@ HELP = "train a slide classifier end to end on synthetic slides (~10 min on 2 CP
 SOURCE_CANDIDATES = ("../shared/data", "shared/data")
 
 #: The demo's dataset: small slides, many of them (level-0 px at 0.5 um/px).
-DEMO_SYNTH: dict[str, Any] = {"slides": 64, "size": 1024, "lesion_size": 128, "seed": 0}
+DEMO_SYNTH: dict[str, Any] = {
+    "slides": 64,
+    "size": 1024,
+    "lesion_size": 160,
+    "block_size": 256,
+    "seed": 0,
+}
 #: The demo's run settings on top of the training defaults (the recipe).
-DEMO_RUN: dict[str, Any] = {"train": {"heatmaps": 6, "val_fraction": 0.25}}
+DEMO_RUN: dict[str, Any] = {
+    "data": {"num_workers": 1},
+    "train": {"heatmaps": 6, "val_fraction": 0.25},
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,8 +115,12 @@ def _run(args: argparse.Namespace) -> int:
     synth_values = merge(
         synth_values, {"slides": args.slides, "size": args.size, "seed": args.seed}
     )
+    if isinstance(synth_values.get("size"), int) and isinstance(
+        synth_values.get("lesion_size"), int
+    ):
+        # small slides, small lesions
+        synth_values["lesion_size"] = min(synth_values["lesion_size"], synth_values["size"] // 4)
     synth = load_config(synth_values, source=source, cls=SynthConfig)
-    synth.lesion_size = min(synth.lesion_size, synth.size // 4)  # small slides, small lesions
     out: Path = args.out
     manifest = out / "data" / "manifest.csv"
     run_values = merge(merge(DEMO_RUN, {"data": {"tissue": demo_tissue(synth)}}), values)

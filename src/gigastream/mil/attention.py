@@ -33,7 +33,11 @@ class AttentionNet(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, attn_dim: int = 128, branches: int = 1, gated: bool = True,
+        self,
+        in_dim: int,
+        attn_dim: int = 128,
+        branches: int = 1,
+        gated: bool = True,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -76,8 +80,13 @@ class AttentionMIL(MILHead):
     """
 
     def __init__(
-        self, in_dim: int, num_classes: int, hidden_dim: int | None = None, attn_dim: int = 128,
-        gated: bool = False, dropout: float = 0.0,
+        self,
+        in_dim: int,
+        num_classes: int,
+        hidden_dim: int | None = None,
+        attn_dim: int = 128,
+        gated: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(in_dim, num_classes)
         self.fc, dim = projection(in_dim, hidden_dim, dropout)

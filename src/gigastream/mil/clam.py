@@ -45,9 +45,16 @@ class CLAM(MILHead):
     """
 
     def __init__(
-        self, in_dim: int, num_classes: int, hidden_dim: int | None = None, attn_dim: int = 128,
-        dropout: float = 0.0, multi_branch: bool = False, instance_samples: int = 8,
-        bag_weight: float = 0.7, subtyping: bool = False,
+        self,
+        in_dim: int,
+        num_classes: int,
+        hidden_dim: int | None = None,
+        attn_dim: int = 128,
+        dropout: float = 0.0,
+        multi_branch: bool = False,
+        instance_samples: int = 8,
+        bag_weight: float = 0.7,
+        subtyping: bool = False,
     ) -> None:
         super().__init__(in_dim, num_classes)
         if instance_samples < 1:

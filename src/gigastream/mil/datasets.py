@@ -130,8 +130,9 @@ class BagsConfig:
     split_seed: int = 0
 
 
-def split_pools(labels: np.ndarray, fractions: tuple[float, float, float], seed: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_pools(
+    labels: np.ndarray, fractions: tuple[float, float, float], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split digit indices into disjoint train / validation / test pools (stratified by digit).
 
     Args:
@@ -158,8 +159,13 @@ def _draw(rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:
     return rng.choice(pool, size=n, replace=n > len(pool))
 
 
-def make_bags(labels: np.ndarray, pool: np.ndarray, num_bags: int, config: BagsConfig,
-              rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
+def make_bags(
+    labels: np.ndarray,
+    pool: np.ndarray,
+    num_bags: int,
+    config: BagsConfig,
+    rng: np.random.Generator,
+) -> list[tuple[np.ndarray, int]]:
     """Draw balanced bags from one pool.
 
     Digits are drawn without replacement within a bag unless the bag needs more digits than
@@ -188,8 +194,9 @@ def make_bags(labels: np.ndarray, pool: np.ndarray, num_bags: int, config: BagsC
     for b in range(num_bags):
         positive = b < num_bags // 2
         if positive:
-            idx = np.concatenate([_draw(rng, keys, n_key),
-                                  _draw(rng, others, config.bag_size - n_key)])
+            idx = np.concatenate(
+                [_draw(rng, keys, n_key), _draw(rng, others, config.bag_size - n_key)]
+            )
         else:
             idx = _draw(rng, others, config.bag_size)
         bags.append((rng.permutation(idx), int(positive)))
@@ -197,8 +204,7 @@ def make_bags(labels: np.ndarray, pool: np.ndarray, num_bags: int, config: BagsC
     return [bags[i] for i in order]
 
 
-def bag_tensor(images: np.ndarray, indices: np.ndarray, dtype: torch.dtype | None = None
-               ) -> Tensor:
+def bag_tensor(images: np.ndarray, indices: np.ndarray, dtype: torch.dtype | None = None) -> Tensor:
     """The image tensor of one bag.
 
     Bags stay uint8 by default (a quarter of float32's memory) and are converted by the
@@ -229,8 +235,12 @@ class BagSet:
         dtype: ``None`` for uint8 bags (the default), or a floating dtype for values in [0, 1].
     """
 
-    def __init__(self, images: np.ndarray, bags: list[tuple[np.ndarray, int]],
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        bags: list[tuple[np.ndarray, int]],
+        dtype: torch.dtype | None = None,
+    ) -> None:
         self.images = images
         self.bags = bags
         self.dtype = dtype

@@ -54,17 +54,28 @@ class SmallCNN(nn.Module):
         torch.Size([5, 32])
     """
 
-    def __init__(self, in_channels: int = 1, out_dim: int = 64, width: int = 8,
-                 image_size: int = 28, dropout: float = 0.0, mean: float = MNIST_MEAN,
-                 std: float = MNIST_STD) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_dim: int = 64,
+        width: int = 8,
+        image_size: int = 28,
+        dropout: float = 0.0,
+        mean: float = MNIST_MEAN,
+        std: float = MNIST_STD,
+    ) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std)
         side = ((image_size - 4) // 2 - 4) // 2
         if side < 1:
             raise ValueError(f"image_size {image_size} is too small for two 5x5 conv stages")
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 5), nn.ReLU(), nn.MaxPool2d(2),  # (n, w, 12, 12)
-            nn.Conv2d(width, 2 * width, 5), nn.ReLU(), nn.MaxPool2d(2),  # (n, 2w, 4, 4)
+            nn.Conv2d(in_channels, width, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (n, w, 12, 12)
+            nn.Conv2d(width, 2 * width, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (n, 2w, 4, 4)
             nn.Flatten(),
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

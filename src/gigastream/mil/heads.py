@@ -87,4 +87,18 @@ def create_mil_head(name: str, in_dim: int, num_classes: int, **options) -> MILH
         raise ValueError(
             f"unknown MIL head {name!r}; available: {', '.join(list_mil_heads())}"
         ) from None
-    return factory(in_dim, num_classes, **options)
+    try:
+        return factory(in_dim, num_classes, **options)
+    except TypeError as exc:  # an option the head does not take
+        import inspect
+
+        target = getattr(factory, "func", factory)
+        accepted = [
+            p
+            for p in inspect.signature(target).parameters
+            if p not in ("self", "in_dim", "num_classes")
+        ]
+        raise ValueError(
+            f"MIL head {name!r} does not take these options {sorted(options)}: {exc}; "
+            f"its options are {', '.join(accepted)}"
+        ) from None

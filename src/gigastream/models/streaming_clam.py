@@ -37,7 +37,6 @@ from gigastream.streaming.recompute import InputSource
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class StreamingCLAMConfig:
     """A StreamingCLAM model.

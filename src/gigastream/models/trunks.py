@@ -12,7 +12,8 @@ Registered trunks:
 - ``vgg_small``: a small VGG-style trunk, conv3x3-BatchNorm-ReLU blocks with 2x2 max-pools,
   channels 16-32-64-128 (output stride 16, receptive field 70 px, ~0.25 M parameters),
   about 10x cheaper than ResNet-18 on CPU; with random initialisation its BatchNorm should
-  be calibrated on data (:func:`calibrate_batchnorm`) before it is frozen.
+  be calibrated on data (:func:`gigastream.streaming.batchnorm.calibrate_batchnorm`;
+  ``train.bn_calibration`` of a run) before it is frozen.
 - ``vgg_small_s32``: the same with a fifth 128-channel block (output stride 32).
 
 Example:
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -65,7 +66,7 @@ def _resnet_trunk(arch: str, weights: str | None = None) -> tuple[nn.Sequential,
     import torchvision
 
     if weights == "imagenet":
-        enum = getattr(torchvision.models, f"ResNet{arch[len('resnet'):]}_Weights").IMAGENET1K_V1
+        enum = getattr(torchvision.models, f"ResNet{arch[len('resnet') :]}_Weights").IMAGENET1K_V1
         try:
             resnet = getattr(torchvision.models, arch)(weights=enum)
         except Exception as exc:  # offline: URLError, OSError, ...
@@ -199,46 +200,3 @@ def build_trunk(arch: str, weights: str | None = None) -> tuple[nn.Sequential, i
     except KeyError:
         raise ValueError(f"unknown trunk {arch!r}; available: {', '.join(list_trunks())}") from None
     return factory(None if weights is None else str(weights))
-
-
-@torch.no_grad()
-def calibrate_batchnorm(trunk: nn.Module, batches: Iterable[Tensor]) -> nn.Module:
-    """Data-dependent BatchNorm calibration: set running statistics from data, then freeze.
-
-    A randomly initialised network in eval mode normalises with mean 0 and variance 1,
-    i.e. not at all, so activations grow or shrink layer by layer. This resets every
-    BatchNorm's running statistics, forwards ``batches`` in train mode without gradients
-    (cumulative average over all batches: ``momentum=None``), and puts the BatchNorms back
-    in eval mode, after which each channel is normalised to ~zero mean and unit variance
-    on the data. Affine parameters are untouched.
-
-    Args:
-        trunk: the trunk (its BatchNorm layers are calibrated in place).
-        batches: input tensors ``(B, 3, H, W)``, e.g. crops of training slides.
-
-    Returns:
-        ``trunk``, with every BatchNorm in eval mode.
-
-    Example:
-        >>> trunk, _, _ = build_trunk("vgg_small")
-        >>> trunk = calibrate_batchnorm(trunk, [torch.randn(2, 3, 64, 64)])
-        >>> trunk[1].training
-        False
-    """
-    norms = [m for m in trunk.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = {m: (m.momentum, m.training) for m in norms}
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average
-        m.train()
-    seen = 0
-    for batch in batches:
-        trunk(batch)
-        seen += 1
-    for m in norms:
-        m.momentum = saved[m][0]
-        m.eval()
-    if seen == 0:
-        raise ValueError("calibrate_batchnorm needs at least one batch")
-    logger.info("calibrated %d BatchNorm layers on %d batches", len(norms), seen)
-    return trunk

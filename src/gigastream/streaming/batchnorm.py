@@ -88,7 +88,13 @@ class FrozenBatchNorm(nn.Module):
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked)
             return batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, True, factor,
+                x,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                True,
+                factor,
                 self.eps,
             )
         return batch_norm(

@@ -223,15 +223,13 @@ def run_benchmark(
     if lazy is None:
         lazy = conv_plan.conventional_bytes > 0.9 * available
     plan = (
-        StreamingModule(trunk, tile_size=tile_size, memory_budget=memory_budget).plan(
+        streamed.plan(
             (1, 3, size, size), dtype, lazy_input=True, device=dev, available_bytes=available
         )
         if lazy
         else conv_plan
     )
-    if (
-        tune_allocator is None
-    ):  # same rule as StreamingModule(tune_allocator="auto"), for every mode
+    if tune_allocator is None:  # same rule as StreamingModule(tune_allocator="auto"), every mode
         tune_allocator = plan.conventional_bytes > AUTO_TUNE_BYTES
     est = {
         "conventional": plan.conventional_bytes,

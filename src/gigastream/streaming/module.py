@@ -10,7 +10,7 @@ Streaming convolution (Pinckaers, van Ginneken, Litjens, TPAMI 2020) with two re
   chosen per input shape by the planner; each segment is streamed with its own (much
   smaller) margin and its own tile grid or, for deep low-resolution segments, runs with its
   graph kept. The (graph-free) feature map between segments is stored, on the device or,
-  when the budget demands, in (pinned) host memory; in backward its gradient is accumulated
+  when the budget demands, in host memory; in backward its gradient is accumulated
   there and streamed back through the segment before.
 
 The plan (cuts, tiles, kept graphs, offloaded maps, estimated peak memory and compute) is
@@ -76,6 +76,10 @@ class StreamingModule(nn.Module):
         channels_last: run the tiles in ``torch.channels_last`` memory format (often faster
             convolutions on GPU; unmeasured here). Values are the same up to the
             convolution algorithm's rounding.
+        host_memory_budget: bytes or e.g. ``"64GiB"``: the most host memory the offloaded
+            maps and their gradient accumulators may take (``plan.est_host_bytes``); the
+            planner only chooses plans within it. ``None``: the memory available on the
+            machine when the plan is made (``MemAvailable``).
 
     Example:
         >>> import torchvision
@@ -99,6 +103,7 @@ class StreamingModule(nn.Module):
         tune_allocator: bool | str = "auto",
         offload: bool | str = "auto",
         channels_last: bool = False,
+        host_memory_budget: int | str | None = None,
     ) -> None:
         super().__init__()
         if tile_size is None and memory_budget is None:
@@ -107,8 +112,9 @@ class StreamingModule(nn.Module):
             )
         if tile_size is not None and int(tile_size) < 1:
             raise StreamingError(f"tile_size must be a positive number of pixels, got {tile_size}")
-        if memory_budget is not None:
-            parse_bytes(memory_budget)  # validate early
+        for budget in (memory_budget, host_memory_budget):
+            if budget is not None:
+                parse_bytes(budget)  # validate early
         if offload not in (True, False, "auto"):
             raise StreamingError(f"offload must be True, False or 'auto', got {offload!r}")
         if freeze_batchnorm:
@@ -116,6 +122,7 @@ class StreamingModule(nn.Module):
         self.trunk = trunk
         self.tile_size = int(tile_size) if tile_size is not None else None
         self.memory_budget = memory_budget
+        self.host_memory_budget = host_memory_budget
         self.progress = progress
         self.tune_allocator = tune_allocator
         self.offload = offload
@@ -167,13 +174,16 @@ class StreamingModule(nn.Module):
         lazy_input: bool = False,
         device: torch.device | str = "cpu",
         available_bytes: int | None = None,
+        available_host_bytes: int | None = None,
     ) -> StreamingPlan:
         """The plan for an input of ``input_shape`` (B, C, H, W), cached per shape.
 
         Planning needs no memory and no compute (shapes come from the ``meta`` device), so
         it works for any size, e.g. ``plan((1, 3, 65536, 65536), torch.bfloat16,
         lazy_input=True, device="cuda", available_bytes=80 * 2**30)`` on a machine without
-        a GPU. ``available_bytes`` defaults to the free memory of ``device``.
+        a GPU. ``available_bytes`` defaults to the free memory of ``device``;
+        ``available_host_bytes`` (the host budget unless ``host_memory_budget`` was given)
+        to the machine's available memory.
         """
         device = torch.device(device)
         key = (
@@ -183,11 +193,14 @@ class StreamingModule(nn.Module):
             lazy_input,
             device.type,
             available_bytes,
+            available_host_bytes,
         )
         if key not in self._plans:
             itemsize = torch.empty((), dtype=dtype).element_size()
             if available_bytes is None and (device.type != "cuda" or torch.cuda.is_available()):
                 available_bytes = available_memory(device)
+            if available_host_bytes is None and self.host_memory_budget is None:
+                available_host_bytes = available_memory(torch.device("cpu"))
             self._plans[key] = plan_trunk(
                 self._units,
                 input_shape,
@@ -200,10 +213,9 @@ class StreamingModule(nn.Module):
                 lazy_input=lazy_input,
                 available_bytes=available_bytes,
                 offload=self._offload_setting(device),
+                host_memory_budget=self.host_memory_budget,
+                available_host_bytes=available_host_bytes,
             )
-            if len(self._units) == 1 or not isinstance(self.trunk, nn.Sequential):
-                for seg in self._plans[key].segments:
-                    seg.names = [n for n, _ in self._units[seg.span[0] : seg.span[1]]]
             logger.info("%s", self._plans[key])
         return self._plans[key]
 

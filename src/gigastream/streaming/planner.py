@@ -206,11 +206,6 @@ def _profile_modules(modules: Sequence[nn.Module], input_shape: Sequence[int]) -
     return profiles
 
 
-def profile_segments(segments: Sequence[Segment], input_shape: Sequence[int]) -> list[_Profile]:
-    """Shapes, activation sizes and FLOPs of each segment, from a forward pass on ``meta``."""
-    return _profile_modules([s.module for s in segments], input_shape)
-
-
 # ------------------------------------------------------------------------- plans
 
 
@@ -223,7 +218,7 @@ class SegmentPlan:
         mode: ``"stream"`` (tile by tile, recomputed in backward) or ``"keep"`` (graph kept).
         span: ``[start, stop)`` indices of those children in the trunk.
         offload_input: the segment's input map and its gradient accumulator live in host
-            memory (pinned on CUDA); tiles are copied to the device on demand.
+            memory; tiles are copied to the device on demand (via pinned staging on CUDA).
         est_graph_bytes: kept: the whole graph; streamed: one tile's graph.
         est_flops: forward + backward, including recomputation, overlap and per-tile overhead.
     """
@@ -248,7 +243,8 @@ class StreamingPlan:
     """The plan for one input shape; ``str(plan)`` is a table for logs.
 
     ``est_peak_bytes`` is the estimated peak of device tensor memory (no runtime);
-    ``est_host_bytes`` the host memory held by offloaded maps and gradient accumulators.
+    ``est_host_bytes`` the estimated peak of host memory held by offloaded maps and their
+    gradient accumulators, within ``host_memory_budget`` (``None``: no limit was set).
     ``offloaded`` names the segments (by their first child) whose input map is in host memory.
     """
 
@@ -260,9 +256,9 @@ class StreamingPlan:
     conventional_bytes: int
     checkpoint_bytes: int  # estimated peak of torch.utils.checkpoint on the same segments
     memory_budget: int | None = None
-    notes: list[str] = field(default_factory=list)
     offloaded: list[str] = field(default_factory=list)
     est_host_bytes: int = 0
+    host_memory_budget: int | None = None
     bytes_per_elem: int = 4
     lazy_input: bool = False
     cuts: str = "planned"  # "planned" (the planner chose them) or "fixed" (given by the user)
@@ -277,8 +273,14 @@ class StreamingPlan:
             f"{format_bytes(self.est_peak_bytes)} (conventional {format_bytes(self.conventional_bytes)}"
             + (f", budget {format_bytes(self.memory_budget)}" if self.memory_budget else "")
             + f"), est. compute {self.est_flops / max(self.conventional_flops, 1):.2f}x conventional, "
-            f"{len(self.segments)} segment(s), {self.cuts} cuts"
-            + (f", host {format_bytes(self.est_host_bytes)}" if self.est_host_bytes else "")
+            f"{len(self.segments)} segment(s), {self.cuts} cuts; host memory "
+            f"{format_bytes(self.est_host_bytes)} (budget "
+            + (
+                format_bytes(self.host_memory_budget)
+                if self.host_memory_budget is not None
+                else "unlimited"
+            )
+            + ")"
         ]
         for s in self.segments:
             what = (
@@ -293,7 +295,6 @@ class StreamingPlan:
                 f"RF {s.receptive_field[0]}, stride {s.stride[0]}: {what}{where}, "
                 f"graph {format_bytes(s.est_graph_bytes)}"
             )
-        lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
 
@@ -311,6 +312,10 @@ _DEFAULT_FRACTION = (
 )
 _EXTENT_RATIO = 1.25  # successive candidate tile extents differ by this factor
 _EXACT_TILES = 64  # up to this many tiles per axis, tile extents are computed tile by tile
+# a plan that keeps less in host memory is preferred unless its estimated compute exceeds the
+# fastest plan's by more than this fraction (host memory is shared with the rest of the
+# process, and transfers are only roughly priced by _TRANSFER_FLOPS_PER_BYTE)
+_OFFLOAD_TOLERANCE = 0.05
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -372,8 +377,6 @@ class _Option:
 
 @dataclass
 class _Span:
-    start: int
-    stop: int
     names: list[str]
     geometry: Geometry
     in_shape: tuple[int, ...]
@@ -456,26 +459,95 @@ def _span_options(
 @dataclass
 class _Label:
     stored: int  # device bytes held for backward by the segments so far
-    peak: int
+    peak: int  # device peak so far
     flops: float
     parent: _Label | None
     step: tuple | None  # (start, stop, option, offload_input)
-    prev: str  # how the last segment ran: "input", "keep" or "stream"
-    offloaded_now: bool  # the map at this boundary is in host memory
+    host_stored: int = 0  # host bytes of the offloaded maps so far (held until their backward)
+    host_peak: int = 0  # host peak so far
+
+
+# what a search minimises (then breaks ties on), per key
+_CRITERIA = {
+    "flops": ("flops", "host_peak", "peak"),
+    "peak": ("peak", "flops"),
+    "host": ("host_peak", "flops"),
+}
 
 
 def _prune(labels: list[_Label], key: str) -> list[_Label]:
-    """Pareto front over (stored, key): no label is worse in both."""
-    labels.sort(
-        key=lambda lb: (lb.stored, getattr(lb, key), lb.flops if key == "peak" else lb.peak)
+    """Pareto front: drop labels that hold at least as much on the device and in host memory
+    (which is all that decides what can follow) and are no better by any criterion of ``key``."""
+
+    def dims(lb: _Label) -> tuple:
+        return (*(getattr(lb, c) for c in _CRITERIA[key]), lb.stored, lb.host_stored)
+
+    front: list[tuple] = []
+    for d, lb in sorted(((dims(lb), lb) for lb in labels), key=lambda t: t[0]):
+        if not any(all(a <= b for a, b in zip(f, d, strict=True)) for f, _ in front):
+            front.append((d, lb))
+    return [lb for _, lb in front]
+
+
+def _no_plan_message(
+    search,
+    budget: float,
+    host_budget: float,
+    input_shape: Sequence[int],
+    bytes_per_elem: int,
+    offload: bool | str,
+    fixed_cuts: bool,
+) -> str:
+    """Why no plan fits, with the smallest estimates, and what would help here."""
+
+    def fmt(n: float) -> str:
+        return format_bytes(n) if n < math.inf else "unlimited"
+
+    # the smallest device peak within the host budget, the smallest host peak within the
+    # device budget, and the smallest device peak whatever the host memory
+    dev = search(math.inf, "peak", host_budget)
+    host = search(budget, "host", math.inf) if host_budget < math.inf else None
+    free = search(math.inf, "peak", math.inf) if host_budget < math.inf else None
+    if free is not None and dev is not None and free.peak >= dev.peak:
+        free = None  # the host budget does not limit the device estimate
+    found = []
+    if dev is not None:
+        found.append(f"within the host budget the smallest device estimate is {fmt(dev.peak)}")
+    else:
+        found.append("no plan keeps its offloaded maps within the host budget")
+    if host is not None:
+        found.append(
+            f"within the device budget the smallest host estimate is {fmt(host.host_peak)}"
+        )
+    elif free is not None:
+        found.append(
+            f"even with unlimited host memory the smallest device estimate is {fmt(free.peak)} "
+            f"(with {fmt(free.host_peak)} in host memory)"
+        )
+    advice = []
+    if dev is not None:
+        advice.append(f"raise memory_budget to at least {fmt(dev.peak)}")
+    if host is not None:
+        advice.append(f"raise host_memory_budget to at least {fmt(host.host_peak)}")
+    if offload is False:
+        advice.append("let feature maps go to host memory (offload='auto', on CUDA)")
+    elif offload is True:
+        advice.append("offload only where the device budget demands (offload='auto')")
+    if fixed_cuts:
+        advice.append("let the planner choose the cuts (segments='auto')")
+    if bytes_per_elem > 2:
+        advice.append("use a lower precision (bf16 autocast halves every feature map)")
+    if input_shape[0] > 1:
+        advice.append("use a smaller batch")
+    return (
+        f"no plan fits memory_budget={fmt(budget)} (device) and "
+        f"host_memory_budget={fmt(host_budget)} for input {tuple(input_shape)}: "
+        + "; ".join(found)
+        + ". To fit: "
+        + ", or ".join(advice)
+        + ". (Smaller tiles cannot help: the planner already tries every tile grid down to "
+        "the receptive field.)"
     )
-    front, best = [], math.inf
-    for lb in labels:
-        v = getattr(lb, key)
-        if v < best:
-            front.append(lb)
-            best = v
-    return front
 
 
 def plan_trunk(
@@ -491,20 +563,26 @@ def plan_trunk(
     lazy_input: bool = False,
     available_bytes: int | None = None,
     offload: bool | str = False,
+    host_memory_budget: int | str | None = None,
+    available_host_bytes: int | None = None,
 ) -> StreamingPlan:
     """Plan a trunk made of consecutive ``units`` (top-level children): cuts, tiles, graphs, offload.
 
     A dynamic programme over the unit boundaries: a state is a boundary (and whether the map
     there is in host memory, and how the segment before it ran); a label carries the device
-    bytes the segments so far hold for backward, the peak so far and the compute so far.
-    Every segment choice (where it ends, keep or stream with which tile grid, whether its
-    output map is offloaded) extends the labels; labels worse in both held bytes and
-    compute are dropped. Estimated peak of the backward pass of segment ``k``::
+    and host bytes the segments so far hold for backward, the device and host peaks so far
+    and the compute so far. Every segment choice (where it ends, keep or stream with which tile grid, whether
+    its output map is offloaded) extends the labels; labels that hold at least as much and
+    are no better are dropped. Estimated peak of the backward pass of segment ``k``::
 
-        held by segments <= k (stored input maps, kept graphs) + final output
-        + gradient of k's output map + gradient accumulator of k's input map + k's work
+        device: held by segments <= k (stored input maps, kept graphs) + final output
+                + gradient of k's output map + gradient accumulator of k's input map + k's work
+        host:   offloaded maps at k's input and before (later ones are freed by then)
+                + k's output gradient and input gradient accumulator, where offloaded
 
-    where a map or gradient offloaded to host memory counts nothing on the device.
+    where a map or gradient offloaded to host memory counts nothing on the device. Among
+    the plans within both budgets the fastest is chosen, or one that keeps less in host
+    memory if it is at most 5% slower by the estimate.
 
     Args:
         units: ``(name, module)`` pairs run one after the other.
@@ -528,6 +606,11 @@ def plan_trunk(
         offload: ``False`` never keeps maps in host memory; ``"auto"`` lets the planner do
             it where the budget demands; ``True`` offloads every map between two streamed
             segments (on CPU a separate buffer: exercises the path).
+        host_memory_budget: bytes or a string like ``"64GiB"``: the most host memory the
+            offloaded maps and their gradient accumulators may take at any time (default:
+            ``available_host_bytes``).
+        available_host_bytes: host memory available; the host budget when
+            ``host_memory_budget`` is not given (both ``None``: no limit).
 
     Returns:
         The plan. Raises :class:`StreamingError` if no plan fits or a tile is too small.
@@ -571,8 +654,6 @@ def plan_trunk(
     for j in boundaries[:-1]:
         for stop in ends_from(j):
             spans[(j, stop)] = _Span(
-                j,
-                stop,
                 names[j:stop],
                 Geometry.chain(*geoms[j:stop]),
                 profiles[j].in_shape,
@@ -615,14 +696,26 @@ def plan_trunk(
     allow_offload = offload in (True, "auto")
     force_offload = offload is True
     out_term = map_bytes[m]
+    if host_memory_budget is not None:
+        host_budget: float = parse_bytes(host_memory_budget)
+    elif available_host_bytes is not None:
+        host_budget = int(available_host_bytes)
+    else:
+        host_budget = math.inf
 
-    def search(budget: float, key: str, first_at_tile_size: bool = False) -> _Label | None:
-        """Best plan: min compute within ``budget`` (key "flops") or min peak (key "peak").
+    def search(
+        budget: float,
+        key: str,
+        host_limit: float,
+        first_at_tile_size: bool = False,
+        max_flops: float = math.inf,
+    ) -> _Label | None:
+        """Best plan within ``budget`` (device) and ``host_limit`` (host), by ``_CRITERIA[key]``:
+        min compute ("flops"), min device peak ("peak") or min host peak ("host"), the last
+        among plans of compute <= ``max_flops``.
 
         ``first_at_tile_size``: the first segment streams with the largest tiles allowed."""
-        fronts: dict[tuple, list[_Label]] = {
-            (0, False, "input"): [_Label(0, 0, 0.0, None, None, "input", False)]
-        }
+        fronts: dict[tuple, list[_Label]] = {(0, False, "input"): [_Label(0, 0, 0.0, None, None)]}
         finals: list[_Label] = []
         for j in boundaries[:-1]:
             for state in [s for s in fronts if s[0] == j]:
@@ -632,6 +725,8 @@ def plan_trunk(
                     0 if (off_j or (j == 0 and lazy_input) or prev == "keep") else map_bytes[j]
                 )
                 grad_in = 0 if off_j or (j == 0 and not input_requires_grad) else map_bytes[j]
+                # an offloaded input map's gradient is accumulated in host memory
+                host_grad_in = map_bytes[j] if off_j else 0
                 for stop in ends_from(j):
                     opts = options[(j, stop)]
                     if first_at_tile_size and j == 0:
@@ -651,6 +746,8 @@ def plan_trunk(
                             held = stored_j + (opt.graph_bytes if opt.mode == "keep" else 0)
                             grad_out = 0 if off_out else map_bytes[stop]
                             local = grad_out + grad_in + opt.work_bytes + out_term
+                            host_map = map_bytes[stop] if off_out else 0
+                            host_local = host_grad_in + host_map  # the gradients, in backward
                             flops = opt.flops
                             if off_out:
                                 flops += _TRANSFER_FLOPS_PER_BYTE * 6 * map_bytes[stop]
@@ -658,30 +755,34 @@ def plan_trunk(
                             for lb in labels:
                                 stored = lb.stored + held
                                 peak = max(lb.peak, stored + local)
-                                if peak > budget:
+                                host_peak = max(
+                                    lb.host_peak,
+                                    lb.host_stored + host_local,
+                                    lb.host_stored + host_map,  # forward: every map
+                                )
+                                total = lb.flops + flops
+                                if peak > budget or host_peak > host_limit or total > max_flops:
                                     continue
                                 new = _Label(
                                     stored,
                                     peak,
-                                    lb.flops + flops,
+                                    total,
                                     lb,
                                     (j, stop, opt, off_j),
-                                    opt.mode,
-                                    off_out,
+                                    lb.host_stored + host_map,
+                                    host_peak,
                                 )
                                 if stop == m:
                                     finals.append(new)
                                 else:
                                     fronts.setdefault(nxt_state, []).append(new)
-                    # keep fronts small as they fill
+                # keep fronts small as they fill
                 for s in list(fronts):
                     if len(fronts[s]) > 256:
                         fronts[s] = _prune(fronts[s], key)
         if not finals:
             return None
-        if key == "peak":
-            return min(finals, key=lambda lb: (lb.peak, lb.flops))
-        return min(finals, key=lambda lb: (lb.flops, lb.peak))
+        return min(finals, key=lambda lb: tuple(getattr(lb, c) for c in _CRITERIA[key]))
 
     def fixed_plan_bytes(mode: str, bounds: Sequence[int]) -> int:
         """Peak of running spans as kept graphs / as one-tile checkpoints (input held whole)."""
@@ -706,26 +807,28 @@ def plan_trunk(
         i for i in range(1, m) if list(units[i][1].children()) and geoms[i].stride != (1, 1)
     ]
     checkpoint_bytes = fixed_plan_bytes("stream", boundaries if fixed else [0, *heuristic, m])
-    notes: list[str] = []
     if memory_budget is None:
-        lowest = search(math.inf, "peak", first_at_tile_size=True)
-        assert lowest is not None
-        budget = max(lowest.peak, int(_DEFAULT_FRACTION * conv_bytes))
-        if available_bytes is not None:
-            budget = max(lowest.peak, min(budget, available_bytes // 2))
+        lowest = search(math.inf, "peak", host_budget, first_at_tile_size=True)
+        budget = math.inf
+        if lowest is not None:
+            budget = max(lowest.peak, int(_DEFAULT_FRACTION * conv_bytes))
+            if available_bytes is not None:
+                budget = max(lowest.peak, min(budget, available_bytes // 2))
     else:
         budget = parse_bytes(memory_budget)
-    best = search(budget, "flops")
+    best = search(budget, "flops", host_budget)
     if best is None:
-        lowest = search(math.inf, "peak")
-        smallest = format_bytes(lowest.peak) if lowest is not None else "unknown"
         raise StreamingError(
-            f"no plan fits memory_budget={format_bytes(budget)} for input {tuple(input_shape)}: "
-            f"the smallest estimate is {smallest}"
-            + ("" if allow_offload else " without host offload (try offload='auto')")
-            + ". Raise the budget, let the planner choose the cuts (segments='auto'), or use a "
-            "smaller batch."
+            _no_plan_message(
+                search, budget, host_budget, input_shape, bytes_per_elem, offload, fixed
+            )
         )
+    if best.host_peak > 0:
+        frugal = search(
+            budget, "host", host_budget, max_flops=best.flops * (1 + _OFFLOAD_TOLERANCE)
+        )
+        if frugal is not None and frugal.host_peak < best.host_peak:
+            best = frugal
     chain = []
     lb = best
     while lb.parent is not None:
@@ -733,7 +836,6 @@ def plan_trunk(
         lb = lb.parent
     chain.reverse()
     seg_plans = []
-    host = 0
     for lb in chain:
         j, stop, opt, off_in = lb.step
         span = spans[(j, stop)]
@@ -754,11 +856,6 @@ def plan_trunk(
                 offload_input=off_in,
             )
         )
-        if off_in:
-            host += map_bytes[j]
-    # gradient accumulators in host memory: at most two boundaries at a time
-    grads = [map_bytes[s.span[0]] for s in seg_plans if s.offload_input]
-    host += max((a + b for a, b in itertools.pairwise(grads)), default=max(grads, default=0))
     return StreamingPlan(
         input_shape=tuple(input_shape),
         segments=seg_plans,
@@ -768,9 +865,9 @@ def plan_trunk(
         conventional_bytes=conv_bytes,
         checkpoint_bytes=checkpoint_bytes,
         memory_budget=int(budget),
-        notes=notes,
         offloaded=[s.names[0] for s in seg_plans if s.offload_input],
-        est_host_bytes=int(host),
+        est_host_bytes=int(best.host_peak),
+        host_memory_budget=int(host_budget) if host_budget < math.inf else None,
         bytes_per_elem=bytes_per_elem,
         lazy_input=lazy_input,
         cuts="fixed" if fixed else "planned",

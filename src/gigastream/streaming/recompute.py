@@ -124,6 +124,11 @@ class _Transfer:
     compute (prefetch), and stores go device -> pinned staging on the side stream and are
     written (or added) into the host map by the CPU up to two pieces later, so copies
     overlap the compute. Elsewhere (CPU) the same calls are plain synchronous copies.
+
+    The host maps themselves are ordinary (pageable) memory: every copy goes through a
+    tile-sized pinned staging buffer anyway, and torch's pinned-memory allocator would keep
+    each freed map cached (sizes rounded up to a power of two) for the rest of the process,
+    so the host memory held would exceed what the planner budgets (``est_host_bytes``).
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -132,12 +137,14 @@ class _Transfer:
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         self.pending: deque = deque()
 
-    def host_empty(self, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
-        """An uninitialised host tensor (pinned when the compute runs on CUDA)."""
-        return torch.empty(tuple(shape), dtype=dtype, pin_memory=self.cuda)
+    @staticmethod
+    def host_empty(shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+        """An uninitialised host map (pageable; see the class docstring)."""
+        return torch.empty(tuple(shape), dtype=dtype)
 
-    def host_zeros(self, like: Tensor) -> Tensor:
-        return torch.zeros(like.shape, dtype=like.dtype, pin_memory=self.cuda)
+    @staticmethod
+    def host_zeros(like: Tensor) -> Tensor:
+        return torch.zeros(like.shape, dtype=like.dtype)
 
     def start_load(self, host: Tensor) -> tuple[Tensor, Any]:
         """Begin copying ``host`` (a view of a host map) to the device."""
@@ -210,12 +217,16 @@ class _Runner:
         params: Sequence[Tensor],
         replay_rng: bool,
         progress: Callable[[int], Any] | None,
-        device: torch.device | None = None,
-        offload_output: bool = False,
+        device: torch.device | None,
+        offload_input: bool,
+        offload_output: bool,
+        source: InputSource | None,
     ) -> None:
         self.fn = fn
         self.device = device  # where fn runs (None: where the input lives)
+        self.offload_input = offload_input
         self.offload_output = offload_output
+        self.source = source  # a lazy input (None: the input is a tensor argument)
         self.pieces = list(pieces)
         self.out_shape = tuple(out_shape)
         self.params = list(params)
@@ -224,8 +235,6 @@ class _Runner:
         self.rng: list[_RngState | None] = []
         self.kept: dict[int, tuple[Tensor | None, Tensor]] = {}
         self.autocast: _AutocastState | None = None
-        self.source: InputSource | None = None
-        self.offload_input = False
         self.transfer: _Transfer | None = None
 
 
@@ -390,7 +399,7 @@ def piecewise_recompute(
         offload_input: ``x`` is a map in host memory (e.g. written by an earlier call with
             ``offload_output``): pieces are copied to ``device`` one ahead of their use, and
             the input gradient is accumulated in host memory.
-        offload_output: write the output into host memory (pinned on CUDA; copies
+        offload_output: write the output into host memory (via pinned staging on CUDA; copies
             overlapped with compute on a side stream), not on ``device``.
 
     Returns:
@@ -415,10 +424,8 @@ def piecewise_recompute(
         _has_stochastic(module),
         progress,
         torch.device(device) if device is not None else None,
+        offload_input,
         offload_output,
+        None if isinstance(x, Tensor) else x,
     )
-    runner.offload_input = offload_input
-    if isinstance(x, Tensor):
-        return _PiecewiseFunction.apply(runner, x, *params)
-    runner.source = x
-    return _PiecewiseFunction.apply(runner, None, *params)
+    return _PiecewiseFunction.apply(runner, x if isinstance(x, Tensor) else None, *params)

@@ -33,7 +33,7 @@ import difflib
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,10 @@ class DataConfig:
         preload_pixels: a slide whose input has at most this many pixels is read whole
             by the worker (off the training thread); larger ones stay lazy and are read
             tile by tile while streaming.
+        cache_bytes: keep slides read whole in memory up to this many bytes (per loader
+            process), so later epochs do not read them again.
+        augment: train on a random flip/rotation by 90 degrees of every slide read whole
+            (the 8 symmetries of the square; lazily read slides are not augmented).
     """
 
     mpp: float = 1.0
@@ -75,6 +79,8 @@ class DataConfig:
     backend: str = "auto"
     num_workers: int = 2
     preload_pixels: int = 4096 * 4096
+    cache_bytes: int = 2 * 2**30
+    augment: bool = True
 
     def validate(self) -> None:
         """Raise ConfigError on impossible settings."""
@@ -105,7 +111,7 @@ class OptimConfig:
         grad_clip: clip the gradient norm to this (``None``: no clipping).
     """
 
-    lr: float = 1e-4
+    lr: float = 3e-4
     head_lr: float | None = None
     weight_decay: float = 1e-4
     warmup_steps: int = 0
@@ -143,6 +149,8 @@ class TrainConfig:
         precision: ``32``, ``64``, ``bf16-mixed`` or ``16-mixed`` (CUDA only).
         accumulate_grad_batches: slides per optimiser step (gradient accumulation over
             slides: the multi-bag accumulation of Andersson et al.).
+        balanced: interleave the classes in the slide order, so every gradient-accumulation
+            step sees both classes.
         early_stopping_patience: stop after this many epochs without a better validation
             AUC (``None``: never).
         val_fraction: held-out fraction when the manifest has no ``split`` column and no
@@ -152,23 +160,25 @@ class TrainConfig:
         threads: torch CPU threads (``None``: torch's choice).
         bn_calibration: training slides whose inputs recalibrate the trunk's BatchNorm
             statistics before the first epoch (data-dependent initialisation; 0: keep the
-            trunk's own statistics, e.g. ImageNet's). BatchNorm stays frozen afterwards.
+            trunk's own statistics, e.g. ImageNet's; ``None``: 8 for a randomly initialised
+            trunk, 0 with ``model.weights``). BatchNorm stays frozen afterwards.
     """
 
-    epochs: int = 10
+    epochs: int = 24
     seed: int = 0
     device: str = "auto"
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32"
-    accumulate_grad_batches: int = 1
+    accumulate_grad_batches: int = 8
+    balanced: bool = True
     early_stopping_patience: int | None = None
     val_fraction: float = 0.25
     heatmaps: int = 4
     progress: bool = True
     threads: int | None = None
-    bn_calibration: int = 0
+    bn_calibration: int | None = None
 
     def validate(self) -> None:
         """Raise ConfigError on impossible settings (devices are checked by :func:`check_device`)."""
@@ -188,10 +198,20 @@ class TrainConfig:
             )
         if self.heatmaps < 0:
             raise ConfigError(f"train.heatmaps must be >= 0, got {self.heatmaps}")
-        if self.bn_calibration < 0:
+        if self.bn_calibration is not None and self.bn_calibration < 0:
             raise ConfigError(f"train.bn_calibration must be >= 0, got {self.bn_calibration}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"train.threads must be >= 1, got {self.threads}")
+
+
+def recipe_model() -> StreamingCLAMConfig:
+    """The default model of a run: the recipe of ``experiments/demo_recipe`` that learns from
+    random initialisation on CPU (a small VGG-style trunk, top-k instance pooling with an
+    instance loss). For real slides and a GPU, StreamingCLAM's own settings are ``arch:
+    resnet34, weights: imagenet, head: clam_sb`` (see ``configs/``)."""
+    return StreamingCLAMConfig(
+        arch="vgg_small", head="topk", head_options={"k": 8, "instance_weight": 1.0}, pool=1
+    )
 
 
 @dataclass
@@ -204,7 +224,7 @@ class RunConfig:
             ``split`` column, or a stratified hold-out of ``train.val_fraction``).
         fold: the validation fold of ``splits``.
         class_names: class names in index order (``None``: the manifest's sorted labels).
-        model: the model.
+        model: the model (default: :func:`recipe_model`).
         data: how slides are read.
         optim: the optimiser.
         train: the loop.
@@ -214,7 +234,7 @@ class RunConfig:
     splits: str | None = None
     fold: int | None = None
     class_names: list[str] | None = None
-    model: StreamingCLAMConfig = field(default_factory=StreamingCLAMConfig)
+    model: StreamingCLAMConfig = field(default_factory=lambda: recipe_model())
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -299,9 +319,8 @@ def _coerce(value: Any, kind: Any, key: str, source: str) -> Any:
     return value
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
-    """An instance of dataclass ``cls`` from defaults overlaid with ``values``."""
-    hints = _field_types(cls)
+def _check_keys(cls: type, values: dict[str, Any], prefix: str, source: str) -> None:
+    """ConfigError naming the first unknown key and the closest valid one."""
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = [k for k in values if k not in names]
     if unknown:
@@ -309,10 +328,34 @@ def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
         hint = f"; did you mean '{prefix}{close[0]}'?" if close else f" (valid: {', '.join(names)})"
         raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
-    kwargs = {
-        name: _coerce(value, hints[name], f"{prefix}{name}", source)
-        for name, value in values.items()
-    }
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
+    """An instance of dataclass ``cls`` from defaults overlaid with ``values``."""
+    hints = _field_types(cls)
+    _check_keys(cls, values, prefix, source)
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        kind = hints[name]
+        default = defaults[name].default_factory
+        if isinstance(value, dict) and _is_dataclass_type(kind) and default is not MISSING:
+            # a section overlays the field's own default (e.g. the run's recipe model)
+            base = dataclasses.asdict(default())
+            nested = {
+                k: v
+                for k, v in base.items()
+                if k in {f.name for f in dataclasses.fields(kind) if f.init}
+            }
+            if (
+                value.get("head", nested.get("head")) != nested.get("head")
+                and "head_options" in nested
+            ):
+                nested["head_options"] = {}  # another head: its own defaults, not the recipe's
+            nested.update(value)
+            _check_keys(kind, value, f"{prefix}{name}.", source)
+            value = nested
+        kwargs[name] = _coerce(value, kind, f"{prefix}{name}", source)
     return cls(**kwargs)
 
 

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 from collections.abc import Iterator, Sequence
@@ -155,6 +156,7 @@ class SlideExample:
         slide_mpp: mpp overriding the file's metadata (from the manifest), or ``None``.
         tissue_mask: the slide's tissue mask, or ``None`` (masking off).
         pixels: ``(1, 3, H, W)`` input read whole by the worker, or ``None`` (lazy).
+        input_mpp: the exact microns per pixel of the input (preloaded slides).
         error: why the slide cannot be used (unreadable, no tissue), or ``None``.
     """
 
@@ -164,12 +166,15 @@ class SlideExample:
     slide_mpp: float | None = None
     tissue_mask: TissueMask | None = None
     pixels: Tensor | None = None
+    input_mpp: float | None = None
     error: str | None = None
 
     def open(self, data: DataConfig, device: torch.device | str = "cpu") -> SlideInput:
         """The slide's input on ``device``: the preloaded tensor or a lazy source."""
         if self.pixels is not None:
-            return SlideInput(self.pixels.to(device), None, self.tissue_mask, None)
+            mask = self.tissue_mask if data.mask_input else None
+            source = TensorSource(self.pixels.to(device), mask, self.input_mpp)
+            return SlideInput(source, None, self.tissue_mask, self.input_mpp)
         reader = SlideReader.open(self.path, mpp=self.slide_mpp, backend=data.backend)
         try:
             source = make_source(reader, self.tissue_mask, data)
@@ -180,11 +185,49 @@ class SlideExample:
         return SlideInput(source, reader, self.tissue_mask, source.mpp)
 
 
+class TensorSource:
+    """A slide input read whole (by a worker), seen exactly like its lazy :class:`SlideSource`.
+
+    It carries the slide's tissue mask and mpp, so the model picks the same instances
+    (feature positions on tissue) as from the lazy source; ``read(index)`` slices the tensor.
+
+    Args:
+        pixels: ``(1, 3, H, W)`` input.
+        tissue_mask: the slide's tissue mask, or ``None``.
+        mpp: microns per input pixel.
+    """
+
+    def __init__(self, pixels: Tensor, tissue_mask: TissueMask | None, mpp: float | None):
+        self.pixels = pixels
+        self.shape = pixels.shape
+        self.dtype = pixels.dtype
+        self.device = pixels.device
+        self.tissue_mask = tissue_mask
+        self.mpp = mpp
+
+    def read(self, index: tuple[slice, ...]) -> Tensor:
+        """``pixels[index]``."""
+        return self.pixels[index]
+
+    def augmented(self, generator: torch.Generator | None = None) -> TensorSource:
+        """A random one of the 8 flips/rotations by 90 degrees, of the pixels and the mask."""
+        k = int(torch.randint(4, (), generator=generator))
+        flip = bool(torch.randint(2, (), generator=generator))
+        pixels = torch.rot90(self.pixels, k, (2, 3))
+        mask = self.tissue_mask
+        if mask is not None:
+            array = np.rot90(mask.mask, k)
+            mask = TissueMask(np.ascontiguousarray(array[:, ::-1] if flip else array), mask.mpp)
+        if flip:
+            pixels = pixels.flip(3)
+        return TensorSource(pixels.contiguous(), mask, self.mpp)
+
+
 @dataclass
 class SlideInput:
     """An opened slide input: ``x`` is a tensor or a lazy source; close it when done."""
 
-    x: Tensor | SlideSource
+    x: TensorSource | SlideSource
     reader: SlideReader | None
     tissue_mask: TissueMask | None
     mpp: float | None
@@ -218,12 +261,19 @@ class SlideExamples(Dataset):
     def __init__(self, rows: Sequence[ManifestRow], class_names: Sequence[str], data: DataConfig):
         self.rows = list(rows)
         self.index = {name: i for i, name in enumerate(class_names)}
+        self._cache: dict[int, SlideExample] = {}  # slides read whole, per process
+        self._cached_bytes = 0
         self.data = data
         if data.mask_dir is not None:
             Path(data.mask_dir).mkdir(parents=True, exist_ok=True)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def labels(self) -> list[int | None]:
+        """The class index of every slide (``None`` when its label is not a class)."""
+        return [self.index.get(row.label) for row in self.rows]
 
     def _mask(self, row: ManifestRow, slide: SlideReader) -> TissueMask:
         mask_dir = self.data.mask_dir
@@ -236,6 +286,17 @@ class SlideExamples(Dataset):
         return mask
 
     def __getitem__(self, i: int) -> SlideExample:
+        cached = self._cache.get(i)
+        if cached is not None:
+            return dataclasses.replace(cached)  # a fresh example around the same tensor
+        example = self._load(i)
+        size = 0 if example.pixels is None else example.pixels.nbytes
+        if example.error is None and size and self._cached_bytes + size <= self.data.cache_bytes:
+            self._cache[i] = example
+            self._cached_bytes += size
+        return dataclasses.replace(example)
+
+    def _load(self, i: int) -> SlideExample:
         row = self.rows[i]
         example = SlideExample(row.slide_id, self.index.get(row.label), str(row.path), row.mpp)
         try:
@@ -247,16 +308,35 @@ class SlideExamples(Dataset):
                 source = make_source(slide, mask, self.data)
                 if source.shape[-2] * source.shape[-1] <= self.data.preload_pixels:
                     example.pixels = source.read((slice(None),) * 4)  # (1, 3, H, W)
+                    example.input_mpp = source.mpp
         except SlideError as exc:  # unreadable, corrupt tile, no tissue
             example.error = str(exc)
         return example
 
 
 class EpochSampler(Sampler[int]):
-    """A permutation of ``range(n)`` per epoch, seeded by ``(seed, epoch)`` (resumable)."""
+    """A permutation of ``range(n)`` per epoch, seeded by ``(seed, epoch)`` (resumable).
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+    Args:
+        n: number of examples.
+        seed: the run's seed.
+        shuffle: ``False`` gives ``0 .. n-1`` every epoch.
+        labels: with ``balanced``, the class index of every example.
+        balanced: interleave the classes (each shuffled) so that every window of a few
+            consecutive examples - a gradient-accumulation step - holds every class.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        shuffle: bool = True,
+        labels: Sequence[int | None] | None = None,
+        balanced: bool = False,
+    ) -> None:
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.labels = list(labels) if labels is not None else None
+        self.balanced = balanced and self.labels is not None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order :meth:`__iter__` gives (Lightning calls this)."""
@@ -265,7 +345,21 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(range(self.n))
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n).tolist()
+        if not self.balanced:
+            return iter(order)
+        groups: dict[int | None, list[int]] = {}
+        for index in order:
+            groups.setdefault(self.labels[index], []).append(index)
+        queues = [groups[k] for k in sorted(groups, key=lambda k: (k is None, k or 0))]
+        # each class's examples spread evenly over the epoch, then merged by position
+        keyed = [
+            ((i + rng.random()) / len(queue), c, index)
+            for c, queue in enumerate(queues)
+            for i, index in enumerate(queue)
+        ]
+        return iter(index for _, _, index in sorted(keyed))
 
     def __len__(self) -> int:
         return self.n
@@ -276,13 +370,21 @@ def _identity(example):
 
 
 def example_loader(
-    dataset: Dataset, num_workers: int, seed: int = 0, shuffle: bool = False
+    dataset: Dataset,
+    num_workers: int,
+    seed: int = 0,
+    shuffle: bool = False,
+    balanced: bool = False,
 ) -> DataLoader:
-    """A DataLoader of single examples (no batching: one slide or bag per step)."""
+    """A DataLoader of single examples (no batching: one slide or bag per step).
+
+    ``balanced`` interleaves the classes (needs ``dataset.labels``, see :class:`EpochSampler`).
+    """
+    labels = getattr(dataset, "labels", None) if balanced else None
     return DataLoader(
         dataset,
         batch_size=None,
-        sampler=EpochSampler(len(dataset), seed, shuffle),
+        sampler=EpochSampler(len(dataset), seed, shuffle, labels, balanced),
         num_workers=num_workers,
         collate_fn=_identity,
         persistent_workers=num_workers > 0,
@@ -307,6 +409,7 @@ __all__ = [
     "SlideExample",
     "SlideExamples",
     "SlideInput",
+    "TensorSource",
     "check_labels",
     "example_loader",
     "make_source",

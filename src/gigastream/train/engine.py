@@ -509,7 +509,7 @@ def _train_and_report(
     best = ModelCheckpoint(
         dirpath=checkpoints,
         filename="best",
-        monitor="val_auc",
+        monitor="val_score",  # validation AUC, ties broken by the lower validation loss
         mode="max",
         save_top_k=1,
         enable_version_counter=False,
@@ -523,7 +523,7 @@ def _train_and_report(
     callbacks: list[Callback] = [best, last, RunRecorder(record, checkpoints)]
     if train.early_stopping_patience:
         callbacks.append(
-            EarlyStopping(monitor="val_auc", mode="max", patience=train.early_stopping_patience)
+            EarlyStopping(monitor="val_score", mode="max", patience=train.early_stopping_patience)
         )
     trainer = build_trainer(config, out, prepared.accelerator, prepared.devices, callbacks)
     train_loader = example_loader(
@@ -531,6 +531,7 @@ def _train_and_report(
         min(data.num_workers, len(prepared.train_rows)),
         seed=train.seed,
         shuffle=True,
+        balanced=train.balanced,
     )
     val_loader = example_loader(
         SlideExamples(prepared.val_rows, prepared.class_names, data),
@@ -538,8 +539,11 @@ def _train_and_report(
     )
     if resume:  # Lightning iterates the loader once before it sets the resumed epoch
         train_loader.sampler.set_epoch(_resumed_epoch(checkpoints / "last.ckpt"))
-    if train.bn_calibration and not resume:
-        calibrate_trunk(model, train_loader.dataset, train.bn_calibration, data, train.seed)
+    calibration = train.bn_calibration
+    if calibration is None:  # auto: random initialisation only
+        calibration = 8 if config.model.weights is None else 0
+    if calibration and not resume:
+        calibrate_trunk(model, train_loader.dataset, calibration, data, train.seed)
     signals.trainer = trainer
     fit_start = time.perf_counter()
     try:
@@ -642,13 +646,20 @@ def calibrate_trunk(
                 y0, x0 = (height - h) // 2, (width - w) // 2
                 index_ = (slice(None), slice(None), slice(y0, y0 + h), slice(x0, x0 + w))
                 crop = x[index_] if isinstance(x, torch.Tensor) else x.read(index_)
+            except SlideError as exc:  # training will skip and list it too
+                logger.warning("BatchNorm calibration skips %s: %s", example.slide_id, exc)
+                continue
             finally:
                 opened.close()
             used += 1
             yield crop.to(next(model.parameters()).device)
 
+    was_training = model.training
     model.eval()
-    count = calibrate_batchnorm(model.trunk.trunk, inputs())
+    try:
+        count = calibrate_batchnorm(model.trunk.trunk, inputs())
+    finally:
+        model.train(was_training)
     logger.info("calibrated the trunk's BatchNorm statistics on %d training slides", count)
     return count
 

@@ -149,6 +149,8 @@ class MILClassifier(L.LightningModule):
 
         self._close_input()
         opened = example.open(self.data, self.device)
+        if self.training and self.data.augment and hasattr(opened.x, "augmented"):
+            opened.x = opened.x.augmented()  # seeded by the per-epoch RNG: resumable
         try:
             label = example.label
             out = self.model(opened.x, label=label)
@@ -188,6 +190,9 @@ class MILClassifier(L.LightningModule):
 
     def training_step(self, example: Any, batch_idx: int) -> Tensor | None:
         distributed = self.trainer.world_size > 1
+        # every step's randomness (dropout, augmentation) from (seed, epoch, step) alone:
+        # whatever else drew from the global RNG (loader start-up), a resumed run repeats it
+        torch.manual_seed(epoch_seed(self.seed, self.current_epoch * 1_000_003 + batch_idx))
         if example.error is None:
             out, loss = self._forward(example, keep_open=True)
         if example.error is not None:
@@ -259,6 +264,11 @@ class MILClassifier(L.LightningModule):
         auc = metrics["auc"]
         # the checkpoint monitor needs a number: -1 when the AUC is undefined (one class)
         self.log("val_auc", auc if math.isfinite(auc) else -1.0, sync_dist=False, batch_size=1)
+        # the best checkpoint: highest AUC, ties broken by the lower loss (better calibrated)
+        score = (auc if math.isfinite(auc) else -1.0) - 1e-3 * (
+            val_loss if math.isfinite(val_loss) else 1e3
+        )
+        self.log("val_score", score, batch_size=1)
         self.log("val_loss", val_loss, batch_size=1)
         self.log("val_accuracy", metrics["accuracy"], batch_size=1)
         if self.trainer.sanity_checking:

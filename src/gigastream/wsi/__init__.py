@@ -9,6 +9,5 @@
 - :mod:`~gigastream.wsi.synth`: synthetic labelled slides with planted lesions;
 - :mod:`~gigastream.wsi.source`: :class:`~gigastream.wsi.source.SlideSource`, a slide as a
   lazy streaming input;
-- :mod:`~gigastream.wsi.dataset`: manifest slides as streamable items, no-tissue slides skipped;
 - :mod:`~gigastream.wsi.bench`: region-read throughput per backend.
 """

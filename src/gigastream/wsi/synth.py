@@ -3,7 +3,7 @@
 Each slide is a pyramidal tiled JPEG TIFF (:mod:`gigastream.wsi.pyramid`) showing
 tissue-shaped regions on white glass. The tissue texture is real H&E: blocks cut from
 the given source images and slides (random crops, flips, 90-degree rotations, colour
-jitter), cross-faded where neighbouring blocks meet. *Positive* slides carry a few
+jitter), cross-faded where neighbouring blocks meet along meandering boundaries. *Positive* slides carry a few
 small lesions: discs of ``lesion_size`` pixels in which the texture gains a dense,
 regular packing of small dark nuclei (period about 7 px) balanced by a lighter stroma
 between them, so the lesion's *mean colour equals its surroundings*. The morphology is
@@ -63,7 +63,8 @@ class SynthConfig:
         nucleus_period: spacing of lesion nuclei in pixels (the pattern averages out
             at downsampling factors of about this and more).
         block_size: edge of the texture blocks tissue is assembled from.
-        feather: neighbouring blocks cross-fade over ``2 * feather`` pixels (no hard seams).
+        feather: neighbouring blocks cross-fade over ``feather`` pixels along boundaries
+            bent by up to ``feather / 2`` (no hard seams, no square grid).
         bank_size: number of augmented texture blocks cut from the sources.
         tile_size: TIFF tile edge.
         quality: JPEG quality.
@@ -337,18 +338,45 @@ class SlideRenderer:
     def _ramp(self, t: np.ndarray, first: bool, last: bool) -> np.ndarray:
         """Weight of a block at block-relative positions ``t`` (0 at its nominal start).
 
-        Ramps up over ``[-f, f)`` and down over ``[block - f, block + f)``, so the weights
-        of neighbouring blocks sum to 1; the slide's first/last block does not ramp at
-        the slide edge.
+        Ramps up over ``[-r, r)`` and down over ``[block - r, block + r)`` with
+        ``r = feather / 2``, so the weights of neighbouring blocks sum to 1; the slide's
+        first/last block does not ramp at the slide edge. ``t`` is already displaced by
+        the seam warp (at most ``feather / 2``), so a block's weight is zero outside its
+        patch.
         """
-        f, block = self.config.feather, self.config.block_size
-        if f == 0:
+        r, block = self.config.feather / 2, self.config.block_size
+        if r == 0:
             return ((t >= 0) & (t < block)).astype(np.float32)
-        up = np.ones_like(t, np.float32) if first else np.clip((t + f + 0.5) / (2 * f), 0, 1)
+        up = np.ones_like(t, np.float32) if first else np.clip((t + r + 0.5) / (2 * r), 0, 1)
         down = (
-            np.ones_like(t, np.float32) if last else np.clip((block + f - t - 0.5) / (2 * f), 0, 1)
+            np.ones_like(t, np.float32) if last else np.clip((block + r - t - 0.5) / (2 * r), 0, 1)
         )
         return (up * down).astype(np.float32)
+
+    def _warp(self, y0: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """Seam warp of rows ``y0 .. y0 + height``: displacements ``(dy, dx)``, ``(h, W)`` each.
+
+        A smooth random field (a few plane waves of wavelength 0.5-1.5 blocks, seeded per
+        slide) of amplitude ``feather / 2`` bends the block boundaries, so the cross-fades
+        between texture blocks meander instead of drawing a square grid.
+        """
+        size, block = self.config.size, self.config.block_size
+        amplitude = self.config.feather / 2
+        rng = np.random.default_rng([self.config.seed, 4, self.index])
+        yy = np.arange(y0, y0 + height, dtype=np.float32)[:, None]
+        xx = np.arange(size, dtype=np.float32)[None, :]
+        fields = []
+        for _ in range(2):
+            field = np.zeros((height, size), np.float32)
+            waves = 4
+            for _ in range(waves):
+                angle = rng.uniform(0, 2 * np.pi)
+                wavelength = rng.uniform(0.5, 1.5) * block
+                phase = rng.uniform(0, 2 * np.pi)
+                kx, ky = np.cos(angle) / wavelength, np.sin(angle) / wavelength
+                field += np.sin(2 * np.pi * (kx * xx + ky * yy) + phase)
+            fields.append(field * (amplitude / waves))  # |d| <= amplitude
+        return fields[0], fields[1]
 
     def _patch(self, by: int, bx: int) -> np.ndarray:
         rng = np.random.default_rng([self.config.seed, 2, self.index, by, bx])
@@ -360,27 +388,33 @@ class SlideRenderer:
 
         Block ``(by, bx)`` nominally covers ``[by * block, (by + 1) * block)`` (and likewise
         in x); its patch extends ``feather`` pixels further on every side and is
-        cross-faded with its neighbours there.
+        cross-faded with its neighbours over ``feather`` pixels along boundaries that
+        meander by up to ``feather / 2`` (:meth:`_warp`).
         """
         block, f, size = self.config.block_size, self.config.feather, self.config.size
         blocks = math.ceil(size / block)
         out = np.zeros((height, size, 3), np.float32)
+        dy, dx = self._warp(y0, height)  # (h, W) each
+        rows = np.arange(y0, y0 + height, dtype=np.float32)[:, None] + dy  # warped y
+        cols = np.arange(size, dtype=np.float32)[None, :] + dx  # warped x
         first_by = max((y0 - f) // block, 0)
         last_by = min((y0 + height - 1 + f) // block, blocks - 1)
         for by in range(first_by, last_by + 1):
             top, bottom = max(y0, by * block - f), min(y0 + height, (by + 1) * block + f)
             if bottom <= top:
                 continue
-            wy = self._ramp(np.arange(top, bottom) - by * block, by == 0, by == blocks - 1)
+            wy = self._ramp(rows[top - y0 : bottom - y0] - by * block, by == 0, by == blocks - 1)
             for bx in range(blocks):
                 left, right = max(0, bx * block - f), min(size, (bx + 1) * block + f)
-                wx = self._ramp(np.arange(left, right) - bx * block, bx == 0, bx == blocks - 1)
+                wx = self._ramp(
+                    cols[top - y0 : bottom - y0, left:right] - bx * block, bx == 0, bx == blocks - 1
+                )
                 origin_y, origin_x = by * block - f, bx * block - f  # patch (0, 0) on the slide
                 piece = self._patch(by, bx)[
                     top - origin_y : bottom - origin_y, left - origin_x : right - origin_x
                 ]
                 out[top - y0 : bottom - y0, left:right] += (
-                    piece * (wy[:, None] * wx[None, :])[..., None]
+                    piece * (wy[:, left:right] * wx)[..., None]
                 )
         return out
 
