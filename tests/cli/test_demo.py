@@ -60,8 +60,9 @@ def test_demo_without_he_sources_uses_procedural_texture(tmp_path, monkeypatch):
     from gigastream.cli import demo
 
     monkeypatch.setattr(demo, "_find_sources", lambda given: [])
+    monkeypatch.chdir(tmp_path)  # and a relative --out, as in the README's command
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--epochs", "1", "--slides", "4", *TINY[2:]])
+    code = main(["demo", "--out", "demo", "--epochs", "1", "--slides", "4", *TINY[2:]])
     assert code == 0
     assert (out / "procedural_he.png").is_file()
     metrics = json.loads((out / "metrics.json").read_text())

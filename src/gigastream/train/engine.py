@@ -407,7 +407,7 @@ def fit(
     """
     prepared = prepared or prepare(config)
     config = resolved_config(prepared)
-    out = Path(out)
+    out = Path(out).absolute()  # Lightning reports absolute checkpoint paths
     if _launched_rank() > 0:  # a DDP worker started by the launcher: rank 0 owns the folder
         return _fit_locked(prepared, config, out, resume)
     check_out(out, resume, overwrite)
