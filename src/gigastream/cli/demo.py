@@ -74,24 +74,6 @@ def _find_sources(given: list[Path] | None) -> list[Path]:
     return []
 
 
-def demo_tissue(synth) -> dict[str, float]:
-    """Tissue masker settings scaled to small synthetic slides.
-
-    The defaults (8 um/px, specks below ~(316 um)^2) suit real slides of centimetres; a
-    demo slide is about half a millimetre wide, so the mask resolution and the speck and
-    hole sizes are scaled to the slide (a 256 px mask, specks below 0.2% of the slide).
-    """
-    from gigastream.wsi.tissue import TissueMaskConfig
-
-    edge_um = synth.size * synth.mpp
-    defaults = TissueMaskConfig()
-    return {
-        "mpp": min(defaults.mpp, max(synth.mpp, edge_um / 256)),
-        "min_object_um2": min(defaults.min_object_um2, 0.002 * edge_um**2),
-        "max_hole_um2": min(defaults.max_hole_um2, 0.005 * edge_um**2),
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     common.quiet_lightning(args)
     package_logger = logging.getLogger("gigastream")
@@ -123,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     synth = load_config(synth_values, source=source, cls=SynthConfig)
     out: Path = args.out
     manifest = out / "data" / "manifest.csv"
-    run_values = merge(merge(DEMO_RUN, {"data": {"tissue": demo_tissue(synth)}}), values)
+    run_values = merge(DEMO_RUN, values)  # tissue settings scale to the small slides by themselves
     overrides = merge(common.run_overrides(args), {"manifest": str(manifest)})
     config = load_config(run_values, overrides, source=source)  # validated before any write
     check_out(out, args.resume, args.overwrite)  # before writing anything

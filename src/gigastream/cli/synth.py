@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.positive_fraction,
         help="fraction of slides with lesions",
     )
+    parser.add_argument(
+        "--block-size", type=int, default=defaults.block_size, help="texture block edge (px)"
+    )
+    parser.add_argument(
+        "--feather", type=int, default=defaults.feather, help="cross-fade between blocks (px)"
+    )
     parser.add_argument("--tile-size", type=int, default=defaults.tile_size, help="TIFF tile edge")
     parser.add_argument("--quality", type=int, default=defaults.quality, help="JPEG quality")
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -58,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         max_lesions=args.max_lesions,
         lesion_contrast=args.lesion_contrast,
         positive_fraction=args.positive_fraction,
+        block_size=args.block_size,
+        feather=args.feather,
         tile_size=args.tile_size,
         quality=args.quality,
         seed=args.seed,

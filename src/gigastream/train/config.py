@@ -54,7 +54,8 @@ class DataConfig:
 
     Attributes:
         mpp: resolution the slides are streamed at (microns per pixel).
-        tissue: tissue masker settings (also the no-tissue threshold).
+        tissue: tissue masker settings (also the no-tissue threshold), scaled down for
+            small slides (:meth:`~gigastream.wsi.tissue.TissueMaskConfig.scaled_to`).
         mask_dir: folder of ``<slide_id>.png`` tissue masks: used when present, otherwise
             computed masks are cached there (default: ``RUN/masks``).
         mask_input: blank non-tissue pixels of the input (and skip reading them).

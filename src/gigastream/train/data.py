@@ -280,7 +280,9 @@ class SlideExamples(Dataset):
         path = Path(mask_dir) / f"{row.slide_id}.png" if mask_dir is not None else None
         if path is not None and path.is_file():
             return TissueMask.load(path, slide=slide)
-        mask = compute_tissue_mask(slide, self.data.tissue)
+        width, height = slide.dimensions
+        mpp = slide.require_mpp()
+        mask = compute_tissue_mask(slide, self.data.tissue.scaled_to(width * mpp, height * mpp))
         if path is not None:
             mask.save(path)
         return mask

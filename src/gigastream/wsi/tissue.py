@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,28 @@ class TissueMaskConfig:
     min_object_um2: float = 100_000.0  # ~(316 um)^2
     max_hole_um2: float = 50_000.0
     min_tissue_fraction: float = 1e-3
+
+    def scaled_to(self, width_um: float, height_um: float) -> TissueMaskConfig:
+        """These settings for a slide of ``width_um`` x ``height_um`` microns.
+
+        The defaults suit slides of centimetres. On a small slide (e.g. a synthetic one
+        half a millimetre wide) the mask resolution becomes at least 256 px along the
+        longer side, and the speck and hole sizes at most 0.2% and 0.5% of the slide's
+        area; on ordinary slides nothing changes.
+
+        Example:
+            >>> TissueMaskConfig().scaled_to(512.0, 512.0).mpp
+            2.0
+            >>> TissueMaskConfig().scaled_to(25_000.0, 20_000.0) == TissueMaskConfig()
+            True
+        """
+        area = width_um * height_um
+        return replace(
+            self,
+            mpp=min(self.mpp, max(width_um, height_um) / 256),
+            min_object_um2=min(self.min_object_um2, 0.002 * area),
+            max_hole_um2=min(self.max_hole_um2, 0.005 * area),
+        )
 
 
 @dataclass
