@@ -20,6 +20,9 @@ from torch import Tensor, nn
 from gigastream.mil.attention import AttentionNet
 from gigastream.mil.base import MILHead, MILOutput, projection
 
+#: Named sizes: ``preset -> (hidden_dim, attn_dim, dropout)``.
+PRESETS: dict[str, tuple[int, int, float]] = {"paper": (512, 256, 0.25)}
+
 
 class CLAM(MILHead):
     """CLAM head (registered as ``clam_sb`` and, with ``multi_branch=True``, ``clam_mb``).
@@ -35,6 +38,9 @@ class CLAM(MILHead):
             get pseudo-labels.
         bag_weight: weight of the bag loss; the instance loss gets ``1 - bag_weight``.
         subtyping: also pseudo-label the top instances of the other classes as negatives.
+        preset: ``"paper"`` sets CLAM's published sizes (Lu et al. 2021, ``size_arg="small"``:
+            projection to 512, attention width 256, dropout 0.25), overriding
+            ``hidden_dim``, ``attn_dim`` and ``dropout``; ``None`` keeps the arguments.
 
     Example:
         >>> head = CLAM(in_dim=32, num_classes=2, multi_branch=True)
@@ -55,8 +61,13 @@ class CLAM(MILHead):
         instance_samples: int = 8,
         bag_weight: float = 0.7,
         subtyping: bool = False,
+        preset: str | None = None,
     ) -> None:
         super().__init__(in_dim, num_classes)
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ValueError(f"unknown CLAM preset {preset!r}; available: {', '.join(PRESETS)}")
+            hidden_dim, attn_dim, dropout = PRESETS[preset]
         if instance_samples < 1:
             raise ValueError(f"instance_samples must be >= 1, got {instance_samples}")
         if not 0.0 <= bag_weight <= 1.0:
