@@ -422,17 +422,15 @@ def load_config(
 
 def to_dict(config: Any) -> Any:
     """A config as plain YAML/JSON types (NaN/inf as ``None``, paths as strings)."""
+    from gigastream.train.io import jsonable
+
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
     if isinstance(config, dict):
         return {str(k): to_dict(v) for k, v in config.items()}
     if isinstance(config, (list, tuple)):
         return [to_dict(v) for v in config]
-    if isinstance(config, float) and not math.isfinite(config):
-        return None
-    if config is None or isinstance(config, (bool, int, float, str)):
-        return config
-    return str(config)
+    return jsonable(config)
 
 
 def dump_yaml(config: Any, path: str | Path) -> Path:

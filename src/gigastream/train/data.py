@@ -400,10 +400,11 @@ def slide_loader(
     data: DataConfig,
     seed: int = 0,
     shuffle: bool = False,
+    balanced: bool = False,
 ) -> DataLoader:
     """A DataLoader of the slides in ``rows`` (workers as configured in ``data``)."""
     workers = min(data.num_workers, len(rows))
-    return example_loader(SlideExamples(rows, class_names, data), workers, seed, shuffle)
+    return example_loader(SlideExamples(rows, class_names, data), workers, seed, shuffle, balanced)
 
 
 __all__ = [

@@ -45,7 +45,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from gigastream.models.streaming_clam import StreamingCLAM
 from gigastream.streaming.memory import peak_rss_mib
 from gigastream.train.config import ConfigError, RunConfig, dump_yaml, load_config, to_dict
-from gigastream.train.data import SlideExamples, check_labels, example_loader, split_rows
+from gigastream.train.data import SlideExamples, check_labels, slide_loader, split_rows
 from gigastream.train.io import (
     RunError,
     RunRecord,
@@ -526,17 +526,10 @@ def _train_and_report(
             EarlyStopping(monitor="val_score", mode="max", patience=train.early_stopping_patience)
         )
     trainer = build_trainer(config, out, prepared.accelerator, prepared.devices, callbacks)
-    train_loader = example_loader(
-        SlideExamples(prepared.train_rows, prepared.class_names, data),
-        min(data.num_workers, len(prepared.train_rows)),
-        seed=train.seed,
-        shuffle=True,
-        balanced=train.balanced,
+    train_loader = slide_loader(
+        prepared.train_rows, prepared.class_names, data, train.seed, True, train.balanced
     )
-    val_loader = example_loader(
-        SlideExamples(prepared.val_rows, prepared.class_names, data),
-        min(data.num_workers, len(prepared.val_rows)),
-    )
+    val_loader = slide_loader(prepared.val_rows, prepared.class_names, data)
     if resume:  # Lightning iterates the loader once before it sets the resumed epoch
         train_loader.sampler.set_epoch(_resumed_epoch(checkpoints / "last.ckpt"))
     calibration = train.bn_calibration
@@ -684,19 +677,9 @@ def run_predictions(
         config = replace(config, train=replace(config.train, devices=1))
     accelerator, devices = resolve_device(config)
     module.data = data
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        precision=_PRECISION[config.train.precision],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-    )
-    class_names = module.class_names
-    loader = example_loader(
-        SlideExamples(rows, class_names, data), min(data.num_workers, len(rows))
-    )
+    config = replace(config, train=replace(config.train, progress=progress))
+    trainer = build_trainer(config, None, accelerator, devices, for_training=False)
+    loader = slide_loader(rows, module.class_names, data)
     return list(trainer.predict(module, loader, return_predictions=True) or [])
 
 
@@ -904,7 +887,7 @@ def evaluate_manifest(
     module, config = load_classifier(checkpoint)
     config = _prediction_config(config, device, num_workers)
     rows = read_manifest(manifest).rows
-    check_labels([r.label for r in rows] + module.class_names, module.class_names)
+    check_labels([r.label for r in rows], module.class_names)
     out = check_writable_folder(out)
     data = replace(config.data, mask_dir=str(out / "masks"))
     results = run_predictions(module, rows, config, data, progress=progress)

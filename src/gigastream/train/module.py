@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from gigastream.train.config import DataConfig, OptimConfig
+from gigastream.train.io import jsonable
 from gigastream.train.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -325,7 +326,7 @@ class MILClassifier(L.LightningModule):
             "version": __version__,
             "config": self.run_config,
             "class_names": self.class_names,
-            "epoch_log": _plain(self.epoch_log),
+            "epoch_log": jsonable(self.epoch_log),  # weights_only-loadable
             "skipped": dict(self.skipped),
         }
 
@@ -333,13 +334,6 @@ class MILClassifier(L.LightningModule):
         saved = checkpoint.get("gigastream", {})
         self.epoch_log = list(saved.get("epoch_log", []))
         self.skipped.update(saved.get("skipped", {}))
-
-
-def _plain(value: Any) -> Any:
-    """Checkpoint-safe (``weights_only``-loadable) plain types."""
-    from gigastream.train.io import jsonable
-
-    return jsonable(value)
 
 
 __all__ = ["MILClassifier", "MILModel", "NonFiniteLossError", "epoch_seed", "lr_lambda"]
