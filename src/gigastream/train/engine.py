@@ -385,6 +385,7 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     prepared: PreparedRun | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train a run into ``out`` (layout in the module docstring).
 
@@ -395,6 +396,7 @@ def fit(
             finished epoch); the result equals an uninterrupted run's.
         overwrite: replace a finished or failed run in ``out``.
         prepared: the result of :func:`prepare` if already computed.
+        callbacks: extra Lightning callbacks (e.g. a timer), after the engine's own.
 
     Returns:
         The contents of ``metrics.json``.
@@ -409,7 +411,7 @@ def fit(
     config = resolved_config(prepared)
     out = Path(out).absolute()  # Lightning reports absolute checkpoint paths
     if _launched_rank() > 0:  # a DDP worker started by the launcher: rank 0 owns the folder
-        return _fit_locked(prepared, config, out, resume)
+        return _fit_locked(prepared, config, out, resume, callbacks)
     check_out(out, resume, overwrite)
     if resume:
         _check_same_job(out, config)
@@ -421,7 +423,7 @@ def fit(
                 for old in (out / name).glob("*") if (out / name).is_dir() else []:
                     with contextlib.suppress(OSError):
                         old.unlink()
-        return _fit_locked(prepared, config, out, resume)
+        return _fit_locked(prepared, config, out, resume, callbacks)
 
 
 def _launched_rank() -> int:
@@ -451,7 +453,13 @@ def _check_same_job(out: Path, config: RunConfig) -> None:
         )
 
 
-def _fit_locked(prepared: PreparedRun, config: RunConfig, out: Path, resume: bool) -> dict:
+def _fit_locked(
+    prepared: PreparedRun,
+    config: RunConfig,
+    out: Path,
+    resume: bool,
+    extra_callbacks: Sequence[Callback] = (),
+) -> dict:
     start = time.perf_counter()
     record = RunRecord.load(out / "metrics.json") if resume else RunRecord(out / "metrics.json")
     record.data.update(
@@ -471,7 +479,9 @@ def _fit_locked(prepared: PreparedRun, config: RunConfig, out: Path, resume: boo
             record.save()
             if record.enabled:
                 dump_yaml(config, out / "config.yaml")
-            result = _train_and_report(prepared, config, out, resume, record, signals, start)
+            result = _train_and_report(
+                prepared, config, out, resume, record, signals, start, extra_callbacks
+            )
         return result
     except BaseException as exc:
         if _is_interrupt(exc) or isinstance(exc, SystemExit):
@@ -495,6 +505,7 @@ def _train_and_report(
     record: RunRecord,
     signals: _Signals,
     start: float,
+    extra_callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     train = config.train
     if train.threads:
@@ -525,6 +536,7 @@ def _train_and_report(
         callbacks.append(
             EarlyStopping(monitor="val_score", mode="max", patience=train.early_stopping_patience)
         )
+    callbacks.extend(extra_callbacks)
     trainer = build_trainer(config, out, prepared.accelerator, prepared.devices, callbacks)
     train_loader = slide_loader(
         prepared.train_rows, prepared.class_names, data, train.seed, True, train.balanced
@@ -752,6 +764,17 @@ def lesion_mask_for(slide_path: str | Path, slide_id: str, lesion_dir: str | Pat
     return None
 
 
+def instance_cell_um(slide: SlideReader, mpp: float, output_stride: int) -> float:
+    """Edge in microns of one instance (one cell of the attention map) of a slide read at ``mpp``.
+
+    The slide is read from the level :meth:`SlideReader.resolution` picks and resampled;
+    ``output_stride`` input pixels make one instance (``StreamingCLAM.output_stride``).
+    """
+    level = slide.resolution(mpp)
+    downsample = slide.levels[level.level].downsample
+    return output_stride * slide.require_mpp() * downsample * level.scale
+
+
 def write_heatmaps(
     results: Sequence[dict[str, Any]],
     rows: Sequence[ManifestRow],
@@ -793,9 +816,7 @@ def write_heatmaps(
         label = None if r["label"] is None else class_names[r["label"]]
         lesions = lesion_mask_for(row.path, row.slide_id, lesion_dir)
         with SlideReader.open(row.path, mpp=row.mpp, backend=data.backend) as slide:
-            mpp = slide.require_mpp()
-            level = slide.resolution(data.mpp)
-            cell_um = output_stride * mpp * slide.levels[level.level].downsample * level.scale
+            cell_um = instance_cell_um(slide, data.mpp, output_stride)
             title = hm.slide_title(r["slide_id"], label, float(r["probs"][-1]), positive)
             paths.append(
                 hm.attention_heatmap_png(
@@ -984,6 +1005,8 @@ __all__ = [
     "evaluate_manifest",
     "fit",
     "fit_folds",
+    "instance_cell_um",
+    "lesion_mask_for",
     "load_classifier",
     "predict_slide_files",
     "prepare",

@@ -182,11 +182,11 @@ def write_manifest(path: str | Path, rows: Sequence[ManifestRow]) -> Path:
         writer = csv.writer(fh)
         writer.writerow([*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
         for row in rows:
-            slide_path = Path(row.path)
+            slide_path = Path(row.path).resolve()  # relative paths: to the working directory
             try:
-                slide_path = slide_path.resolve().relative_to(base)
+                slide_path = slide_path.relative_to(base)
             except ValueError:
-                pass
+                pass  # outside the manifest's folder: absolute
             writer.writerow(
                 [
                     row.slide_id,

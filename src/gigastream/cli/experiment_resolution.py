@@ -1,0 +1,143 @@
+"""``gigastream experiment resolution``: one recipe trained at several resolutions, tested.
+
+See :mod:`gigastream.train.resolution` and ``experiments/resolution/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from gigastream.cli import common
+
+COMMAND = ("experiment", "resolution")
+HELP = "train the same recipe at several resolutions and seeds; test AUC and lesion attention"
+
+logger = logging.getLogger(__name__)
+
+
+def _ratio(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(p) for p in text.split(":"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected TRAIN:VAL:TEST, e.g. 3:1:2, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from gigastream.models.trunks import list_trunks
+
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        required=True,
+        help="CSV slide_id,path,label,...,split with split = train/val/test (or --split-ratio)",
+    )
+    common.add_out(parser, "folder of the runs (one training run per resolution and seed)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="folder for results.json, runs.json, summary.md, resolution.png, heatmaps/ "
+        "(default: --out)",
+    )
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        nargs="+",
+        default=[1.0, 2.0, 4.0, 8.0],
+        help="resolutions in um/px (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--split-ratio",
+        type=_ratio,
+        metavar="TRAIN:VAL:TEST",
+        help="split the manifest's cases into stratified train/val/test parts, e.g. 3:1:2 "
+        "(written to OUT/manifest.csv); default: the manifest's split column",
+    )
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of --split-ratio")
+    parser.add_argument(
+        "--lesions",
+        type=Path,
+        help="folder of ground-truth lesion masks <slide_id>.png, for evaluation only "
+        "(default: a synthetic dataset's lesions/ folder)",
+    )
+    parser.add_argument("--heatmap-slide", help="test slide drawn at every resolution")
+    parser.add_argument("--config", type=Path, help="YAML run settings as for gigastream train")
+    parser.add_argument("--arch", choices=list_trunks(), help="CNN trunk")
+    parser.add_argument("--weights", help="trunk weights: imagenet or a local state_dict")
+    parser.add_argument("--head", help="MIL head (see gigastream.list_mil_heads())")
+    parser.add_argument("--epochs", type=int, help="passes over the training slides")
+    parser.add_argument("--accumulate", type=int, help="slides per optimiser step")
+    parser.add_argument("--tile-size", type=int, help="streaming tile edge in pixels")
+    parser.add_argument("--memory-budget", help="streaming memory budget, e.g. 8GiB")
+    common.add_device(parser)
+    parser.add_argument(
+        "--precision", choices=["32", "64", "bf16-mixed", "16-mixed"], help="numeric precision"
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    common.add_workers(parser)
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="train every run in this process (default: a fresh process each, for peak memory)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="retrain finished runs")
+    common.add_progress(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    common.quiet_lightning(args)
+    from gigastream.train.config import ConfigError, merge, read_yaml
+    from gigastream.train.resolution import ResolutionSweep, run_resolution, summary_markdown
+
+    values = read_yaml(args.config) if args.config else {}
+    for key in ("manifest", "splits", "fold"):
+        if values.get(key) is not None:
+            raise ConfigError(
+                f"{args.config}: '{key}' is set by the experiment (--manifest with its split "
+                "column); remove it from the config"
+            )
+    flags = {
+        "model": {
+            "arch": args.arch,
+            "weights": args.weights,
+            "head": args.head,
+            "tile_size": args.tile_size,
+            "memory_budget": args.memory_budget,
+        },
+        "data": {"num_workers": args.workers},
+        "train": {
+            "epochs": args.epochs,
+            "accumulate_grad_batches": args.accumulate,
+            "device": args.device,
+            "precision": args.precision,
+            "threads": args.threads,
+        },
+    }
+    package_logger = logging.getLogger("gigastream")
+    if args.verbose == 0:  # the runs' epoch lines are the experiment's progress
+        package_logger.setLevel(logging.INFO)
+    sweep = ResolutionSweep(
+        manifest=str(args.manifest),
+        out=str(args.out),
+        results=str(args.results) if args.results else None,
+        mpps=list(args.mpp),
+        seeds=list(args.seeds),
+        run=merge(values, flags),
+        split_ratio=args.split_ratio,
+        split_seed=args.split_seed,
+        lesions=str(args.lesions) if args.lesions else None,
+        heatmap_slide=args.heatmap_slide,
+        isolate=not args.in_process,
+        overwrite=args.overwrite,
+    )
+    rows = run_resolution(sweep, progress=not args.no_progress)
+    print(summary_markdown(rows), end="")
+    print(f"results in {args.results or args.out}: results.json, runs.json, summary.md, ...")
+    return 0
