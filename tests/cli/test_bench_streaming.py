@@ -119,3 +119,39 @@ def test_bench_streaming_skips_what_cannot_fit(tmp_path, monkeypatch):
     conv = result["modes"]["conventional"]
     assert conv["skipped"] and conv["est_bytes"] > 0.9 * 8 * 2**20
     assert result["config"]["lazy_input"] is True
+
+
+def test_bench_streaming_warmup_channels_last_profile(tmp_path):
+    """Warm-up runs are untimed; channels_last in every mode; a profiler table per mode."""
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "bench", "streaming", "--arch", "resnet18", "--size", "128", "--tile", "96",
+            "--repeats", "2", "--warmup", "1", "--channels-last",
+            "--profile", str(tmp_path / "prof"),
+            "--modes", "conventional,streaming", "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["config"]["warmup"] == 1 and result["config"]["channels_last"] is True
+    for mode in ("conventional", "streaming"):
+        assert len(result["modes"][mode]["seconds"]) == 2  # the warm-up is not timed
+        table = (tmp_path / f"prof-{mode}.txt").read_text()
+        assert "aten::" in table and "CPU total" in table
+    assert result["modes"]["streaming"]["max_rel_grad_error"] < 1e-4
+
+
+def test_bench_streaming_no_skip_runs_what_the_estimate_refuses(tmp_path, monkeypatch):
+    from gigastream.streaming import benchmark
+
+    monkeypatch.setattr(benchmark, "_mem_available", lambda: 8 * 2**20)
+    result = benchmark.run_benchmark(
+        "resnet18", 128, tile_size=96, repeats=1, modes=("conventional",), skip_unfit=False
+    )
+    assert result["modes"]["conventional"]["seconds_median"] > 0
+
+
+def test_bench_streaming_negative_warmup_is_refused(tmp_path, capsys):
+    assert main(["bench", "streaming", "--warmup", "-1", "--out", str(tmp_path / "x.json")]) == 1
+    assert "--warmup" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +17,13 @@ F32_RTOL = 1e-4
 F32_ATOL_REL = 2e-5
 F64_RTOL = 1e-10
 F64_ATOL_REL = 1e-10
+
+# GIGASTREAM_TEST_DEVICE=cuda runs every compare_streaming check on that device (the GPU
+# session's check; CI runs them on the CPU).
+TEST_DEVICE = torch.device(os.environ.get("GIGASTREAM_TEST_DEVICE", "cpu"))
+if TEST_DEVICE.type == "cuda":  # TF32 would round both runs differently, far above 1e-4
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def assert_close_scaled(
@@ -36,7 +45,8 @@ def compare_streaming(
     **stream_kwargs,
 ) -> StreamingModule:
     """Run ``net`` ordinarily and streamed; assert output, input grad and every param grad agree."""
-    net = net.to(dtype)
+    net = net.to(device=TEST_DEVICE, dtype=dtype)
+    x = x.to(TEST_DEVICE)
     rtol, atol_rel = (
         (F64_RTOL, F64_ATOL_REL) if dtype == torch.float64 else (F32_RTOL, F32_ATOL_REL)
     )
@@ -44,6 +54,7 @@ def compare_streaming(
     net.zero_grad(set_to_none=True)
     ref = net(x_ref)
     w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    w = w.to(TEST_DEVICE)
     (ref * w).sum().backward()
     ref_grads = {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
     ref_xgrad = x_ref.grad.detach().clone() if input_grad else None

@@ -146,7 +146,9 @@ def test_image_smaller_than_one_tile():
 def test_image_not_divisible_by_stride():
     x = torch.randn(1, 3, 131, 77)  # total stride 8 x 16
     streamed = compare_streaming(conv_stack(), x, tile_size=80)
-    assert streamed.last_plan.segments[0].tiles[0] >= 3
+    # several tile rows (3 on CPU; on CUDA, where offload is allowed, the planner cuts
+    # differently and takes 2)
+    assert streamed.last_plan.segments[0].tiles[0] >= 2
 
 
 def test_without_input_gradient():

@@ -18,6 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--memory-budget", default=None, help="e.g. 2GiB; the planner picks the plan"
     )
+    parser.add_argument(
+        "--host-memory-budget",
+        default=None,
+        help="e.g. 64GiB: host memory for offloaded maps (default: what is available)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="forward+backward runs per mode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -48,6 +53,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "conventional estimate does not fit; up to --size 65536 and beyond)",
     )
 
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed runs per mode before the timed ones (default: 1 on CUDA, 0 on CPU)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="trunk and input (tiles) in torch.channels_last, in every mode",
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cuDNN autotuning in every mode (default: on with --device cuda)",
+    )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="write a torch.profiler table of one extra step per mode to PROFILE-<mode>.txt",
+    )
+
+    parser.add_argument(
+        "--no-skip",
+        action="store_true",
+        help="run a mode even when its (upper-bound) memory estimate does not fit",
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     from gigastream.streaming.benchmark import MODES, run_benchmark
@@ -56,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown mode(s) {bad}; choose from {list(MODES)}")
+    if args.warmup is not None and args.warmup < 0:
+        raise ValueError(f"--warmup must be 0 or more, got {args.warmup}")
     if args.size < 1:
         raise ValueError(f"--size must be a positive number of pixels, got {args.size}")
     if args.precision == "tf32" and not args.device.startswith("cuda"):
@@ -73,6 +109,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         lazy=args.lazy,
+        warmup=args.warmup,
+        channels_last=args.channels_last,
+        cudnn_benchmark=args.cudnn_benchmark,
+        profile=args.profile,
+        host_memory_budget=args.host_memory_budget,
+        skip_unfit=not args.no_skip,
     )
     print(result["plan_text"])
     print(json.dumps(result["modes"], indent=2))

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -96,8 +97,17 @@ def run_worker(
     device: str = "cpu",
     precision: str = "fp32",
     lazy: bool = False,
+    warmup: int = 0,
+    channels_last: bool = False,
+    cudnn_benchmark: bool = False,
+    profile_out: str | None = None,
+    host_memory_budget: str | None = None,
 ) -> dict:
-    """One mode, in this process: returns timing, peak memory and (optionally) saves gradients."""
+    """One mode, in this process: returns timing, peak memory and (optionally) saves gradients.
+
+    ``warmup`` untimed forward+backward runs come first (cuDNN autotuning, allocator warm-up);
+    ``profile_out``: a ``torch.profiler`` table of one extra run is written there.
+    """
     from torch.utils.checkpoint import checkpoint
 
     from gigastream.streaming.module import StreamingModule
@@ -108,14 +118,25 @@ def run_worker(
     autocast_dtype, autocast_on = _precision_setup(precision, dev)
     if tune_allocator and dev.type == "cpu":
         tune_cpu_allocator()  # every mode gets the same allocator setting (fair comparison)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark
     trunk = build_trunk(arch, seed).to(dev)
+    if channels_last:
+        trunk = trunk.to(memory_format=torch.channels_last)
     source = ProceduralSource((1, 3, size, size), seed=seed + 1, device=dev)
     image = source if (lazy and mode == "streaming") else source.read((slice(None),) * 4)
+    if channels_last and isinstance(image, torch.Tensor):
+        image = image.contiguous(memory_format=torch.channels_last)
     model: nn.Module = trunk
     plan = None
     if mode == "streaming":
         model = StreamingModule(
-            trunk, tile_size=tile_size, memory_budget=memory_budget, tune_allocator=tune_allocator
+            trunk,
+            tile_size=tile_size,
+            memory_budget=memory_budget,
+            tune_allocator=tune_allocator,
+            channels_last=channels_last,
+            host_memory_budget=host_memory_budget,
         )
         plan = model.plan(
             (1, 3, size, size),
@@ -134,10 +155,9 @@ def run_worker(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    for _ in range(repeats):
+    def step() -> None:
+        nonlocal head_weight
         trunk.zero_grad(set_to_none=True)
-        sync()
-        t0 = time.perf_counter()
         with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_on):
             if mode == "checkpoint":
                 fmap = image
@@ -154,23 +174,49 @@ def run_worker(
         logits = fmap.mean(dim=(2, 3)) @ head_weight.T  # (1, 2): global average pool + linear
         loss = torch.nn.functional.cross_entropy(logits, label)
         loss.backward()
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        step()
         sync()
         times.append(time.perf_counter() - t0)
-        del fmap, loss, logits
+    peak_cuda = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
+    if profile_out:
+        _profile_step(step, dev, profile_out)
     result = {
         "seconds": times,
         "seconds_median": statistics.median(times),
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "lazy_input": not isinstance(image, torch.Tensor),
     }
-    if dev.type == "cuda":
-        result["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+    if peak_cuda is not None:
+        result["peak_cuda_mib"] = round(peak_cuda / 2**20, 1)
     if plan is not None:
         result["plan"] = plan.to_dict()
         result["plan_text"] = str(plan)
     if grads_out:
         torch.save([p.grad.float().cpu() for p in trunk.parameters()], grads_out)
     return result
+
+
+def _profile_step(step: Callable[[], None], dev: torch.device, out: str) -> None:
+    """One more step under ``torch.profiler``: per-op totals (device time first) as text."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    sort = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=60)
+    Path(out).write_text(table)
 
 
 def _rel_error(grads: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
@@ -195,12 +241,26 @@ def run_benchmark(
     device: str = "cpu",
     precision: str = "fp32",
     lazy: bool | None = None,
+    warmup: int | None = None,
+    channels_last: bool = False,
+    cudnn_benchmark: bool | None = None,
+    profile: str | Path | None = None,
+    host_memory_budget: str | None = None,
+    skip_unfit: bool = True,
 ) -> dict:
     """Run every mode in a fresh subprocess and collect the JSON result (see module docstring).
 
     ``lazy``: stream from a :class:`ProceduralSource` (None: when the conventional estimate
-    does not fit the available memory).
+    does not fit the available memory). ``warmup``: untimed runs per mode before the timed
+    ``repeats`` (None: 1 on CUDA, 0 on CPU). ``channels_last``: trunk and input (tiles) in
+    ``torch.channels_last``, every mode. ``cudnn_benchmark``: cuDNN autotuning, every mode
+    (None: on for CUDA). ``profile``: write a ``torch.profiler`` table of one extra step per
+    mode to ``<profile>-<mode>.txt``. ``host_memory_budget``: host memory the offloaded
+    maps may take (None: the machine's available memory when planning). ``skip_unfit``:
+    skip a mode whose estimate exceeds 90% of the available memory (the estimates are
+    upper bounds; ``False`` runs it anyway and reports an out-of-memory as failed).
     """
+    from gigastream.streaming.geometry import StreamingError
     from gigastream.streaming.module import StreamingModule
 
     if precision not in PRECISIONS:
@@ -212,23 +272,35 @@ def run_benchmark(
         raise ValueError("--precision tf32 needs --device cuda (TF32 is a CUDA tensor-core mode)")
     if tile_size is None and memory_budget is None:
         tile_size = 1024
+    if warmup is None:
+        warmup = 1 if dev.type == "cuda" else 0
+    if cudnn_benchmark is None:
+        cudnn_benchmark = dev.type == "cuda"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     trunk = build_trunk(arch, seed)
     if dev.type == "cuda":
         available = torch.cuda.mem_get_info(dev)[0]
     else:
         available = _mem_available()
-    streamed = StreamingModule(trunk, tile_size=tile_size, memory_budget=memory_budget)
-    conv_plan = streamed.plan((1, 3, size, size), dtype, device=dev, available_bytes=available)
-    if lazy is None:
-        lazy = conv_plan.conventional_bytes > 0.9 * available
-    plan = (
-        streamed.plan(
-            (1, 3, size, size), dtype, lazy_input=True, device=dev, available_bytes=available
-        )
-        if lazy
-        else conv_plan
+    streamed = StreamingModule(
+        trunk,
+        tile_size=tile_size,
+        memory_budget=memory_budget,
+        host_memory_budget=host_memory_budget,
     )
+    shape = (1, 3, size, size)
+    plan = None
+    if not lazy:  # an input tensor on the device, if it fits (else: lazy when not given)
+        try:
+            plan = streamed.plan(shape, dtype, device=dev, available_bytes=available)
+        except StreamingError:
+            if lazy is not None:
+                raise
+        if lazy is None:
+            lazy = plan is None or plan.conventional_bytes > 0.9 * available
+    if lazy:
+        plan = streamed.plan(shape, dtype, lazy_input=True, device=dev, available_bytes=available)
+    assert plan is not None
     if tune_allocator is None:  # same rule as StreamingModule(tune_allocator="auto"), every mode
         tune_allocator = plan.conventional_bytes > AUTO_TUNE_BYTES
     est = {
@@ -242,14 +314,20 @@ def run_benchmark(
             "size": size,
             "tile_size": tile_size,
             "memory_budget": memory_budget,
+            "host_memory_budget": host_memory_budget,
             "repeats": repeats,
             "seed": seed,
             "dtype": "float32",
             "precision": precision,
             "lazy_input": lazy,
+            "warmup": warmup,
+            "channels_last": channels_last,
+            "cudnn_benchmark": cudnn_benchmark if dev.type == "cuda" else None,
             "batch": 1,
             "device": str(dev),
             "cuda_device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+            "cuda": torch.version.cuda if dev.type == "cuda" else None,
+            "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "allocator": (
@@ -273,7 +351,7 @@ def run_benchmark(
     with tempfile.TemporaryDirectory() as tmp:
         ref_path = None
         for mode in modes:
-            if est[mode] > 0.9 * available:
+            if skip_unfit and est[mode] > 0.9 * available:
                 result["modes"][mode] = {
                     "skipped": True,
                     "reason": f"estimated {est[mode] / 2**30:.1f} GiB > available {available / 2**30:.1f} GiB",
@@ -305,6 +383,12 @@ def run_benchmark(
                 cmd += ["--memory-budget", str(memory_budget)]
             cmd += ["--allocator", "tuned" if tune_allocator else "default"]
             cmd += ["--device", str(dev), "--precision", precision] + (["--lazy"] if lazy else [])
+            cmd += ["--warmup", str(warmup)] + (["--channels-last"] if channels_last else [])
+            cmd += ["--cudnn-benchmark" if cudnn_benchmark else "--no-cudnn-benchmark"]
+            if profile is not None:
+                cmd += ["--profile-out", f"{profile}-{mode}.txt"]
+            if host_memory_budget is not None:
+                cmd += ["--host-memory-budget", str(host_memory_budget)]
             logger.warning("running %s ...", mode)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -362,6 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--lazy", action="store_true", default=None)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--profile-out", default=None)
+    parser.add_argument("--host-memory-budget", default=None)
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
+    parser.add_argument(
+        "--no-skip", action="store_true", help="run modes whose estimate does not fit"
+    )
     args = parser.parse_args(argv)
     if args.worker:
         res = run_worker(
@@ -377,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             args.precision,
             bool(args.lazy),
+            warmup=args.warmup or 0,
+            channels_last=args.channels_last,
+            cudnn_benchmark=bool(args.cudnn_benchmark),
+            profile_out=args.profile_out,
+            host_memory_budget=args.host_memory_budget,
         )
         print(json.dumps(res))
         return 0
@@ -387,11 +485,18 @@ def main(argv: list[str] | None = None) -> int:
         args.memory_budget,
         args.repeats,
         args.seed,
+        tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         out=args.out,
         tune_allocator={"auto": None, "tuned": True, "default": False}[args.allocator],
         device=args.device,
         precision=args.precision,
         lazy=args.lazy,
+        warmup=args.warmup,
+        channels_last=args.channels_last,
+        cudnn_benchmark=args.cudnn_benchmark,
+        profile=args.profile_out,
+        host_memory_budget=args.host_memory_budget,
+        skip_unfit=not args.no_skip,
     )
     print(json.dumps(res["modes"], indent=2))
     return 0
