@@ -1,9 +1,10 @@
 """Checks of the demo's synthetic slides: lesion share of tissue, and that the lesion pattern
 averages away at 8x downsampling (renders each slide with and without the lesion pattern,
-same seed, and compares them after area-averaging by 1, 2 and 8).
+same seed, and compares them after area-averaging by 1, 2 and 8, or ``--factors``).
 
 Example:
     python experiments/demo_recipe/check_synth.py --slides 16 --size 1024 --lesion-size 160
+    python experiments/demo_recipe/check_synth.py --factors 2 4 8 16  # 1, 2, 4, 8 um/px
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def main() -> None:
     p.add_argument("--contrast", type=float, default=0.6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--period", type=float, default=7.0)
+    p.add_argument(
+        "--factors", type=int, nargs="+", default=[1, 2, 8], help="area-averaging factors"
+    )
     args = p.parse_args()
     config = SynthConfig(
         slides=args.slides,
@@ -53,8 +57,9 @@ def main() -> None:
     )
     bank = build_texture_bank(find_sources(SOURCES), config)
     flat = dataclasses.replace(config, lesion_contrast=0.0)
-    fractions, diffs = [], {1: [], 2: [], 8: []}
-    texture = {1: [], 2: [], 8: []}
+    fractions: list[float] = []
+    diffs: dict[int, list[float]] = {f: [] for f in args.factors}
+    texture: dict[int, list[float]] = {f: [] for f in args.factors}
     for index in range(args.slides):
         with_lesions, renderer = render(config, bank, index)
         without, _ = render(flat, bank, index)

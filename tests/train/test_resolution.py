@@ -22,6 +22,7 @@ from gigastream.train.resolution import (
     ResolutionSweep,
     lesion_attention,
     lesion_cells,
+    run_config,
     run_resolution,
     split_manifest,
     split_of,
@@ -177,3 +178,13 @@ def test_sweep_validates_before_writing(tmp_path, manifest):
     with pytest.raises(ConfigError, match="did you mean 'train.epochs'"):
         run_resolution(sweep)
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_run_config_sets_resolution_and_seed_and_keeps_every_step(manifest):
+    run = {"data": {"mpp": 0.25}, "train": {"early_stopping_patience": 3, "epochs": 5}}
+    sweep = ResolutionSweep(manifest=str(manifest), out="unused", run=run)
+    config = run_config(sweep, manifest, 4.0, 7)
+    assert (config.data.mpp, config.train.seed, config.train.epochs) == (4.0, 7, 5)
+    assert config.train.early_stopping_patience is None
+    assert config.data.num_workers == 1 and config.train.heatmaps == 0  # EXPERIMENT_RUN
+    assert config.model.arch == "vgg_small"  # the recipe

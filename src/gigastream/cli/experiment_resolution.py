@@ -120,9 +120,6 @@ def run(args: argparse.Namespace) -> int:
             "threads": args.threads,
         },
     }
-    package_logger = logging.getLogger("gigastream")
-    if args.verbose == 0:  # the runs' epoch lines are the experiment's progress
-        package_logger.setLevel(logging.INFO)
     sweep = ResolutionSweep(
         manifest=str(args.manifest),
         out=str(args.out),
@@ -137,7 +134,14 @@ def run(args: argparse.Namespace) -> int:
         isolate=not args.in_process,
         overwrite=args.overwrite,
     )
-    rows = run_resolution(sweep, progress=not args.no_progress)
+    package_logger = logging.getLogger("gigastream")
+    level = package_logger.level
+    if args.verbose == 0:  # the runs' epoch lines are the experiment's progress
+        package_logger.setLevel(logging.INFO)
+    try:
+        rows = run_resolution(sweep, progress=not args.no_progress)
+    finally:
+        package_logger.setLevel(level)
     print(summary_markdown(rows), end="")
     print(f"results in {args.results or args.out}: results.json, runs.json, summary.md, ...")
     return 0

@@ -277,7 +277,11 @@ def run_name(mpp: float, seed: int) -> str:
 
 
 def run_config(sweep: ResolutionSweep, manifest: str | Path, mpp: float, seed: int) -> RunConfig:
-    """The validated configuration of the run at ``mpp`` with ``seed``."""
+    """The validated configuration of the run at ``mpp`` with ``seed``.
+
+    :data:`EXPERIMENT_RUN` < ``sweep.run`` < ``data.mpp``, ``train.seed``; early stopping is
+    switched off, so that every run takes the same number of optimiser steps.
+    """
     values = merge(EXPERIMENT_RUN, sweep.run)
     overrides = {
         "manifest": str(Path(manifest).resolve()),
@@ -288,6 +292,9 @@ def run_config(sweep: ResolutionSweep, manifest: str | Path, mpp: float, seed: i
     config = load_config(values, overrides, source="resolution run settings")
     if config.splits is not None:
         raise ConfigError("the resolution experiment splits by the manifest, not a splits file")
+    if config.train.early_stopping_patience is not None:  # every run: the same optimiser steps
+        logger.warning("train.early_stopping_patience is ignored: every run trains all epochs")
+        config = replace(config, train=replace(config.train, early_stopping_patience=None))
     return config
 
 
