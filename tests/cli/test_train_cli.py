@@ -273,6 +273,48 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, manifest, capsys):
     code, printed, _ = _cli(capsys, *_train(manifest, out, config), "--dry-run")
     assert code == 0
     assert "StreamingPlan for input (1, 3, 256, 256)" in printed
-    assert "largest input" in printed
+    assert "largest slide" in printed and "median slide" in printed
+    # expected memory and time per slide, on a GPU and on this CPU
+    assert "on a GPU: device memory <=" in printed and "on this machine's CPU" in printed
+    assert "s per slide (forward+backward" in printed and "per epoch" in printed
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.yaml"]
+
+
+def test_dry_run_of_a_gpu_config_plans_without_the_gpu_and_weights(tmp_path, manifest, capsys):
+    """camelyon16-style settings (CUDA, bf16, ImageNet weights) plan on a CPU-only machine."""
+    out = tmp_path / "run"
+    config = tmp_path / "gpu.yaml"
+    config.write_text(
+        "model: {arch: resnet18, weights: imagenet, tile_size: null, memory_budget: 40GiB}\n"
+        "train: {device: cuda, precision: bf16-mixed}\n"
+    )
+    code, printed, err = _cli(capsys, *_train(manifest, out, config), "--dry-run")
+    assert code == 0, err
+    assert "precision bf16-mixed" in printed and "on a GPU: device memory <=" in printed
+    assert "bf16, streamed ResNet-34" in printed  # the measured throughput it used
+    assert not out.exists()
+
+
+def test_expected_seconds_matches_the_measured_gigapixel_step():
+    """The planner's compute over the measured H200 bf16 throughput: 65536^2 took 21.8 s."""
+    import torch
+    import torchvision
+
+    from gigastream.streaming import StreamingModule
+    from gigastream.streaming.throughput import expected_seconds, precision_kind
+
+    trunk = torch.nn.Sequential(*list(torchvision.models.resnet34().children())[:-2]).eval()
+    plan = StreamingModule(trunk, memory_budget="40GiB").plan(
+        (1, 3, 65536, 65536),
+        torch.bfloat16,
+        lazy_input=True,
+        device="cuda",
+        available_bytes=139 * 2**30,
+        available_host_bytes=100 * 2**30,
+    )
+    seconds, measured = expected_seconds(plan, "cuda", "bf16-mixed")
+    assert 18 < seconds < 26 and "H200" in measured.measured_on
+    assert precision_kind("16-mixed") == "bf16" and precision_kind("32") == "fp32"
+    assert precision_kind("64") == "fp32"
+    assert expected_seconds(plan, "mps", "32") is None

@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
             f" over {len(summary['folds'])} folds -> {args.out / 'cv_metrics.json'}"
         )
         return 0
-    prepared = prepare(config)
+    # a dry run plans without the device and without loading trunk weights
+    prepared = prepare(config, check_plan=not args.dry_run, check_device=not args.dry_run)
     print(
         f"{len(prepared.train_rows)} training and {len(prepared.val_rows)} validation slides, "
         f"classes {prepared.class_names}"
@@ -69,13 +70,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _dry_run(prepared) -> int:
-    """Print the streaming plan of the largest training slide (nothing is written)."""
+    """Print the streaming plan of the largest training slide, with the expected device
+    memory and time per slide, on a GPU and on this machine (nothing is written)."""
+    import statistics
+    from dataclasses import replace
+
+    import torch
+
+    from gigastream.streaming.planner import format_bytes
+    from gigastream.streaming.throughput import expected_seconds, precision_kind
     from gigastream.train.engine import build_model
     from gigastream.wsi.reader import SlideError, SlideReader
     from gigastream.wsi.source import SlideSource
 
     config = prepared.config
     shapes = []
+    train_ids = {row.slide_id for row in prepared.train_rows}
     for row in prepared.train_rows + prepared.val_rows:
         try:
             with SlideReader.open(row.path, mpp=row.mpp, backend=config.data.backend) as slide:
@@ -85,9 +95,54 @@ def _dry_run(prepared) -> int:
     if not shapes:
         print("no readable slide")
         return 1
-    shape, slide_id = max(shapes, key=lambda s: s[0][2] * s[0][3])
-    model = build_model(config, len(prepared.class_names))
-    plan = model.trunk.plan(shape, lazy_input=True)
-    print(f"largest input: {slide_id} {shape[2]}x{shape[3]} px at {config.data.mpp} um/px")
-    print(plan)
+    shapes.sort(key=lambda s: s[0][2] * s[0][3])
+    weights = config.model.weights
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise ValueError(f"model.weights: {weights}: no such file (a local state_dict file)")
+    model = build_model(replace(config, model=replace(config.model, weights=None)), 2)
+    precision = config.train.precision
+    dtype = {"bf16": torch.bfloat16}.get(precision_kind(precision), torch.float32)
+    if precision == "64":
+        dtype = torch.float64
+    on_cuda = prepared.accelerator == "gpu"
+    here = "cuda" if on_cuda else "cpu"
+    pixels = sum(s[0][2] * s[0][3] for s in shapes if s[1] in train_ids)
+    median = shapes[len(shapes) // 2]
+    largest = shapes[-1]
+    print(f"precision {precision}; trunk {config.model.arch}; tiles/budget from model settings")
+    for title, (shape, slide_id) in (("largest", largest), ("median", median)):
+        print(f"{title} slide: {slide_id} {shape[2]}x{shape[3]} px at {config.data.mpp} um/px")
+        devices = ["cuda"] if here == "cuda" else ["cuda", "cpu"]
+        for device in devices:
+            plan = model.trunk.plan(
+                shape,
+                dtype if device == "cuda" or dtype != torch.bfloat16 else torch.float32,
+                lazy_input=True,
+                device=device,
+            )
+            if title == "largest" and device == devices[0]:
+                print(plan)
+            where = "a GPU" if device == "cuda" else "this machine's CPU"
+            line = (
+                f"  on {where}: device memory <= {format_bytes(plan.est_peak_bytes)} "
+                "(planner upper bound)"
+            )
+            if plan.est_host_bytes:
+                line += f", host memory {format_bytes(plan.est_host_bytes)}"
+            estimate = expected_seconds(plan, device, precision if device == "cuda" else "32")
+            if estimate is not None:
+                seconds, measured = estimate
+                line += f", ~{seconds:.3g} s per slide (forward+backward; at the throughput "
+                line += f"measured on {measured.measured_on})"
+                if title == "median":
+                    area = shape[2] * shape[3]
+                    epoch = seconds * pixels / area
+                    line += f"; ~{epoch / 60:.3g} min of trunk compute per epoch"
+            print(line)
+    sizes = [s[0][2] * s[0][3] for s in shapes]
+    print(
+        f"{len(shapes)} slides: {statistics.median(sizes) / 1e6:.1f} Mpx median, "
+        f"{max(sizes) / 1e6:.1f} Mpx largest (estimates scale with the pixels; other "
+        "trunks and GPUs run at other speeds)"
+    )
     return 0

@@ -140,8 +140,11 @@ def _check_plan(model: StreamingCLAM, rows: Sequence[ManifestRow], config: RunCo
         return
 
 
-def prepare(config: RunConfig, check_plan: bool = True) -> PreparedRun:
+def prepare(config: RunConfig, check_plan: bool = True, check_device: bool = True) -> PreparedRun:
     """Validate a run without writing anything.
+
+    ``check_device=False`` (``train --dry-run``) plans for the configured device even where
+    it is not present (a GPU run planned on a laptop).
 
     Raises:
         ConfigError: a bad setting, label, split or device (one line each).
@@ -151,7 +154,11 @@ def prepare(config: RunConfig, check_plan: bool = True) -> PreparedRun:
     config.validate()
     if config.manifest is None:
         raise ConfigError("no manifest: pass --manifest M.csv (or set manifest: in the config)")
-    accelerator, devices = resolve_device(config)
+    if check_device:
+        accelerator, devices = resolve_device(config)
+    else:
+        accelerator = "gpu" if str(config.train.device).startswith("cuda") else "cpu"
+        devices = 1
     manifest = read_manifest(config.manifest)
     class_names = check_labels([r.label for r in manifest.rows], config.class_names)
     manifest = Manifest(manifest.rows, class_names)

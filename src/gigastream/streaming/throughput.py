@@ -1,0 +1,69 @@
+"""Time per step from a plan: the planner's compute estimate over a measured throughput.
+
+The planner counts the floating-point work of a plan (``plan.est_flops``: forward and
+backward, recomputation, tile overlap and per-tile overhead included). Dividing it by the
+throughput that streamed trunks were *measured* to reach gives an expected time per step
+(one slide, forward + backward through the trunk). The throughputs below are the lower ends
+of what ``gigastream bench streaming`` measured (``est_flops / seconds``; JSON in
+``benchmarks/results/``) for a streamed torchvision ResNet-34 trunk:
+
+- NVIDIA H200, torch 2.11 / CUDA 13.0, bf16 autocast, channels_last, cuDNN autotuning:
+  120.6-143.5 TFLOP/s at 8192² to 65536² (2026-11-23);
+- the same GPU, fp32 with TF32 off: 21.8-26.8 TFLOP/s at 4096² to 12288²;
+- this project's 2-core CPU (AMD EPYC, torch 2.14.1), fp32: 0.21 TFLOP/s at 3072².
+
+Other trunks, GPUs and input sizes run at other speeds: the result is an estimate to plan
+with, labelled as such wherever it is printed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gigastream.streaming.planner import StreamingPlan
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """A measured effective throughput (planner FLOPs per second) and where it was measured."""
+
+    flops_per_second: float
+    measured_on: str
+
+
+# (device type, precision) -> measured throughput; precision "fp32" or "bf16"
+MEASURED: dict[tuple[str, str], Throughput] = {
+    ("cuda", "bf16"): Throughput(120e12, "an NVIDIA H200, bf16, streamed ResNet-34"),
+    ("cuda", "fp32"): Throughput(21.8e12, "an NVIDIA H200, fp32 (TF32 off), streamed ResNet-34"),
+    ("cpu", "fp32"): Throughput(0.21e12, "2 CPU cores, fp32, streamed ResNet-34"),
+}
+
+
+def precision_kind(precision: str) -> str:
+    """``"bf16"`` for reduced-precision training settings (``bf16-mixed``, ``16-mixed``,
+    ``bf16``), else ``"fp32"``."""
+    return "bf16" if "16" in str(precision) and str(precision) != "64" else "fp32"
+
+
+def expected_seconds(
+    plan: StreamingPlan, device_type: str, precision: str
+) -> tuple[float, Throughput] | None:
+    """Expected seconds for one forward + backward of ``plan`` (None: nothing measured).
+
+    Example:
+        >>> import torch, torchvision
+        >>> from gigastream.streaming import StreamingModule
+        >>> trunk = torch.nn.Sequential(*list(torchvision.models.resnet34().children())[:-2])
+        >>> plan = StreamingModule(trunk.eval(), memory_budget="40GiB").plan(
+        ...     (1, 3, 65536, 65536), torch.bfloat16, lazy_input=True, device="cuda",
+        ...     available_bytes=139 * 2**30, available_host_bytes=100 * 2**30)
+        >>> seconds, where = expected_seconds(plan, "cuda", "bf16-mixed")
+        >>> 15 < seconds < 30  # measured: 21.8 s
+        True
+    """
+    measured = MEASURED.get((device_type, precision_kind(precision)))
+    if measured is None and device_type == "cpu":
+        measured = MEASURED[("cpu", "fp32")]
+    if measured is None:
+        return None
+    return plan.est_flops / measured.flops_per_second, measured
