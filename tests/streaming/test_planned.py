@@ -152,3 +152,33 @@ def test_no_cap_on_tiles():
         (1, 3, 65536, 65536), torch.bfloat16, lazy_input=True, available_bytes=2**40
     )
     assert plan.segments[0].tiles[0] >= 64 and max(plan.segments[0].max_tile) <= 1024, str(plan)
+
+
+def test_release_memory_after_each_streamed_segment_float64(monkeypatch):
+    """The heap is trimmed once after each streamed segment's forward and backward pass
+    ("auto": on CPU); results stay exact; False turns it off."""
+    from gigastream.streaming import recompute
+
+    calls = []
+    monkeypatch.setattr(recompute, "release_free_memory", lambda: calls.append(1) or True)
+    x = torch.randn(1, 3, 96, 80)
+    streamed = compare_streaming(
+        residual_net(), x, tile_size=40, segments=["3", "4"], release_memory=True
+    )
+    n_streamed = sum(s.mode == "stream" for s in streamed.last_plan.segments)
+    assert n_streamed >= 2 and len(calls) == 2 * n_streamed
+    calls.clear()
+    compare_streaming(residual_net(), x, tile_size=40, segments=["3", "4"], release_memory=False)
+    assert calls == []
+    StreamingModule(residual_net(), tile_size=40, segments=["3", "4"])(x).sum().backward()
+    assert len(calls) == 2 * n_streamed  # "auto" on a CPU trunk
+    with pytest.raises(StreamingError, match="release_memory must be"):
+        StreamingModule(nn.Conv2d(3, 3, 3), tile_size=16, release_memory="yes")
+
+
+def test_release_free_memory_calls_glibc():
+    import sys
+
+    from gigastream.streaming.memory import release_free_memory
+
+    assert release_free_memory() is sys.platform.startswith("linux")

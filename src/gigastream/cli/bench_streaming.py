@@ -82,6 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run a mode even when its (upper-bound) memory estimate does not fit",
     )
 
+    parser.add_argument(
+        "--release-memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="streaming returns free heap memory to the OS after each segment (default: on "
+        "for CPU, StreamingModule's release_memory='auto')",
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     from gigastream.streaming.benchmark import MODES, run_benchmark
@@ -115,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         profile=args.profile,
         host_memory_budget=args.host_memory_budget,
         skip_unfit=not args.no_skip,
+        release_memory=args.release_memory,
     )
     print(result["plan_text"])
     print(json.dumps(result["modes"], indent=2))

@@ -102,6 +102,7 @@ def run_worker(
     cudnn_benchmark: bool = False,
     profile_out: str | None = None,
     host_memory_budget: str | None = None,
+    release_memory: bool | None = None,
 ) -> dict:
     """One mode, in this process: returns timing, peak memory and (optionally) saves gradients.
 
@@ -137,6 +138,7 @@ def run_worker(
             tune_allocator=tune_allocator,
             channels_last=channels_last,
             host_memory_budget=host_memory_budget,
+            release_memory="auto" if release_memory is None else release_memory,
         )
         plan = model.plan(
             (1, 3, size, size),
@@ -247,6 +249,7 @@ def run_benchmark(
     profile: str | Path | None = None,
     host_memory_budget: str | None = None,
     skip_unfit: bool = True,
+    release_memory: bool | None = None,
 ) -> dict:
     """Run every mode in a fresh subprocess and collect the JSON result (see module docstring).
 
@@ -259,6 +262,7 @@ def run_benchmark(
     maps may take (None: the machine's available memory when planning). ``skip_unfit``:
     skip a mode whose estimate exceeds 90% of the available memory (the estimates are
     upper bounds; ``False`` runs it anyway and reports an out-of-memory as failed).
+    ``release_memory``: :class:`StreamingModule`'s setting (None: ``"auto"``, on for CPU).
     """
     from gigastream.streaming.geometry import StreamingError
     from gigastream.streaming.module import StreamingModule
@@ -315,6 +319,7 @@ def run_benchmark(
             "tile_size": tile_size,
             "memory_budget": memory_budget,
             "host_memory_budget": host_memory_budget,
+            "release_memory": "auto" if release_memory is None else release_memory,
             "repeats": repeats,
             "seed": seed,
             "dtype": "float32",
@@ -389,6 +394,8 @@ def run_benchmark(
                 cmd += ["--profile-out", f"{profile}-{mode}.txt"]
             if host_memory_budget is not None:
                 cmd += ["--host-memory-budget", str(host_memory_budget)]
+            if release_memory is not None:
+                cmd += ["--release-memory" if release_memory else "--no-release-memory"]
             logger.warning("running %s ...", mode)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -455,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-skip", action="store_true", help="run modes whose estimate does not fit"
     )
+    parser.add_argument("--release-memory", action=argparse.BooleanOptionalAction, default=None)
     args = parser.parse_args(argv)
     if args.worker:
         res = run_worker(
@@ -475,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             cudnn_benchmark=bool(args.cudnn_benchmark),
             profile_out=args.profile_out,
             host_memory_budget=args.host_memory_budget,
+            release_memory=args.release_memory,
         )
         print(json.dumps(res))
         return 0
@@ -497,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         profile=args.profile_out,
         host_memory_budget=args.host_memory_budget,
         skip_unfit=not args.no_skip,
+        release_memory=args.release_memory,
     )
     print(json.dumps(res["modes"], indent=2))
     return 0

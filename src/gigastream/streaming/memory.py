@@ -67,6 +67,38 @@ def tune_cpu_allocator(mmap_threshold: int = 128 * 1024) -> bool:
     return _ALLOCATOR_TUNED
 
 
+_LIBC: ctypes.CDLL | None | bool = None  # None: not looked up yet; False: not glibc
+
+
+def release_free_memory() -> bool:
+    """Return the heap's free memory to the OS now (glibc ``malloc_trim(0)``; Linux only).
+
+    With glibc's default (dynamic) mmap threshold, tile buffers come from the heap and,
+    once freed, stay resident and fragmented; the resident set then grows well past the
+    live tensors. Called once after each streamed segment's forward and backward pass
+    (:class:`StreamingModule`, ``release_memory="auto"`` on CPU), it keeps the heap's reuse
+    (no fresh page faults per tile, unlike :func:`tune_cpu_allocator`) and drops what the
+    finished segment left behind. Measured on the ResNet-34 trunk at 3072², tile 1024,
+    2 cores: 25.0-25.2 s and 2532 MiB peak RSS per step, against 25.0-26.8 s and 3065 MiB
+    without it; trimming after every tile instead cost 1.5 s more per step.
+    Returns whether anything was called (False where glibc is not the allocator).
+    """
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                libc.malloc_trim  # noqa: B018 - glibc only
+                _LIBC = libc
+            except (OSError, AttributeError):
+                _LIBC = False
+    if _LIBC is False:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
+
+
 def available_memory(device: torch.device) -> int | None:
     """Free memory on ``device`` in bytes (CUDA: free device memory; CPU: MemAvailable)."""
     if device.type == "cuda":

@@ -76,6 +76,11 @@ class StreamingModule(nn.Module):
         channels_last: run the tiles in ``torch.channels_last`` memory format (often faster
             convolutions on GPU; unmeasured here). Values are the same up to the
             convolution algorithm's rounding.
+        release_memory: after each streamed segment's forward and backward pass, return the
+            heap's free memory to the OS (glibc ``malloc_trim``; see
+            :func:`~gigastream.streaming.memory.release_free_memory`): ``"auto"`` on CPU,
+            ``True``/``False`` always/never. Lowers the CPU peak (3072² ResNet-34: 3065 ->
+            2532 MiB) at no measurable cost in time.
         host_memory_budget: bytes or e.g. ``"64GiB"``: the most host memory the offloaded
             maps and their gradient accumulators may take (``plan.est_host_bytes``); the
             planner only chooses plans within it. ``None``: the memory available on the
@@ -104,6 +109,7 @@ class StreamingModule(nn.Module):
         offload: bool | str = "auto",
         channels_last: bool = False,
         host_memory_budget: int | str | None = None,
+        release_memory: bool | str = "auto",
     ) -> None:
         super().__init__()
         if tile_size is None and memory_budget is None:
@@ -115,6 +121,10 @@ class StreamingModule(nn.Module):
         for budget in (memory_budget, host_memory_budget):
             if budget is not None:
                 parse_bytes(budget)  # validate early
+        if release_memory not in (True, False, "auto"):
+            raise StreamingError(
+                f"release_memory must be True, False or 'auto', got {release_memory!r}"
+            )
         if offload not in (True, False, "auto"):
             raise StreamingError(f"offload must be True, False or 'auto', got {offload!r}")
         if freeze_batchnorm:
@@ -127,6 +137,7 @@ class StreamingModule(nn.Module):
         self.tune_allocator = tune_allocator
         self.offload = offload
         self.channels_last = channels_last
+        self.release_memory = release_memory
         # units: the trunk's top-level children (a non-Sequential trunk is one unit); the
         # segments built from them reference the trunk's own modules (no copies)
         if isinstance(trunk, nn.Sequential):
@@ -266,6 +277,9 @@ class StreamingModule(nn.Module):
             bar = tqdm(total=total, desc="streaming tiles", leave=False)
         param = next(self.trunk.parameters(), None)
         compute_device = param.device if param is not None else x.device
+        release = self.release_memory is True or (
+            self.release_memory == "auto" and compute_device.type == "cpu"
+        )
         try:
             h: Tensor | InputSource = x
             for seg_plan in plan.segments:
@@ -291,6 +305,7 @@ class StreamingModule(nn.Module):
                     device=compute_device,
                     offload_input=seg_plan.offload_input,
                     offload_output=out_offloaded,
+                    release_memory=release,
                 )
         finally:
             if bar is not None:

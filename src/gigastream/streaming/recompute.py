@@ -30,6 +30,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from gigastream.streaming.memory import release_free_memory
+
 Index = tuple[slice, ...]
 
 
@@ -221,8 +223,10 @@ class _Runner:
         offload_input: bool,
         offload_output: bool,
         source: InputSource | None,
+        release_memory: bool = False,
     ) -> None:
         self.fn = fn
+        self.release_memory = release_memory
         self.device = device  # where fn runs (None: where the input lives)
         self.offload_input = offload_input
         self.offload_output = offload_output
@@ -295,6 +299,8 @@ class _PiecewiseFunction(torch.autograd.Function):
         assert out is not None, "piecewise_recompute needs at least one piece"
         if xfer is not None:
             xfer.drain()
+        if runner.release_memory:
+            release_free_memory()
         ctx.runner = runner
         ctx.has_input = x is not None
         ctx.save_for_backward(x if x is not None else torch.empty(0))
@@ -365,6 +371,8 @@ class _PiecewiseFunction(torch.autograd.Function):
         if xfer is not None:
             xfer.drain()
         runner.kept.clear()
+        if runner.release_memory:
+            release_free_memory()
         it = iter(grad_p)
         param_grads = [next(it) if w else None for w in want_p]
         return (None, grad_x, *param_grads)
@@ -382,6 +390,7 @@ def piecewise_recompute(
     device: torch.device | str | None = None,
     offload_input: bool = False,
     offload_output: bool = False,
+    release_memory: bool = False,
 ) -> Tensor:
     """Apply ``fn`` piece by piece, exactly and in bounded memory (see the module docstring).
 
@@ -401,6 +410,9 @@ def piecewise_recompute(
             the input gradient is accumulated in host memory.
         offload_output: write the output into host memory (via pinned staging on CUDA; copies
             overlapped with compute on a side stream), not on ``device``.
+        release_memory: after the forward and after the backward pass over all pieces,
+            return the heap's free memory to the OS
+            (:func:`~gigastream.streaming.memory.release_free_memory`; for CPU tensors).
 
     Returns:
         The full output, identical to ``fn(x)`` (pieces must be chosen so that it is),
@@ -427,5 +439,6 @@ def piecewise_recompute(
         offload_input,
         offload_output,
         None if isinstance(x, Tensor) else x,
+        release_memory,
     )
     return _PiecewiseFunction.apply(runner, x if isinstance(x, Tensor) else None, *params)
