@@ -182,3 +182,52 @@ def test_release_free_memory_calls_glibc():
     from gigastream.streaming.memory import release_free_memory
 
     assert release_free_memory() is sys.platform.startswith("linux")
+
+
+def test_lazy_host_source_is_read_ahead_on_a_thread_float64():
+    """A slide-like source is read on a background thread, ahead of its use: piece 0 is
+    computed while piece 2 is being read (forward and backward); results stay exact."""
+    import threading
+
+    from gigastream.streaming.recompute import Piece, piecewise_recompute
+
+    from .test_exactness import _TensorSource
+
+    x = torch.randn(1, 3, 40, 6, dtype=torch.float64)
+    conv = nn.Conv2d(3, 4, 1).double()
+    third_read = threading.Event()
+    readers: set[str] = set()
+
+    class Slide(_TensorSource):
+        def read(self, index):
+            readers.add(threading.current_thread().name)
+            if self.reads % 4 >= 2:  # the third read of a pass (forward, then backward)
+                third_read.set()
+            return super().read(index)
+
+    calls = []
+
+    def fn(t):
+        if len(calls) % 4 == 0:  # piece 0 of a pass: a sequential reader has read 0 and 1
+            assert third_read.wait(10), "piece 2 was not read while piece 0 was computed"
+            third_read.clear()
+        calls.append(1)
+        return conv(t)
+
+    rows = [(i, i + 10) for i in range(0, 40, 10)]
+    pieces = [
+        Piece((slice(None), slice(None), slice(a, b)), (slice(None), slice(None), slice(a, b)),
+              (slice(None),) * 4)
+        for a, b in rows
+    ]  # fmt: skip
+    source = Slide(x)
+    out = piecewise_recompute(fn, source, pieces, (1, 4, 40, 6), list(conv.parameters()))
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in conv.parameters()]
+    conv.zero_grad(set_to_none=True)
+    ref = conv(x)
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for g, p in zip(grads, conv.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-12, atol=1e-12)
+    assert source.reads == 8 and readers == {"gigastream-read_0"}

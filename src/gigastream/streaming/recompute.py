@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -199,6 +200,32 @@ class _Transfer:
                 host.copy_(staging)
 
 
+def _reads_ahead(source: Tensor | InputSource, indices: Sequence[Index]) -> Iterator[Tensor]:
+    """``source[index]`` for each index in order; a lazy source read on the host (a slide:
+    decoding on the CPU) is read on a background thread, ahead of its use, so reading
+    overlaps the compute.
+
+    A source says so with ``read_ahead = True`` (``SlideSource`` does, whatever its device);
+    without the attribute, sources on the CPU are read ahead. One thread reads, in order, so
+    a source is never read by two threads at once. A tensor, or a source that generates its
+    pixels on an accelerator (``ProceduralSource`` on CUDA), is read in the caller's thread:
+    its reads are queued device work already."""
+    ahead = not isinstance(source, Tensor) and getattr(
+        source, "read_ahead", torch.device(source.device).type == "cpu"
+    )
+    if not ahead or len(indices) < 2:
+        for index in indices:
+            yield _read(source, index)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="gigastream-read") as pool:
+        pending = pool.submit(source.read, indices[0])
+        for k in range(len(indices)):
+            current = pending.result()
+            if k + 1 < len(indices):
+                pending = pool.submit(source.read, indices[k + 1])
+            yield current
+
+
 def _prefetched(items: Sequence[Any], load: Callable[[Any], Any]) -> Iterator[tuple[int, Any]]:
     """``(i, load(items[i]))``, starting each load one item ahead of its use."""
     nxt = load(items[0]) if items else None
@@ -253,8 +280,10 @@ class _PiecewiseFunction(torch.autograd.Function):
             _Transfer(device) if (runner.offload_input or runner.offload_output) else None
         )
 
+        reads = _reads_ahead(source, [piece.in_index for piece in runner.pieces])
+
         def load(piece: Piece) -> Any:
-            xin = _read(source, piece.in_index)
+            xin = next(reads)
             return xfer.start_load(xin) if runner.offload_input else xin
 
         out: Tensor | None = None
@@ -326,13 +355,17 @@ class _PiecewiseFunction(torch.autograd.Function):
             grad_x = None
         grad_p: list[Tensor | None] = [None] * len(params)
 
+        reads = _reads_ahead(
+            source, [p.in_index for i, p in enumerate(runner.pieces) if i not in runner.kept]
+        )
+
         def load(item: tuple[int, Piece]) -> Any:
             i, piece = item
             g = grad_out[piece.out_index]
             g = xfer.start_load(g) if runner.offload_output else g
             if i in runner.kept:
                 return g, None
-            xin = _read(source, piece.in_index)
+            xin = next(reads)
             return g, (xfer.start_load(xin) if runner.offload_input else xin)
 
         for i, (g, loaded) in _prefetched(list(enumerate(runner.pieces)), load):

@@ -91,6 +91,9 @@ class SlideSource:
         self.shape = torch.Size((1, 3, height, width))
         self.dtype = dtype
         self.device = torch.device(device)
+        # decoding runs on the CPU whatever the device: streaming reads tiles ahead on a
+        # background thread (gigastream.streaming.recompute)
+        self.read_ahead = True
         self.tissue_mask = tissue_mask
         mean = torch.tensor(normalize.mean if normalize else (0.0, 0.0, 0.0), dtype=torch.float64)
         std = torch.tensor(normalize.std if normalize else (1.0, 1.0, 1.0), dtype=torch.float64)
