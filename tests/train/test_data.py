@@ -143,3 +143,37 @@ def test_preloaded_and_lazy_slides_give_the_same_prediction(manifest):
     np.testing.assert_allclose(
         np.nan_to_num(preloaded["attention_map"]), np.nan_to_num(lazy["attention_map"]), atol=1e-6
     )
+
+
+def test_lazy_slides_are_augmented_like_preloaded_ones(manifest):
+    """Training augmentation (flips/rot90) also reaches slides too large to preload: for the
+    same draw, the lazy slide gives the preloaded one's output, instances and attention."""
+    from gigastream.models.streaming_clam import StreamingCLAM, StreamingCLAMConfig
+    from gigastream.wsi.source import OrientedSource
+
+    torch.manual_seed(0)
+    model = StreamingCLAM(
+        StreamingCLAMConfig(arch="vgg_small", tile_size=96, pool=1, head_options={"attn_dim": 8})
+    ).eval()
+    outputs = []
+    for seed in (3, 6):  # two draws: different orientations
+        for preload in (4096 * 4096, 0):
+            data = DataConfig(**{**DATA.__dict__, "preload_pixels": preload})
+            example = SlideExamples(manifest.rows, ["normal", "tumor"], data)[0]
+            opened = example.open(data)
+            try:
+                x = opened.x.augmented(torch.Generator().manual_seed(seed))
+                assert isinstance(x, OrientedSource) == (preload == 0)
+                with torch.no_grad():
+                    outputs.append(model(x))
+            finally:
+                opened.close()
+    for preloaded, lazy in (outputs[:2], outputs[2:]):
+        assert torch.equal(preloaded.instances, lazy.instances)
+        torch.testing.assert_close(preloaded.logits, lazy.logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            preloaded.attention_map.nan_to_num(),
+            lazy.attention_map.nan_to_num(),
+            atol=1e-6,
+            rtol=1e-5,
+        )

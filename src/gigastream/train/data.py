@@ -31,7 +31,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from gigastream.train.config import ConfigError, DataConfig, RunConfig
 from gigastream.wsi.manifest import Manifest, ManifestRow, read_splits, stratified_folds
 from gigastream.wsi.reader import SlideError, SlideReader
-from gigastream.wsi.source import IMAGENET, Normalization, SlideSource
+from gigastream.wsi.source import (
+    IMAGENET,
+    Normalization,
+    SlideSource,
+    draw_orientation,
+    orient_mask,
+    orient_tensor,
+)
 from gigastream.wsi.tissue import TissueMask, compute_tissue_mask, require_tissue
 
 logger = logging.getLogger(__name__)
@@ -210,16 +217,11 @@ class TensorSource:
         return self.pixels[index]
 
     def augmented(self, generator: torch.Generator | None = None) -> TensorSource:
-        """A random one of the 8 flips/rotations by 90 degrees, of the pixels and the mask."""
-        k = int(torch.randint(4, (), generator=generator))
-        flip = bool(torch.randint(2, (), generator=generator))
-        pixels = torch.rot90(self.pixels, k, (2, 3))
-        mask = self.tissue_mask
-        if mask is not None:
-            array = np.rot90(mask.mask, k)
-            mask = TissueMask(np.ascontiguousarray(array[:, ::-1] if flip else array), mask.mpp)
-        if flip:
-            pixels = pixels.flip(3)
+        """A random one of the 8 flips/rotations by 90 degrees, of the pixels and the mask
+        (the same draw as :meth:`SlideSource.augmented` for lazily read slides)."""
+        k, flip = draw_orientation(generator)
+        pixels = orient_tensor(self.pixels, k, flip)
+        mask = orient_mask(self.tissue_mask, k, flip)
         return TensorSource(pixels.contiguous(), mask, self.mpp)
 
 

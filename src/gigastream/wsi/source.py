@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,5 +191,107 @@ class SlideSource:
             batch = batch.expand(b1 - b0, -1, -1, -1)
         return batch.to(self.device)
 
+    def augmented(self, generator: torch.Generator | None = None) -> OrientedSource:
+        """A random one of the 8 flips/rotations by 90 degrees, still read lazily (training
+        augmentation of slides too large to preload; the same draw as for preloaded ones)."""
+        k, flip = draw_orientation(generator)
+        return OrientedSource(self, k, flip)
+
     def __repr__(self) -> str:
         return f"SlideSource({self.reader.name!r}, mpp={self.mpp:.4g}, shape={tuple(self.shape)})"
+
+
+def draw_orientation(generator: torch.Generator | None = None) -> tuple[int, bool]:
+    """A random one of the 8 flips/rotations: ``(k, flip)`` = ``rot90`` by ``k`` quarter
+    turns over (H, W), then (if ``flip``) a flip of W. One draw order for every input kind,
+    so a slide gets the same orientation whether it is preloaded or read lazily."""
+    k = int(torch.randint(4, (), generator=generator))
+    flip = bool(torch.randint(2, (), generator=generator))
+    return k, flip
+
+
+def orient_tensor(x: Tensor, k: int, flip: bool) -> Tensor:
+    """``(..., H, W)`` -> ``rot90(x, k, (-2, -1))``, then flipped along W if ``flip``."""
+    x = torch.rot90(x, k, (-2, -1))
+    return x.flip(-1) if flip else x
+
+
+def orient_mask(mask: TissueMask | None, k: int, flip: bool) -> TissueMask | None:
+    """The tissue mask oriented like :func:`orient_tensor` orients the pixels."""
+    if mask is None:
+        return None
+    array = np.rot90(mask.mask, k)
+    return TissueMask(np.ascontiguousarray(array[:, ::-1] if flip else array), mask.mpp)
+
+
+def _axis_map(k: int, flip: bool) -> tuple[bool, bool, bool]:
+    """``(swapped, reverse_rows, reverse_cols)`` of the orientation: output rows run along
+    the input's columns when ``swapped``; ``reverse_*`` when an output axis runs backwards
+    along its input axis. Derived from a 2x3 probe, so it follows torch's own convention."""
+    probe = torch.arange(6).view(2, 3)
+    out = orient_tensor(probe, k, flip)
+    swapped = tuple(out.shape) == (3, 2)
+    a, down, right = (divmod(int(v), 3) for v in (out[0, 0], out[1, 0], out[0, 1]))
+    axis_rows, axis_cols = (1, 0) if swapped else (0, 1)
+    return swapped, down[axis_rows] < a[axis_rows], right[axis_cols] < a[axis_cols]
+
+
+class OrientedSource:
+    """A lazy input seen flipped/rotated by 90 degrees, read window by window.
+
+    ``read(index)`` of the oriented input reads the corresponding window of ``source`` and
+    orients it, so the whole oriented input is never in memory and every window equals
+    the same window of ``orient_tensor(whole, k, flip)`` (tested). The tissue mask is
+    oriented alike, so the model keeps the same instances.
+
+    Args:
+        source: the lazy input (``shape``, ``dtype``, ``device``, ``read``), e.g. a
+            :class:`SlideSource`.
+        k: quarter turns (``torch.rot90`` over H, W).
+        flip: then flip W.
+    """
+
+    def __init__(self, source: Any, k: int, flip: bool) -> None:
+        self.source = source
+        self.k, self.flip = k % 4, bool(flip)
+        self._swapped, self._rev_rows, self._rev_cols = _axis_map(self.k, self.flip)
+        b, c, h, w = source.shape
+        self.shape = torch.Size((b, c, w, h) if self._swapped else (b, c, h, w))
+        self.dtype = source.dtype
+        self.tissue_mask = orient_mask(getattr(source, "tissue_mask", None), self.k, self.flip)
+        self.mpp = getattr(source, "mpp", None)
+        self.read_ahead = getattr(source, "read_ahead", None)
+        if self.read_ahead is None:
+            del self.read_ahead  # no opinion: streaming decides by the device
+
+    @property
+    def device(self) -> torch.device:
+        return self.source.device
+
+    @device.setter
+    def device(self, value: torch.device | str) -> None:
+        self.source.device = torch.device(value)
+
+    def read(self, index: tuple[slice, ...]) -> Tensor:
+        """The window ``index`` of the oriented input."""
+        index = tuple(index) + (slice(None),) * (4 - len(index))
+        (b, c, rows, cols) = index
+        h, w = self.shape[2], self.shape[3]
+        r0, r1, _ = rows.indices(h)
+        c0, c1, _ = cols.indices(w)
+        r1, c1 = max(r0, r1), max(c0, c1)
+        if self._rev_rows:
+            r0, r1 = h - r1, h - r0
+        if self._rev_cols:
+            c0, c1 = w - c1, w - c0
+        rows_in, cols_in = slice(r0, r1), slice(c0, c1)
+        window = (b, c, cols_in, rows_in) if self._swapped else (b, c, rows_in, cols_in)
+        return orient_tensor(self.source.read(window), self.k, self.flip).contiguous()
+
+    def augmented(self, generator: torch.Generator | None = None) -> OrientedSource:
+        """Another random orientation of the underlying source (not composed)."""
+        k, flip = draw_orientation(generator)
+        return OrientedSource(self.source, k, flip)
+
+    def __repr__(self) -> str:
+        return f"OrientedSource({self.source!r}, k={self.k}, flip={self.flip})"
