@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from gigastream.train.config import ConfigError, load_config
-from gigastream.train.engine import fit, load_classifier, prepare, resolved_config
-from gigastream.train.io import load_checkpoint_file
+from gigastream.train.engine import check_out, fit, load_classifier, prepare, resolved_config
+from gigastream.train.io import RunError, load_checkpoint_file, run_lock
 from tests.train.conftest import TINY, copy_manifest, tiny_config, write_tiny_yaml
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -127,6 +127,10 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, manifest):
         process.stdout.close()
     assert load_checkpoint_file(out / "checkpoints" / "last.ckpt")["epoch"] == 0
     assert _metrics(out)["status"] == "running"  # what kill -9 leaves
+    with pytest.raises(RunError, match="stopped without finishing .* killed, e.g. out of memory"):
+        check_out(out, resume=False, overwrite=False)  # named as such, with the fix
+    with run_lock(out), pytest.raises(RunError, match="already holds a run"):
+        check_out(out, resume=False, overwrite=False)  # a live process: not called killed
 
     metrics = fit(tiny_config(manifest, train={"epochs": 3}), out, resume=True)
     assert metrics["status"] == "completed"

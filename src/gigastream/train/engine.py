@@ -53,6 +53,7 @@ from gigastream.train.io import (
     check_writable_folder,
     describe_os_error,
     load_checkpoint_file,
+    lock_is_held,
     run_lock,
     write_json,
 )
@@ -379,6 +380,14 @@ def check_out(out: str | Path, resume: bool, overwrite: bool) -> None:
             f"{out}: nothing to resume ({last} not found); start the run without --resume"
         )
     if not resume and not overwrite and out.exists() and _has_run(out):
+        status = RunRecord.load(out / "metrics.json").data.get("status")
+        if status == "running" and not lock_is_held(out):
+            raise RunError(
+                f"{out} holds a run that stopped without finishing (status 'running' but no "
+                "process holds its lock: killed, e.g. out of memory?): pass --resume to "
+                "continue it from its last checkpoint, --overwrite to replace it, or choose "
+                "another --out"
+            )
         raise RunError(
             f"{out} already holds a run: pass --resume to continue it, --overwrite to replace "
             "it, or choose another --out"

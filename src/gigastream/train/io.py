@@ -116,6 +116,22 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
         handle.close()  # releases the lock
 
 
+def lock_is_held(folder: str | Path) -> bool:
+    """Whether a live process holds ``folder/.lock`` (a run is training into ``folder``)."""
+    import fcntl
+
+    path = Path(folder) / ".lock"
+    if not path.is_file():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 class RunRecord:
     """``metrics.json`` of a run, rewritten atomically on every change.
 
