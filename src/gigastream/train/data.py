@@ -211,6 +211,7 @@ class TensorSource:
         self.device = pixels.device
         self.tissue_mask = tissue_mask
         self.mpp = mpp
+        self.read_ahead = False  # reads are views of a tensor: no reading thread
 
     def read(self, index: tuple[slice, ...]) -> Tensor:
         """``pixels[index]``."""
