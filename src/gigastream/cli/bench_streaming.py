@@ -52,7 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stream from a procedural image generated tile by tile (default: only when the "
         "conventional estimate does not fit; up to --size 65536 and beyond)",
     )
-
     parser.add_argument(
         "--warmup",
         type=int,
@@ -75,13 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="write a torch.profiler table of one extra step per mode to PROFILE-<mode>.txt",
     )
-
     parser.add_argument(
         "--no-skip",
         action="store_true",
         help="run a mode even when its (upper-bound) memory estimate does not fit",
     )
-
     parser.add_argument(
         "--release-memory",
         action=argparse.BooleanOptionalAction,

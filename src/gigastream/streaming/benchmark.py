@@ -365,37 +365,28 @@ def run_benchmark(
                 logger.warning("skipping %s: %s", mode, result["modes"][mode]["reason"])
                 continue
             grads_path = str(Path(tmp) / f"{mode}.pt")
-            cmd = [
-                sys.executable,
-                "-m",
-                "gigastream.streaming.benchmark",
-                "--worker",
-                mode,
-                "--arch",
-                arch,
-                "--size",
-                str(size),
-                "--seed",
-                str(seed),
-                "--repeats",
-                str(repeats),
-                "--grads-out",
-                grads_path,
-            ]
-            if tile_size is not None:
-                cmd += ["--tile", str(tile_size)]
-            if memory_budget is not None:
-                cmd += ["--memory-budget", str(memory_budget)]
-            cmd += ["--allocator", "tuned" if tune_allocator else "default"]
-            cmd += ["--device", str(dev), "--precision", precision] + (["--lazy"] if lazy else [])
-            cmd += ["--warmup", str(warmup)] + (["--channels-last"] if channels_last else [])
-            cmd += ["--cudnn-benchmark" if cudnn_benchmark else "--no-cudnn-benchmark"]
-            if profile is not None:
-                cmd += ["--profile-out", f"{profile}-{mode}.txt"]
-            if host_memory_budget is not None:
-                cmd += ["--host-memory-budget", str(host_memory_budget)]
-            if release_memory is not None:
-                cmd += ["--release-memory" if release_memory else "--no-release-memory"]
+            worker = {  # run_worker's arguments, as JSON on the command line
+                "mode": mode,
+                "arch": arch,
+                "size": size,
+                "seed": seed,
+                "repeats": repeats,
+                "tile_size": tile_size,
+                "memory_budget": memory_budget,
+                "grads_out": grads_path,
+                "tune_allocator": tune_allocator,
+                "device": str(dev),
+                "precision": precision,
+                "lazy": lazy,
+                "warmup": warmup,
+                "channels_last": channels_last,
+                "cudnn_benchmark": cudnn_benchmark,
+                "profile_out": f"{profile}-{mode}.txt" if profile is not None else None,
+                "host_memory_budget": host_memory_budget,
+                "release_memory": release_memory,
+            }
+            cmd = [sys.executable, "-m", "gigastream.streaming.benchmark", "--worker"]
+            cmd.append(json.dumps(worker))
             logger.warning("running %s ...", mode)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -439,77 +430,18 @@ def run_benchmark(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--worker", choices=MODES)
-    parser.add_argument("--arch", default="resnet34")
-    parser.add_argument("--size", type=int, default=3072)
-    parser.add_argument("--tile", type=int, default=None)
-    parser.add_argument("--memory-budget", default=None)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--grads-out", default=None)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--allocator", choices=["auto", "tuned", "default"], default="auto")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    parser.add_argument("--lazy", action="store_true", default=None)
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--profile-out", default=None)
-    parser.add_argument("--host-memory-budget", default=None)
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
-    parser.add_argument(
-        "--no-skip", action="store_true", help="run modes whose estimate does not fit"
-    )
-    parser.add_argument("--release-memory", action=argparse.BooleanOptionalAction, default=None)
+    """``gigastream bench streaming`` as a script (the same flags); ``--worker JSON`` runs
+    one mode in this process with :func:`run_worker`'s arguments and prints its result."""
+    from gigastream.cli import bench_streaming
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    bench_streaming.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.worker:
-        res = run_worker(
-            args.worker,
-            args.arch,
-            args.size,
-            args.seed,
-            args.repeats,
-            args.tile,
-            args.memory_budget,
-            args.grads_out,
-            args.allocator == "tuned",
-            args.device,
-            args.precision,
-            bool(args.lazy),
-            warmup=args.warmup or 0,
-            channels_last=args.channels_last,
-            cudnn_benchmark=bool(args.cudnn_benchmark),
-            profile_out=args.profile_out,
-            host_memory_budget=args.host_memory_budget,
-            release_memory=args.release_memory,
-        )
-        print(json.dumps(res))
+        print(json.dumps(run_worker(**json.loads(args.worker))))
         return 0
-    res = run_benchmark(
-        args.arch,
-        args.size,
-        args.tile,
-        args.memory_budget,
-        args.repeats,
-        args.seed,
-        tuple(m.strip() for m in args.modes.split(",") if m.strip()),
-        out=args.out,
-        tune_allocator={"auto": None, "tuned": True, "default": False}[args.allocator],
-        device=args.device,
-        precision=args.precision,
-        lazy=args.lazy,
-        warmup=args.warmup,
-        channels_last=args.channels_last,
-        cudnn_benchmark=args.cudnn_benchmark,
-        profile=args.profile_out,
-        host_memory_budget=args.host_memory_budget,
-        skip_unfit=not args.no_skip,
-        release_memory=args.release_memory,
-    )
-    print(json.dumps(res["modes"], indent=2))
-    return 0
+    return bench_streaming.run(args)
 
 
 if __name__ == "__main__":
