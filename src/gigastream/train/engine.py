@@ -786,9 +786,7 @@ def instance_cell_um(slide: SlideReader, mpp: float, output_stride: int) -> floa
     The slide is read from the level :meth:`SlideReader.resolution` picks and resampled;
     ``output_stride`` input pixels make one instance (``StreamingCLAM.output_stride``).
     """
-    level = slide.resolution(mpp)
-    downsample = slide.levels[level.level].downsample
-    return output_stride * slide.require_mpp() * downsample * level.scale
+    return output_stride * slide.resolution(mpp).mpp
 
 
 def write_heatmaps(

@@ -474,11 +474,10 @@ def heatmap_tiff(
     painter = _Painter.prepare(slide, scores, cell_um, style or HeatmapStyle())
     if mpp is None:
         w0, h0 = slide.dimensions
-        res = Resolution(0, 1.0, (w0, h0))
-        out_mpp = slide.mpp or 1.0
+        res = Resolution(0, 1.0, (w0, h0), slide.mpp or 1.0)
     else:
         res = slide.resolution(mpp)
-        out_mpp = slide.require_mpp() * slide.levels[res.level].downsample * res.scale
+    out_mpp = res.mpp
     width, height = res.dimensions
     band = None
     if contours is not None:

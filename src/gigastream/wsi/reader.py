@@ -99,11 +99,15 @@ class Resolution:
         level: pyramid level read from.
         scale: level pixels per target pixel (1.0: no resizing).
         dimensions: ``(width, height)`` of the whole slide at the target mpp.
+        mpp: the exact microns per pixel of such a read (level mpp × ``scale``; it may
+            differ from the target within :data:`MPP_TOLERANCE`), or ``None`` for reads
+            that need no mpp metadata.
     """
 
     level: int
     scale: float
     dimensions: tuple[int, int]
+    mpp: float | None = None
 
 
 class SlideReader(ABC):
@@ -234,7 +238,8 @@ class SlideReader(ABC):
         if abs(scale - 1) <= MPP_TOLERANCE:
             scale = 1.0
         w, h = self.levels[best].dimensions
-        return Resolution(best, scale, (max(1, round(w / scale)), max(1, round(h / scale))))
+        dimensions = (max(1, round(w / scale)), max(1, round(h / scale)))
+        return Resolution(best, scale, dimensions, base * self.levels[best].downsample * scale)
 
     def _check_level(self, level: int) -> int:
         if not 0 <= level < len(self.levels):

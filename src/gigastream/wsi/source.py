@@ -86,8 +86,7 @@ class SlideSource:
             )
         self.reader = reader
         self.resolution = reader.resolution(mpp)
-        level = reader.levels[self.resolution.level]
-        self.mpp = reader.require_mpp() * level.downsample * self.resolution.scale  # exact
+        self.mpp = self.resolution.mpp  # exact
         width, height = self.resolution.dimensions
         self.shape = torch.Size((1, 3, height, width))
         self.dtype = dtype
