@@ -316,5 +316,7 @@ def test_expected_seconds_matches_the_measured_gigapixel_step():
     seconds, measured = expected_seconds(plan, "cuda", "bf16-mixed")
     assert 18 < seconds < 26 and "H200" in measured.measured_on
     assert precision_kind("16-mixed") == "bf16" and precision_kind("32") == "fp32"
-    assert precision_kind("64") == "fp32"
+    assert precision_kind("64") == "fp64"
+    assert expected_seconds(plan, "cuda", "64") is None  # never measured: no estimate
+    assert expected_seconds(plan, "cpu", "64")[1].measured_on.startswith("2 CPU cores")
     assert expected_seconds(plan, "mps", "32") is None

@@ -101,25 +101,19 @@ def _dry_run(prepared) -> int:
         raise ValueError(f"model.weights: {weights}: no such file (a local state_dict file)")
     model = build_model(replace(config, model=replace(config.model, weights=None)), 2)
     precision = config.train.precision
-    dtype = {"bf16": torch.bfloat16}.get(precision_kind(precision), torch.float32)
-    if precision == "64":
-        dtype = torch.float64
-    on_cuda = prepared.accelerator == "gpu"
-    here = "cuda" if on_cuda else "cpu"
+    dtype = {"bf16": torch.bfloat16, "fp64": torch.float64}.get(
+        precision_kind(precision), torch.float32
+    )
+    # the configured device; on a machine without one, also this CPU
+    devices = ["cuda"] if prepared.accelerator == "gpu" else ["cuda", "cpu"]
     pixels = sum(s[0][2] * s[0][3] for s in shapes if s[1] in train_ids)
     median = shapes[len(shapes) // 2]
     largest = shapes[-1]
     print(f"precision {precision}; trunk {config.model.arch}; tiles/budget from model settings")
     for title, (shape, slide_id) in (("largest", largest), ("median", median)):
         print(f"{title} slide: {slide_id} {shape[2]}x{shape[3]} px at {config.data.mpp} um/px")
-        devices = ["cuda"] if here == "cuda" else ["cuda", "cpu"]
         for device in devices:
-            plan = model.trunk.plan(
-                shape,
-                dtype if device == "cuda" or dtype != torch.bfloat16 else torch.float32,
-                lazy_input=True,
-                device=device,
-            )
+            plan = model.trunk.plan(shape, dtype, lazy_input=True, device=device)
             if title == "largest" and device == devices[0]:
                 print(plan)
             where = "a GPU" if device == "cuda" else "this machine's CPU"
@@ -129,7 +123,7 @@ def _dry_run(prepared) -> int:
             )
             if plan.est_host_bytes:
                 line += f", host memory {format_bytes(plan.est_host_bytes)}"
-            estimate = expected_seconds(plan, device, precision if device == "cuda" else "32")
+            estimate = expected_seconds(plan, device, precision)
             if estimate is not None:
                 seconds, measured = estimate
                 line += f", ~{seconds:.3g} s per slide (forward+backward; at the throughput "

@@ -41,14 +41,17 @@ MEASURED: dict[tuple[str, str], Throughput] = {
 
 def precision_kind(precision: str) -> str:
     """``"bf16"`` for reduced-precision training settings (``bf16-mixed``, ``16-mixed``,
-    ``bf16``), else ``"fp32"``."""
-    return "bf16" if "16" in str(precision) and str(precision) != "64" else "fp32"
+    ``bf16``), ``"fp64"`` for ``64``, else ``"fp32"``."""
+    precision = str(precision)
+    return "bf16" if "16" in precision else "fp64" if precision == "64" else "fp32"
 
 
 def expected_seconds(
     plan: StreamingPlan, device_type: str, precision: str
 ) -> tuple[float, Throughput] | None:
     """Expected seconds for one forward + backward of ``plan`` (None: nothing measured).
+
+    On the CPU only fp32 was measured: its throughput stands for every precision there.
 
     Example:
         >>> import torch, torchvision
