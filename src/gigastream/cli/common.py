@@ -45,8 +45,9 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def add_training(parser: argparse.ArgumentParser) -> None:
-    """The flags of a training run (``train`` and ``demo``)."""
+def add_recipe(parser: argparse.ArgumentParser) -> None:
+    """The flags of a run's settings: config file, model, optimisation, device and precision
+    (``train``, ``demo`` and ``experiment resolution``)."""
     from gigastream.models.trunks import list_trunks
 
     parser.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
@@ -56,28 +57,34 @@ def add_training(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--head", help="MIL head (see gigastream.list_mil_heads())")
     parser.add_argument("--epochs", type=int, help="passes over the training slides")
-    parser.add_argument("--mpp", type=float, help="resolution slides are streamed at (um/px)")
     parser.add_argument("--tile-size", type=int, help="streaming tile edge in pixels")
     parser.add_argument("--memory-budget", help="streaming memory budget, e.g. 8GiB")
     parser.add_argument("--lr", type=float, help="trunk learning rate")
     parser.add_argument("--head-lr", type=float, help="MIL head learning rate")
     parser.add_argument("--accumulate", type=int, help="slides per optimiser step")
-    parser.add_argument("--seed", type=int, help="seed of split, initialisation, order, dropout")
     add_device(parser)
-    parser.add_argument("--devices", type=int, help="devices (processes) to train on (DDP)")
-    parser.add_argument("--strategy", help="Lightning strategy: auto, ddp, ...")
     parser.add_argument(
         "--precision", choices=["32", "64", "bf16-mixed", "16-mixed"], help="numeric precision"
     )
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    add_workers(parser)
+    add_progress(parser)
+
+
+def add_training(parser: argparse.ArgumentParser) -> None:
+    """The flags of a training run (``train`` and ``demo``): :func:`add_recipe` and the
+    run's resolution, seed, distribution, early stopping, resume and overwrite."""
+    add_recipe(parser)
+    parser.add_argument("--mpp", type=float, help="resolution slides are streamed at (um/px)")
+    parser.add_argument("--seed", type=int, help="seed of split, initialisation, order, dropout")
+    parser.add_argument("--devices", type=int, help="devices (processes) to train on (DDP)")
+    parser.add_argument("--strategy", help="Lightning strategy: auto, ddp, ...")
     parser.add_argument(
         "--early-stopping",
         type=int,
         metavar="EPOCHS",
         help="stop after EPOCHS epochs without a better validation AUC",
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
-    add_workers(parser)
-    add_progress(parser)
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -87,7 +94,12 @@ def add_training(parser: argparse.ArgumentParser) -> None:
 
 
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Config overrides from the training flags (only those given)."""
+    """Config overrides from the training flags (only those given; flags a command does not
+    have count as not given)."""
+
+    def flag(name: str) -> Any:
+        return getattr(args, name, None)
+
     return {
         "model": {
             "arch": args.arch,
@@ -96,17 +108,17 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "tile_size": args.tile_size,
             "memory_budget": args.memory_budget,
         },
-        "data": {"mpp": args.mpp, "num_workers": args.workers},
+        "data": {"mpp": flag("mpp"), "num_workers": args.workers},
         "optim": {"lr": args.lr, "head_lr": args.head_lr},
         "train": {
             "epochs": args.epochs,
-            "seed": args.seed,
+            "seed": flag("seed"),
             "device": args.device,
-            "devices": args.devices,
-            "strategy": args.strategy,
+            "devices": flag("devices"),
+            "strategy": flag("strategy"),
             "precision": args.precision,
             "accumulate_grad_batches": args.accumulate,
-            "early_stopping_patience": args.early_stopping,
+            "early_stopping_patience": flag("early_stopping"),
             "threads": args.threads,
             "progress": False if args.no_progress else None,
         },

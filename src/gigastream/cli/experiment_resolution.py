@@ -28,8 +28,6 @@ def _ratio(text: str) -> tuple[int, int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from gigastream.models.trunks import list_trunks
-
     parser.add_argument(
         "--manifest",
         type=Path,
@@ -45,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mpp",
+        dest="mpps",
         type=float,
         nargs="+",
         default=[1.0, 2.0, 4.0, 8.0],
@@ -68,27 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: a synthetic dataset's lesions/ folder)",
     )
     parser.add_argument("--heatmap-slide", help="test slide drawn at every resolution")
-    parser.add_argument("--config", type=Path, help="YAML run settings as for gigastream train")
-    parser.add_argument("--arch", choices=list_trunks(), help="CNN trunk")
-    parser.add_argument("--weights", help="trunk weights: imagenet or a local state_dict")
-    parser.add_argument("--head", help="MIL head (see gigastream.list_mil_heads())")
-    parser.add_argument("--epochs", type=int, help="passes over the training slides")
-    parser.add_argument("--accumulate", type=int, help="slides per optimiser step")
-    parser.add_argument("--tile-size", type=int, help="streaming tile edge in pixels")
-    parser.add_argument("--memory-budget", help="streaming memory budget, e.g. 8GiB")
-    common.add_device(parser)
-    parser.add_argument(
-        "--precision", choices=["32", "64", "bf16-mixed", "16-mixed"], help="numeric precision"
-    )
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
-    common.add_workers(parser)
+    common.add_recipe(parser)  # the run settings, as for gigastream train
     parser.add_argument(
         "--in-process",
         action="store_true",
         help="train every run in this process (default: a fresh process each, for peak memory)",
     )
     parser.add_argument("--overwrite", action="store_true", help="retrain finished runs")
-    common.add_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,28 +88,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.config}: '{key}' is set by the experiment (--manifest with its split "
                 "column); remove it from the config"
             )
-    flags = {
-        "model": {
-            "arch": args.arch,
-            "weights": args.weights,
-            "head": args.head,
-            "tile_size": args.tile_size,
-            "memory_budget": args.memory_budget,
-        },
-        "data": {"num_workers": args.workers},
-        "train": {
-            "epochs": args.epochs,
-            "accumulate_grad_batches": args.accumulate,
-            "device": args.device,
-            "precision": args.precision,
-            "threads": args.threads,
-        },
-    }
+    flags = common.run_overrides(args)  # data.mpp and train.seed come from the sweep
     sweep = ResolutionSweep(
         manifest=str(args.manifest),
         out=str(args.out),
         results=str(args.results) if args.results else None,
-        mpps=list(args.mpp),
+        mpps=list(args.mpps),
         seeds=list(args.seeds),
         run=merge(values, flags),
         split_ratio=args.split_ratio,
