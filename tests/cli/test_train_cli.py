@@ -22,7 +22,7 @@ from tests.train.conftest import (
 )
 
 from gigastream.cli.main import main
-from gigastream.train.io import run_lock
+from gigastream.train.files import run_lock
 
 
 @pytest.fixture(scope="session")

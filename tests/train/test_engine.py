@@ -25,7 +25,7 @@ import torch
 
 from gigastream.train.config import ConfigError, load_config
 from gigastream.train.engine import check_out, fit, load_classifier, prepare, resolved_config
-from gigastream.train.io import RunError, load_checkpoint_file, run_lock
+from gigastream.train.files import RunError, load_checkpoint_file, run_lock
 from tests.train.conftest import TINY, copy_manifest, tiny_config, write_tiny_yaml
 
 SRC = Path(__file__).resolve().parents[2] / "src"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from gigastream.train.config import ConfigError
-from gigastream.train.io import RunError
+from gigastream.train.files import RunError
 from gigastream.train.resolution import (
     RESULT_KEYS,
     ResolutionSweep,

@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # unwritable --out, full disk, ...: one line, not a traceback
         if args.verbose >= 2:
             raise
-        from gigastream.train.io import describe_os_error
+        from gigastream.train.files import describe_os_error
 
         print(f"gigastream: error: {describe_os_error(exc)}", file=sys.stderr)
         return 1

@@ -37,10 +37,10 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gigastream import precision as precisions
 from gigastream.models.streaming_clam import StreamingCLAMConfig
 from gigastream.wsi.tissue import TissueMaskConfig
 
-PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed")
 NORMALIZATIONS = ("imagenet", "none")
 
 
@@ -147,7 +147,8 @@ class TrainConfig:
         devices: number of devices (processes) to train on; >1 uses DDP.
         num_nodes: machines (with ``torchrun`` / SLURM).
         strategy: Lightning strategy: ``auto``, ``ddp``, ...
-        precision: ``32``, ``64``, ``bf16-mixed`` or ``16-mixed`` (CUDA only).
+        precision: Lightning's name (:mod:`gigastream.precision`): ``32`` / ``32-true``,
+            ``64`` / ``64-true``, ``bf16-mixed`` or ``16-mixed`` (CUDA only).
         accumulate_grad_batches: slides per optimiser step (gradient accumulation over
             slides: the multi-bag accumulation of Andersson et al.).
         balanced: interleave the classes in the slide order, so every gradient-accumulation
@@ -187,10 +188,10 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
+        try:
+            precisions.check(self.precision, "train.precision")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"train.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
@@ -422,7 +423,7 @@ def load_config(
 
 def to_dict(config: Any) -> Any:
     """A config as plain YAML/JSON types (NaN/inf as ``None``, paths as strings)."""
-    from gigastream.train.io import jsonable
+    from gigastream.train.files import jsonable
 
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
@@ -437,7 +438,7 @@ def dump_yaml(config: Any, path: str | Path) -> Path:
     """Write a config as YAML (atomically)."""
     import yaml
 
-    from gigastream.train.io import atomic_write_text
+    from gigastream.train.files import atomic_write_text
 
     return atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 

@@ -39,14 +39,13 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from gigastream.models.streaming_clam import StreamingCLAM
 from gigastream.streaming.memory import peak_rss_mib
 from gigastream.train.config import ConfigError, RunConfig, dump_yaml, load_config, to_dict
 from gigastream.train.data import SlideExamples, check_labels, slide_loader, split_rows
-from gigastream.train.io import (
+from gigastream.train.files import (
     RunError,
     RunRecord,
     atomic_write_text,
@@ -59,49 +58,15 @@ from gigastream.train.io import (
 )
 from gigastream.train.metrics import classification_metrics, mean_sd
 from gigastream.train.module import MILClassifier
+from gigastream.train.trainer import build_trainer, checkpoint_callbacks, resolve_device
 from gigastream.wsi.manifest import Manifest, ManifestRow, read_manifest, read_splits
 from gigastream.wsi.reader import SlideError, SlideReader
 
 logger = logging.getLogger(__name__)
 
-_PRECISION = {"32": "32-true", "64": "64-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
-
 
 class RunInterrupted(KeyboardInterrupt):
     """The run was stopped by SIGTERM or SIGINT (its status says ``interrupted``)."""
-
-
-# ----------------------------------------------------------------------------- devices
-def resolve_device(config: RunConfig) -> tuple[str, int | list[int]]:
-    """Lightning ``(accelerator, devices)`` for ``train.device``; ConfigError if unavailable."""
-    device, count = config.train.device, config.train.devices
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        accelerator: str = "cpu"
-        devices: int | list[int] = count
-    elif device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"--device {device}: CUDA is not available on this machine "
-                "(torch.cuda.is_available() is False); use --device cpu"
-            )
-        available = torch.cuda.device_count()
-        if device == "cuda":
-            devices = count
-            if count > available:
-                raise ConfigError(f"--devices {count}: only {available} CUDA device(s) here")
-        else:
-            index = int(device.split(":", 1)[1])
-            if index >= available:
-                raise ConfigError(f"--device {device}: only {available} CUDA device(s) here")
-            devices = [index]
-        accelerator = "gpu"
-    else:
-        raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
-    if config.train.precision == "16-mixed" and accelerator == "cpu":
-        raise ConfigError("--precision 16-mixed needs a CUDA device; on the CPU use bf16-mixed")
-    return accelerator, devices
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -156,7 +121,7 @@ def prepare(config: RunConfig, check_plan: bool = True, check_device: bool = Tru
     if config.manifest is None:
         raise ConfigError("no manifest: pass --manifest M.csv (or set manifest: in the config)")
     if check_device:
-        accelerator, devices = resolve_device(config)
+        accelerator, devices = resolve_device(config.train)
     else:
         accelerator = "gpu" if str(config.train.device).startswith("cuda") else "cpu"
         devices = 1
@@ -183,25 +148,6 @@ def resolved_config(prepared: PreparedRun) -> RunConfig:
 
 
 # ----------------------------------------------------------------------------- lightning parts
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file and renamed: never half-written."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        return load_checkpoint_file(path)
-
-
 class RunRecorder(Callback):
     """Keeps ``metrics.json`` true: epochs as they finish, status on every way out."""
 
@@ -293,51 +239,6 @@ class _Signals:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-
-
-def build_trainer(
-    config: RunConfig,
-    out: Path | None,
-    accelerator: str,
-    devices: int | list[int],
-    callbacks: Sequence[Callback] = (),
-    for_training: bool = True,
-) -> L.Trainer:
-    """Lightning's ``Trainer`` for a run (loggers and checkpoints only when training)."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    train = config.train
-    strategy: Any = train.strategy
-    if strategy == "ddp":  # CLAM's instance classifiers of the other classes sit out a step
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = DDPStrategy(find_unused_parameters=True)
-    loggers: Any = False
-    if for_training and out is not None:
-        loggers = [CSVLogger(out, name="logs")]
-        try:
-            loggers.append(TensorBoardLogger(out, name="tensorboard"))
-        except ModuleNotFoundError:  # tensorboard not installed: CSV only
-            logger.info("tensorboard is not installed: CSV logs only")
-    return L.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=train.num_nodes if for_training else 1,
-        strategy=strategy if for_training else "auto",
-        precision=_PRECISION[train.precision],
-        max_epochs=train.epochs,
-        accumulate_grad_batches=train.accumulate_grad_batches,
-        gradient_clip_val=config.optim.grad_clip,
-        callbacks=list(callbacks),
-        logger=loggers,
-        enable_checkpointing=for_training,
-        enable_progress_bar=train.progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        default_root_dir=str(out) if out is not None else None,
-        plugins=[AtomicCheckpointIO()],
-    )
 
 
 # ----------------------------------------------------------------------------- fit
@@ -533,27 +434,21 @@ def _train_and_report(
         model, prepared.class_names, config.optim, data, train.seed, to_dict(config)
     )
     checkpoints = out / "checkpoints"
-    best = ModelCheckpoint(
-        dirpath=checkpoints,
-        filename="best",
-        monitor="val_score",  # validation AUC, ties broken by the lower validation loss
-        mode="max",
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    # Lightning 2.6's save_last=True only refreshes last.ckpt in epochs that improve the
-    # monitored metric; an unmonitored checkpoint is rewritten after every epoch (and, after
-    # ``best``, carries its updated state for resuming)
-    last = ModelCheckpoint(
-        dirpath=checkpoints, filename="last", save_top_k=1, enable_version_counter=False
-    )
+    best, last = checkpoint_callbacks(checkpoints)
     callbacks: list[Callback] = [best, last, RunRecorder(record, checkpoints)]
     if train.early_stopping_patience:
         callbacks.append(
             EarlyStopping(monitor="val_score", mode="max", patience=train.early_stopping_patience)
         )
     callbacks.extend(extra_callbacks)
-    trainer = build_trainer(config, out, prepared.accelerator, prepared.devices, callbacks)
+    trainer = build_trainer(
+        config.train,
+        out,
+        prepared.accelerator,
+        prepared.devices,
+        callbacks,
+        grad_clip=config.optim.grad_clip,
+    )
     train_loader = slide_loader(
         prepared.train_rows, prepared.class_names, data, train.seed, True, train.balanced
     )
@@ -703,10 +598,10 @@ def run_predictions(
         config = replace(config, train=replace(config.train, device=device, devices=1))
     else:
         config = replace(config, train=replace(config.train, devices=1))
-    accelerator, devices = resolve_device(config)
+    accelerator, devices = resolve_device(config.train)
     module.data = data
     config = replace(config, train=replace(config.train, progress=progress))
-    trainer = build_trainer(config, None, accelerator, devices, for_training=False)
+    trainer = build_trainer(config.train, None, accelerator, devices, for_training=False)
     loader = slide_loader(rows, module.class_names, data)
     return list(trainer.predict(module, loader, return_predictions=True) or [])
 
@@ -902,7 +797,7 @@ def _prediction_config(config: RunConfig, device: str | None, workers: int | Non
     train = replace(config.train, device=device or "auto", devices=1, progress=False)
     data = config.data if workers is None else replace(config.data, num_workers=workers)
     config = replace(config, train=train, data=data)
-    resolve_device(config)  # validate before any output
+    resolve_device(config.train)  # validate before any output
     return config
 
 

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from gigastream.train.config import DataConfig, OptimConfig
-from gigastream.train.io import jsonable
+from gigastream.train.files import jsonable
 from gigastream.train.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)

@@ -55,7 +55,7 @@ import torch
 
 from gigastream.streaming.memory import peak_rss_mib
 from gigastream.train.config import ConfigError, RunConfig, load_config, merge, to_dict
-from gigastream.train.io import RunError, atomic_write_text, write_json
+from gigastream.train.files import RunError, atomic_write_text, write_json
 from gigastream.train.metrics import mean_sd
 from gigastream.train.mil_experiment import StepTimer
 from gigastream.wsi.manifest import (

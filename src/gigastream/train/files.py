@@ -57,6 +57,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` ``obj`` to ``path`` atomically (the folder is created if missing)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
 def jsonable(value: Any) -> Any:
     """Plain JSON types: NaN/inf become ``None``, numpy scalars and paths are converted."""
     if isinstance(value, dict):
@@ -196,6 +205,7 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
 __all__ = [
     "RunError",
     "RunRecord",
+    "atomic_save",
     "atomic_write_text",
     "check_writable_folder",
     "describe_os_error",
