@@ -1,8 +1,8 @@
 """Where the time of exact gradient accumulation goes, for the MNIST-bags encoder on CPU.
 
 Measures, for one bag of N uint8 MNIST-sized images, the median over repeats of one step of
-:class:`~gigastream.train.mil_strategies.BagClassifier` (the model the training engine runs
-in ``gigastream experiment mnist-bags``: forward with the label, loss, backward):
+:class:`~gigastream.mil.strategies.BagClassifier` (the model the training engine runs
+in ``experiments/mnist_bags/run.py``: forward with the label, loss, backward):
 - ``forward_nograd``: the model in eval mode (encoder over the bag in chunks, no graph);
 - ``forward_backward``: the ``baseline`` strategy (whole-bag forward + backward);
 - ``chunked``: the ``accumulate`` strategy (ChunkedEncoder, every chunk recomputed), and
@@ -24,7 +24,7 @@ import torch
 
 from gigastream import create_mil_head
 from gigastream.mil.encoders import SmallCNN
-from gigastream.train.mil_strategies import BagClassifier, StrategyConfig
+from gigastream.mil.strategies import BagClassifier, StrategyConfig
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -2,9 +2,11 @@
 averages away at 8x downsampling (renders each slide with and without the lesion pattern,
 same seed, and compares them after area-averaging by 1, 2 and 8, or ``--factors``).
 
-Example:
-    python experiments/demo_recipe/check_synth.py --slides 16 --size 1024 --lesion-size 160
-    python experiments/demo_recipe/check_synth.py --factors 2 4 8 16  # 1, 2, 4, 8 um/px
+Example (``--sources``: the real H&E images and slides the synthetic tissue is cut from):
+    python experiments/demo_recipe/check_synth.py --sources ../shared/data/images \
+        ../shared/data/slides --slides 16 --size 1024 --lesion-size 160
+    python experiments/demo_recipe/check_synth.py --sources ../shared/data/images \
+        ../shared/data/slides --factors 2 4 8 16  # 1, 2, 4, 8 um/px
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from scipy import ndimage
 
 from gigastream.wsi.synth import SlideRenderer, SynthConfig, build_texture_bank, find_sources
 
-SOURCES = ["/work/shared/data/images", "/work/shared/data/slides"]
-
 
 def render(config: SynthConfig, bank: np.ndarray, index: int) -> tuple[np.ndarray, SlideRenderer]:
     renderer = SlideRenderer(config, bank, index, positive=True)
@@ -32,7 +32,14 @@ def shrink(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--sources",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="folders or files of real H&E images/slides to cut tissue from (as gigastream synth)",
+    )
     p.add_argument("--slides", type=int, default=8)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--lesion-size", type=int, default=160)
@@ -55,7 +62,7 @@ def main() -> None:
         seed=args.seed,
         nucleus_period=args.period,
     )
-    bank = build_texture_bank(find_sources(SOURCES), config)
+    bank = build_texture_bank(find_sources(args.sources), config)
     flat = dataclasses.replace(config, lesion_contrast=0.0)
     fractions: list[float] = []
     diffs: dict[int, list[float]] = {f: [] for f in args.factors}

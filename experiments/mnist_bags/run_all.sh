@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce experiments/mnist_bags/README.md. One run at a time, one thread each, every run in
-# its own process (peak memory is per process). Results: $OUT/*.json (default
-# experiments/mnist_bags/results). Every run trains on the project's engine (MILClassifier in a
-# Lightning Trainer).
+# its own process (peak memory is per process). Every run trains on the project's engine
+# (MILClassifier in the Trainer of gigastream.train.trainer.build_trainer) into its own run
+# folder $RUNS/NAME (metrics.json, test_predictions.csv, checkpoints/best.ckpt; default
+# out/mnist_bags, ignored by git); its metrics.json is copied to $OUT/NAME.json (default
+# experiments/mnist_bags/results), which summarize.py reads.
 # Usage (from the repository root):
 #   bash experiments/mnist_bags/run_all.sh [table|flat|timing|float64|bench|check|all]
 # "check" is the short re-check on the engine (seed 0, N = 50 and 500, baseline and accumulate,
@@ -10,19 +12,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-GS=${GIGASTREAM:-gigastream}
-PY=${PYTHON:-python}
+if [[ -n ${PYTHON:-} ]]; then PY=$PYTHON
+elif [[ -x .venv/bin/python ]]; then PY=.venv/bin/python
+else PY=python; fi
 DIR=experiments/mnist_bags
 what=${1:-all}
 if [[ $what == check ]]; then OUT=${OUT:-$DIR/results_lightning}; else OUT=${OUT:-$DIR/results}; fi
+RUNS=${RUNS:-out/mnist_bags}
 mkdir -p "$OUT"
 
 run() {  # run NAME FLAGS... ; skips runs whose JSON exists (delete it to redo)
   local name=$1; shift
   [[ -f $OUT/$name.json ]] && return 0
   echo "== $name: $*" >&2
-  $GS experiment mnist-bags --config $DIR/config.yaml --threads 1 --no-progress \
-    --out "$OUT/$name.json" "$@"
+  $PY $DIR/run.py --config $DIR/config.yaml --threads 1 --no-progress \
+    --out "$RUNS/$name" "$@"
+  cp "$RUNS/$name/metrics.json" "$OUT/$name.json"
 }
 
 # bags and epochs per bag size: fewer, larger bags as N grows (same order of training time)
@@ -75,7 +80,7 @@ if [[ $what == float64 || $what == all ]]; then
   # same seed in float64: accumulate should follow baseline's training trajectory
   for strategy in baseline accumulate; do
     # shellcheck disable=SC2046
-    run "float64_${strategy}_n500_s0" --strategy $strategy --bag-size 500 --seed 0 --dtype float64 \
+    run "float64_${strategy}_n500_s0" --strategy $strategy --bag-size 500 --seed 0 --precision 64 \
       $(size_flags 500)
   done
 fi
@@ -89,7 +94,7 @@ if [[ $what == check ]]; then
   done
   for strategy in baseline accumulate; do
     # shellcheck disable=SC2046
-    run "float64_${strategy}_n500_s0" --strategy $strategy --bag-size 500 --seed 0 --dtype float64 \
+    run "float64_${strategy}_n500_s0" --strategy $strategy --bag-size 500 --seed 0 --precision 64 \
       $(size_flags 500)
   done
 fi

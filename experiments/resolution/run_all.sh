@@ -4,7 +4,7 @@
 # recipe of `gigastream train` trained at 1, 2, 4 and 8 um/px with seeds 0, 1, 2 (12 runs, each
 # in a fresh process). Runs go to $OUT/runs (finished runs are reused: rerun to continue a
 # stopped sweep); results.json, runs.json, summary.md, resolution.png and heatmaps/ go to
-# $RESULTS. Extra arguments go to `gigastream experiment resolution` (e.g. --epochs 2 --seeds 0).
+# $RESULTS. Extra arguments go to experiments/resolution/run.py (e.g. --epochs 2 --seeds 0).
 # Usage (from anywhere): bash experiments/resolution/run_all.sh [FLAGS...]
 #   OUT=out/resolution RESULTS=experiments/resolution SLIDES=96 (defaults)
 set -euo pipefail
@@ -12,6 +12,9 @@ cd "$(dirname "$0")/../.."
 if [[ -n ${GIGASTREAM:-} ]]; then GS=$GIGASTREAM
 elif [[ -x .venv/bin/gigastream ]]; then GS=.venv/bin/gigastream
 else GS=gigastream; fi
+if [[ -n ${PYTHON:-} ]]; then PY=$PYTHON
+elif [[ -x .venv/bin/python ]]; then PY=.venv/bin/python
+else PY=python; fi
 OUT=${OUT:-out/resolution}
 RESULTS=${RESULTS:-experiments/resolution}
 SLIDES=${SLIDES:-96}
@@ -21,7 +24,7 @@ if [[ ! -f $OUT/data/manifest.csv ]]; then
   $GS synth --out "$OUT/data" --slides "$SLIDES" --size 1024 --lesion-size 160 --block-size 256 \
     --feather 64 --seed 0 --no-progress
 fi
-$GS experiment resolution --manifest "$OUT/data/manifest.csv" --split-ratio 3:1:2 \
+$PY experiments/resolution/run.py --manifest "$OUT/data/manifest.csv" --split-ratio 3:1:2 \
   --out "$OUT/runs" --results "$RESULTS" --mpp 1 2 4 8 --seeds 0 1 2 "$@"
 
 seconds=$(( $(date +%s) - start ))

@@ -25,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     "ChunkedEncoder": "gigastream.mil.chunked",
     "create_mil_head": "gigastream.mil.heads",
     "list_mil_heads": "gigastream.mil.heads",
+    "StreamingMIL": "gigastream.models.streaming_mil",
+    "StreamingMILConfig": "gigastream.models.streaming_mil",
     "SlideReader": "gigastream.wsi.reader",
     "SlideError": "gigastream.wsi.reader",
 }

@@ -71,22 +71,33 @@ def test_bench_streaming_flags_parse():
             "--device",
             "cuda",
             "--precision",
-            "bf16",
+            "bf16-mixed",
+            "--tf32",
             "--size",
             "65536",
             "--lazy",
         ]
     )
-    assert (args.device, args.precision, args.size, args.lazy) == ("cuda", "bf16", 65536, True)
+    assert (args.device, args.precision, args.size, args.lazy) == (
+        "cuda",
+        "bf16-mixed",
+        65536,
+        True,
+    )
+    assert args.tf32 is True
     args = build_parser().parse_args(["bench", "streaming"])
-    assert (args.device, args.precision, args.lazy) == ("cpu", "fp32", None)
+    assert (args.device, args.precision, args.tf32, args.lazy) == ("cpu", "32", False, None)
 
 
 def test_bench_streaming_tf32_needs_cuda(tmp_path, capsys):
-    assert (
-        main(["bench", "streaming", "--precision", "tf32", "--out", str(tmp_path / "x.json")]) == 1
-    )
-    assert "needs --device cuda" in capsys.readouterr().err
+    assert main(["bench", "streaming", "--tf32", "--out", str(tmp_path / "x.json")]) == 1
+    assert "--tf32 needs --device cuda" in capsys.readouterr().err
+
+
+def test_bench_streaming_16_mixed_needs_cuda(tmp_path, capsys):
+    out = str(tmp_path / "x.json")
+    assert main(["bench", "streaming", "--precision", "16-mixed", "--out", out]) == 1
+    assert "16-mixed needs --device cuda" in capsys.readouterr().err
 
 
 def test_bench_streaming_bf16_lazy_tiny_cpu_run(tmp_path):
@@ -95,13 +106,13 @@ def test_bench_streaming_bf16_lazy_tiny_cpu_run(tmp_path):
     code = main(
         [
             "bench", "streaming", "--arch", "resnet18", "--size", "256", "--tile", "160",
-            "--precision", "bf16", "--lazy", "--repeats", "1",
+            "--precision", "bf16-mixed", "--lazy", "--repeats", "1",
             "--modes", "conventional,streaming", "--out", str(out),
         ]
     )  # fmt: skip
     assert code == 0
     result = json.loads(out.read_text())
-    assert result["config"]["precision"] == "bf16" and result["config"]["lazy_input"] is True
+    assert result["config"]["precision"] == "bf16-mixed" and result["config"]["lazy_input"] is True
     assert result["plan"]["lazy_input"] is True and result["plan"]["bytes_per_elem"] == 2
     streamed = result["modes"]["streaming"]
     assert streamed["lazy_input"] is True and streamed["seconds_median"] > 0

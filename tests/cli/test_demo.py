@@ -57,9 +57,9 @@ def test_demo_bad_config(tmp_path, capsys):
 
 
 def test_demo_without_he_sources_uses_procedural_texture(tmp_path, monkeypatch):
-    from gigastream.cli import demo
+    from gigastream.cli import common
 
-    monkeypatch.setattr(demo, "_find_sources", lambda given: [])
+    monkeypatch.setattr(common, "find_shared_data", lambda *names: [])
     monkeypatch.chdir(tmp_path)  # and a relative --out, as in the README's command
     out = tmp_path / "demo"
     code = main(["demo", "--out", "demo", "--epochs", "1", "--slides", "4", *TINY[2:]])

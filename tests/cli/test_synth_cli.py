@@ -57,3 +57,13 @@ def test_synth_bad_settings_and_sources(tmp_path, capsys):
         == 1
     )
     assert "H&E source not found" in capsys.readouterr().err
+
+
+def test_synth_without_sources_or_shared_data(tmp_path, capsys, monkeypatch):
+    from gigastream.cli import common
+
+    monkeypatch.setattr(common, "find_shared_data", lambda *names: [])
+    assert main(["synth", "--out", str(tmp_path / "ds"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "no H&E images found" in err and "pass --sources" in err
+    assert not (tmp_path / "ds").exists()

@@ -281,6 +281,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, manifest, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.yaml"]
 
 
+def test_dry_run_of_all_folds_is_refused(tmp_path, manifest, capsys):
+    out = tmp_path / "run"
+    config = write_tiny_yaml(tmp_path / "t.yaml")
+    code, _, err = _cli(capsys, *_train(manifest, out, config), "--folds", "all", "--dry-run")
+    _one_line_error(code, err, "--dry-run plans one run: drop --folds all")
+    assert not out.exists()
+
+
 def test_dry_run_of_a_gpu_config_plans_without_the_gpu_and_weights(tmp_path, manifest, capsys):
     """camelyon16-style settings (CUDA, bf16, ImageNet weights) plan on a CPU-only machine."""
     out = tmp_path / "run"
@@ -301,8 +309,9 @@ def test_expected_seconds_matches_the_measured_gigapixel_step():
     import torch
     import torchvision
 
+    from gigastream import precision
     from gigastream.streaming import StreamingModule
-    from gigastream.streaming.throughput import expected_seconds, precision_kind
+    from gigastream.streaming.throughput import expected_seconds
 
     trunk = torch.nn.Sequential(*list(torchvision.models.resnet34().children())[:-2]).eval()
     plan = StreamingModule(trunk, memory_budget="40GiB").plan(
@@ -315,8 +324,8 @@ def test_expected_seconds_matches_the_measured_gigapixel_step():
     )
     seconds, measured = expected_seconds(plan, "cuda", "bf16-mixed")
     assert 18 < seconds < 26 and "H200" in measured.measured_on
-    assert precision_kind("16-mixed") == "bf16" and precision_kind("32") == "fp32"
-    assert precision_kind("64") == "fp64"
+    assert precision.kind("16-mixed") == "fp16" and precision.kind("32") == "fp32"
+    assert precision.kind("64") == "fp64" and precision.kind("bf16-mixed") == "bf16"
     assert expected_seconds(plan, "cuda", "64") is None  # never measured: no estimate
     assert expected_seconds(plan, "cpu", "64")[1].measured_on.startswith("2 CPU cores")
     assert expected_seconds(plan, "mps", "32") is None

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.exactness import assert_exact, assert_same_gradients, run_backward
 from torch import nn
 
 from gigastream import ChunkedEncoder, create_mil_head
 from gigastream.streaming import FrozenBatchNorm, freeze_batchnorm
-
-# float64: only summation order differs -> 1e-10. float32: conv kernels chosen per batch size
-# and summation order give ~1e-6 relative differences; 1e-5 is the documented tolerance.
-TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 
 
 class Residual(nn.Module):
@@ -86,24 +83,24 @@ def _reference(encoder, bag, chunk_size, stochastic):
     return torch.cat([encoder(bag[i : i + chunk_size]) for i in range(0, len(bag), chunk_size)])
 
 
-def _grads(encoder, head, bag, chunked: bool, chunk_size: int, seed: int, **kw):
-    encoder.zero_grad(set_to_none=True)
-    head.zero_grad(set_to_none=True)
-    bag = bag.detach().clone().requires_grad_(True)
-    torch.manual_seed(seed)
-    if chunked:
-        feats = ChunkedEncoder(encoder, chunk_size=chunk_size, **kw)(bag)
-    else:
-        feats = _reference(encoder, bag, chunk_size, stochastic=encoder.training)
-    out = head(feats, label=1)
-    loss = head.loss(out, 1) + (feats**2).mean()  # a second path into H
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in encoder.named_parameters()}
-    # (CLAM's instance classifier of the other class gets no gradient from a label-1 bag)
-    grads.update(
-        {f"head.{n}": p.grad.clone() for n, p in head.named_parameters() if p.grad is not None}
-    )
-    return feats.detach(), bag.grad.clone(), grads
+def _bag_case(encoder, head, chunk_size: int, label: int = 1):
+    """The ordinary encoder (:func:`_reference`), the parameters of encoder and head, the
+    bag loss, and the parameters that take no part in it."""
+    params = {
+        **dict(encoder.named_parameters()),
+        **{f"head.{n}": p for n, p in head.named_parameters()},
+    }
+
+    def loss(feats):
+        return head.loss(head(feats, label=label), label) + (feats**2).mean()  # 2nd path into H
+
+    # CLAM's instance classifier of the other class gets no gradient (no subtyping)
+    unused = {n for n in params if n.startswith(f"head.instance_classifiers.{1 - label}.")}
+
+    def ordinary(bag):
+        return _reference(encoder, bag, chunk_size, stochastic=encoder.training)
+
+    return ordinary, params, loss, unused
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -116,16 +113,9 @@ def test_chunked_equals_full_bag(dtype, enc_name, head_name, n, chunk):
     encoder = ENCODERS[enc_name]().to(dtype).train()
     head = create_mil_head(head_name, 10, 2, hidden_dim=6).to(dtype)
     bag = torch.randn(n, 1, 12, 12, dtype=dtype)
-    ref = _grads(encoder, head, bag, chunked=False, chunk_size=chunk, seed=5)
-    got = _grads(encoder, head, bag, chunked=True, chunk_size=chunk, seed=5)
-    tol = TOL[dtype]
-    torch.testing.assert_close(got[0], ref[0], **tol)
-    torch.testing.assert_close(got[1], ref[1], **tol)
-    assert got[2].keys() == ref[2].keys()
-    for name in ref[2]:
-        torch.testing.assert_close(
-            got[2][name], ref[2][name], **tol, msg=lambda m, n=name: f"{n}: {m}"
-        )
+    ordinary, params, loss, unused = _bag_case(encoder, head, chunk)
+    chunked = ChunkedEncoder(encoder, chunk_size=chunk)
+    assert_same_gradients(ordinary, chunked, bag, params, loss=loss, unused=unused, seed=5)
 
 
 def test_dropout_is_replayed_not_redrawn():
@@ -134,11 +124,11 @@ def test_dropout_is_replayed_not_redrawn():
     encoder = conv_dropout().double().train()
     head = create_mil_head("abmil", 10, 2).double()
     bag = torch.randn(20, 1, 12, 12, dtype=torch.float64)
-    ref = _grads(encoder, head, bag, chunked=False, chunk_size=6, seed=1)
-    got = _grads(encoder, head, bag, chunked=True, chunk_size=6, seed=1)
-    other = _grads(encoder, head, bag, chunked=False, chunk_size=6, seed=2)
-    torch.testing.assert_close(got[2]["0.weight"], ref[2]["0.weight"], rtol=1e-10, atol=1e-10)
-    assert not torch.allclose(other[2]["0.weight"], ref[2]["0.weight"])
+    ordinary, params, loss, unused = _bag_case(encoder, head, 6)
+    chunked = ChunkedEncoder(encoder, chunk_size=6)
+    ref, _ = assert_same_gradients(ordinary, chunked, bag, params, loss=loss, seed=1)
+    other = run_backward(ordinary, bag, params, loss=loss, seed=2)
+    assert not torch.allclose(other.grads["0.weight"], ref.grads["0.weight"])
 
 
 @pytest.mark.parametrize("budget,expected_kept", [(None, 0), (1e-6, 0), (0.3, None), (1e4, 5)])
@@ -147,20 +137,13 @@ def test_memory_budget_keeps_graphs_and_stays_exact(budget, expected_kept):
     encoder = conv_pool().double()
     head = create_mil_head("gated_abmil", 10, 2).double()
     bag = torch.randn(33, 1, 12, 12, dtype=torch.float64)
-    ref = _grads(encoder, head, bag, chunked=False, chunk_size=7, seed=0)
+    ordinary, params, loss, _ = _bag_case(encoder, head, 7)
     chunked = ChunkedEncoder(encoder, chunk_size=7, memory_budget_mib=budget)
-    bag_leaf = bag.clone().requires_grad_(True)
-    encoder.zero_grad(set_to_none=True)
-    head.zero_grad(set_to_none=True)
-    feats = chunked(bag_leaf)
-    (head.loss(head(feats, label=1), 1) + (feats**2).mean()).backward()
+    assert_same_gradients(ordinary, chunked, bag, params, loss=loss)
     if expected_kept is None:
         assert 0 < chunked.kept_chunks < 5
     else:
         assert chunked.kept_chunks == expected_kept
-    torch.testing.assert_close(bag_leaf.grad, ref[1], rtol=1e-10, atol=1e-10)
-    for name, p in encoder.named_parameters():
-        torch.testing.assert_close(p.grad, ref[2][name], rtol=1e-10, atol=1e-10)
 
 
 def test_train_mode_batchnorm_is_refused_with_a_fix():
@@ -223,7 +206,7 @@ def test_no_grad_path_and_progress():
     chunked = ChunkedEncoder(enc, chunk_size=4, progress=seen.append)
     with torch.no_grad():
         feats = chunked(bag)
-        torch.testing.assert_close(feats, enc(bag), rtol=1e-5, atol=1e-6)
+        assert_exact(feats, enc(bag))
     assert seen == [4, 4, 2]
     seen.clear()
     chunked(bag).sum().backward()

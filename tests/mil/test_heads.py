@@ -80,9 +80,31 @@ def test_wrong_shapes_raise(name):
 @pytest.mark.parametrize("name", HEADS)
 @pytest.mark.parametrize("n", [1, 2, 3, 9])
 def test_small_bags_work(name, n):
+    """Bags of 1-9 instances: shapes, attention that sums to 1, finite losses, and a finite
+    gradient for every parameter and the bag. (CLAM's instance loss samples N // 2 instances
+    per class, so a bag of one trains no instance classifier; with one instance, attention
+    is 1 whatever its parameters, so their gradient is zero, not absent.)"""
     head = _head(name)
-    out = head(_bag(n), label=1)
-    head.loss(out, 1).backward()
+    bag = _bag(n).requires_grad_(True)
+    total = 0
+    for label in (0, 1):
+        out = head(bag, label=label)
+        assert out.logits.shape == (2,)
+        assert out.attention.shape[-1] == n and out.attention.dim() in (1, 2)
+        assert (out.attention >= 0).all()
+        ones = torch.ones(out.attention.shape[:-1], dtype=torch.float64)
+        torch.testing.assert_close(out.attention.sum(-1), ones)
+        loss = head.loss(out, label)
+        assert loss.dim() == 0 and torch.isfinite(loss), (label, loss)
+        total = total + loss
+    total.backward()
+    for pname, p in head.named_parameters():
+        if n == 1 and pname.startswith("instance_classifiers."):
+            assert p.grad is None, f"{name}: {pname} trained by a bag of one"
+            continue
+        assert p.grad is not None, f"{name}: {pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}: {pname}"
+    assert bag.grad is not None and torch.isfinite(bag.grad).all()
 
 
 def test_unknown_head_lists_available():

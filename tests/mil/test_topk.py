@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.exactness import assert_exact
 
 from gigastream.mil.heads import create_mil_head
 from gigastream.mil.topk import TopKMIL
@@ -21,8 +22,8 @@ def test_binary_logits_are_plus_minus_half_the_topk_mean_margin():
     scores = head.instance_logits(bag)
     margin = scores[:, 1] - scores[:, 0]
     bag_score = margin.topk(3).values.mean()
-    torch.testing.assert_close(out.logits, torch.stack([-bag_score / 2, bag_score / 2]))
-    torch.testing.assert_close(out.attention, margin.softmax(0))
+    assert_exact(out.logits, torch.stack([-bag_score / 2, bag_score / 2]))
+    assert_exact(out.attention, margin.softmax(0))
 
 
 def test_multiclass_logits_are_per_class_topk_means():
@@ -31,7 +32,7 @@ def test_multiclass_logits_are_per_class_topk_means():
     bag = _bag()
     out = head(bag)
     expected = head.instance_logits(bag).topk(4, dim=0).values.mean(0)
-    torch.testing.assert_close(out.logits, expected)
+    assert_exact(out.logits, expected)
 
 
 def test_k_larger_than_bag_and_k_one_is_max():
@@ -41,7 +42,7 @@ def test_k_larger_than_bag_and_k_one_is_max():
     head.k = 1
     scores = head.instance_logits(_bag())
     margin = scores[:, 1] - scores[:, 0]
-    torch.testing.assert_close(head(_bag()).logits[1], margin.max() / 2)
+    assert_exact(head(_bag()).logits[1], margin.max() / 2)
 
 
 def test_instance_loss_trains_every_instance_on_the_bag_label():
@@ -51,9 +52,9 @@ def test_instance_loss_trains_every_instance_on_the_bag_label():
     out = head(bag, label=1)
     targets = torch.ones(30, dtype=torch.long)
     expected = torch.nn.functional.cross_entropy(head.instance_logits(bag), targets)
-    torch.testing.assert_close(out.instance_loss, expected)
+    assert_exact(out.instance_loss, expected)
     bag_loss = torch.nn.functional.cross_entropy(out.logits[None], torch.tensor([1]))
-    torch.testing.assert_close(head.loss(out, 1), bag_loss + 0.5 * expected)
+    assert_exact(head.loss(out, 1), bag_loss + 0.5 * expected)
     assert head(bag).instance_loss is None  # no label, no instance loss
     head.loss(out, 1).backward()
     for name, p in head.named_parameters():

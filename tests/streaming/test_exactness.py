@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from gigastream.streaming import StreamingModule
+from tests.exactness import BF16_AUTOCAST, assert_same_gradients
 
 from .conftest import compare_streaming
 
@@ -157,30 +158,25 @@ def test_without_input_gradient():
 
 
 def test_channels_last_input():
-    net = residual_net().double()
     x = torch.randn(1, 3, 72, 72, dtype=torch.float64).to(memory_format=torch.channels_last)
-    ref = net(x)
-    out = StreamingModule(net, tile_size=38)(x)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    compare_streaming(residual_net(), x, tile_size=38)
 
 
 def test_bf16_autocast_matches_conventional_autocast():
     net = residual_net()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        ref = net(x)
-    (ref.float().sum()).backward()
-    ref_grads = [p.grad.clone() for p in net.parameters()]
-    net.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = StreamingModule(net, tile_size=38)(x)
-    assert out.dtype == ref.dtype == torch.bfloat16
-    out.float().sum().backward()
-    # bf16 has 8 bits of mantissa: compare loosely but meaningfully
-    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
-    for g, r in zip((p.grad for p in net.parameters()), ref_grads, strict=True):
-        assert g is not None
-        torch.testing.assert_close(g, r, rtol=5e-2, atol=5e-2 * r.abs().max().item())
+    streamed = StreamingModule(net, tile_size=38)
+
+    def autocast(fn):
+        def run(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fn(x)
+
+        return run
+
+    ordinary, _ = assert_same_gradients(
+        autocast(net), autocast(streamed), torch.randn(1, 3, 64, 64), net, tolerance=BF16_AUTOCAST
+    )
+    assert ordinary.output.dtype == torch.bfloat16
 
 
 def test_gradcheck_small_network():
@@ -241,17 +237,9 @@ class _TensorSource:
 def test_lazy_input_source_matches_tensor():
     net = residual_net().double()
     x = torch.randn(1, 3, 90, 90, dtype=torch.float64)
-    ref = net(x)
-    ref.sum().backward()
-    ref_grads = [p.grad.clone() for p in net.parameters()]
-    net.zero_grad(set_to_none=True)
     src = _TensorSource(x)
     streamed = StreamingModule(net, tile_size=38)
-    out = streamed(src)
-    out.sum().backward()
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    for g, r in zip((p.grad for p in net.parameters()), ref_grads, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    assert_same_gradients(net, lambda _: streamed(src), x, net, input_grad=False)
     assert streamed.last_plan.segments[0].mode == "stream"
     assert (
         src.reads

@@ -47,8 +47,8 @@ def test_geometry_output_sizes_match_pytorch():
         assert geom.out_size((h, w)) == tuple(net(torch.zeros(1, 1, h, w)).shape[-2:])
 
 
-def test_resnet_auto_segments():
-    segs = split_segments(resnet_trunk("resnet34"))
+def test_resnet_stage_segments():
+    segs = split_segments(resnet_trunk("resnet34"), "stages")
     assert [s.names for s in segs] == [["0", "1", "2", "3", "4"], ["5"], ["6"], ["7"]]
     assert len(split_segments(resnet_trunk("resnet34"), "none")) == 1
     assert [s.names for s in split_segments(resnet_trunk("resnet34"), ["6"])] == [
@@ -57,6 +57,11 @@ def test_resnet_auto_segments():
     ]
     with pytest.raises(StreamingError, match="top-level children"):
         split_segments(resnet_trunk("resnet18"), ["layer9"])
+    # "auto" cuts are planned per input shape (StreamingModule), never split_segments' rule
+    with pytest.raises(StreamingError, match="'auto' cuts are planned per input shape"):
+        split_segments(resnet_trunk("resnet18"), "auto")
+    with pytest.raises(StreamingError, match="segments must be 'auto'"):
+        StreamingModule(resnet_trunk("resnet18"), tile_size=64, segments="stages")
 
 
 @pytest.mark.parametrize(

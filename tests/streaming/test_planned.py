@@ -16,6 +16,7 @@ import torchvision
 from torch import nn
 
 from gigastream.streaming import StreamingError, StreamingModule
+from tests.exactness import assert_same_gradients
 
 from .conftest import compare_streaming
 from .test_exactness import residual_net, resnet18_trunk
@@ -98,16 +99,8 @@ def test_lazy_input_with_offload_float64():
 
     net = residual_net().double()
     x = torch.randn(1, 3, 90, 90, dtype=torch.float64)
-    ref = net(x)
-    ref.square().sum().backward()
-    ref_grads = [p.grad.clone() for p in net.parameters()]
-    net.zero_grad(set_to_none=True)
     streamed = StreamingModule(net, tile_size=38, segments=["3", "4"], offload=True)
-    out = streamed(_TensorSource(x))
-    out.square().sum().backward()
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    for g, r in zip((p.grad for p in net.parameters()), ref_grads, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    assert_same_gradients(net, lambda _: streamed(_TensorSource(x)), x, net, input_grad=False)
     assert streamed.last_plan.offloaded
 
 
@@ -228,13 +221,9 @@ def test_lazy_host_source_is_read_ahead_on_a_thread_float64():
         for a, b in rows
     ]  # fmt: skip
     source = Slide(x)
-    out = piecewise_recompute(fn, source, pieces, (1, 4, 40, 6), list(conv.parameters()))
-    out.square().sum().backward()
-    grads = [p.grad.clone() for p in conv.parameters()]
-    conv.zero_grad(set_to_none=True)
-    ref = conv(x)
-    ref.square().sum().backward()
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    for g, p in zip(grads, conv.parameters(), strict=True):
-        torch.testing.assert_close(g, p.grad, rtol=1e-12, atol=1e-12)
+
+    def pieced(_):
+        return piecewise_recompute(fn, source, pieces, (1, 4, 40, 6), list(conv.parameters()))
+
+    assert_same_gradients(conv, pieced, x, conv, input_grad=False)
     assert source.reads == 8 and readers == {"gigastream-read_0"}

@@ -93,7 +93,7 @@ def tiny_yaml(tmp_path) -> Path:
 def trained_run_folder(tmp_path_factory, manifest: Path) -> Path:
     """Train the tiny two-epoch run once per session; its folder."""
     if "run" not in _CACHE:
-        from gigastream.train.engine import fit
+        from gigastream.train.fitting import fit
 
         out = tmp_path_factory.mktemp("trained") / "run"
         fit(tiny_config(manifest), out)

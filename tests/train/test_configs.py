@@ -21,6 +21,14 @@ def test_shipped_config_loads(path):
     assert head(torch.randn(5, 512)).logits.shape == (2,)
 
 
+def test_camelyon16_config_is_the_streaming_clam_preset():
+    from gigastream.models.streaming_mil import StreamingMILConfig, streaming_clam
+
+    config = load_config(CONFIGS[0].parent / "camelyon16.yaml", {"train": {"device": "cpu"}})
+    assert config.model == streaming_clam(tile_size=None, memory_budget="40GiB")
+    assert load_config({}).model == StreamingMILConfig()  # the run's defaults: the class's
+
+
 def test_clam_paper_preset_sizes():
     head = create_mil_head("clam_sb", 1024, 2, preset="paper")
     assert head.fc[0].out_features == 512  # 1024 -> 512 projection

@@ -123,12 +123,12 @@ def test_config_errors_name_the_key(values, message):
 
 
 def test_preloaded_and_lazy_slides_give_the_same_prediction(manifest):
-    from gigastream.models.streaming_clam import StreamingCLAM, StreamingCLAMConfig
+    from gigastream.models.streaming_mil import StreamingMIL, StreamingMILConfig
     from gigastream.train.module import MILClassifier
 
     torch.manual_seed(0)
-    model = StreamingCLAM(
-        StreamingCLAMConfig(arch="vgg_small", tile_size=96, pool=1, head_options={"attn_dim": 8})
+    model = StreamingMIL(
+        StreamingMILConfig(tile_size=96, head="clam_sb", head_options={"attn_dim": 8})
     )
     results = []
     for preload in (4096 * 4096, 0):
@@ -148,12 +148,12 @@ def test_preloaded_and_lazy_slides_give_the_same_prediction(manifest):
 def test_lazy_slides_are_augmented_like_preloaded_ones(manifest):
     """Training augmentation (flips/rot90) also reaches slides too large to preload: for the
     same draw, the lazy slide gives the preloaded one's output, instances and attention."""
-    from gigastream.models.streaming_clam import StreamingCLAM, StreamingCLAMConfig
+    from gigastream.models.streaming_mil import StreamingMIL, StreamingMILConfig
     from gigastream.wsi.source import OrientedSource
 
     torch.manual_seed(0)
-    model = StreamingCLAM(
-        StreamingCLAMConfig(arch="vgg_small", tile_size=96, pool=1, head_options={"attn_dim": 8})
+    model = StreamingMIL(
+        StreamingMILConfig(tile_size=96, head="clam_sb", head_options={"attn_dim": 8})
     ).eval()
     outputs = []
     for seed in (3, 6):  # two draws: different orientations

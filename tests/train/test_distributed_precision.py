@@ -36,7 +36,8 @@ def test_ddp_two_cpu_processes_train_one_run(tmp_path, manifest):
 
 
 def test_bf16_autocast_trains_and_predicts(tmp_path, manifest):
-    from gigastream.train.engine import fit, load_classifier
+    from gigastream.train.fitting import fit
+    from gigastream.train.prediction import load_classifier
 
     config = tiny_config(manifest, train={"epochs": 1, "precision": "bf16-mixed"})
     metrics = fit(config, tmp_path / "run")
@@ -50,7 +51,7 @@ def test_the_recipe_head_trains(tmp_path, manifest):
     """The default recipe (topk head with instance loss, BN calibration, augmentation)."""
     from dataclasses import replace
 
-    from gigastream.train.engine import fit
+    from gigastream.train.fitting import fit
 
     config = tiny_config(
         manifest, train={"epochs": 1, "bn_calibration": 2, "accumulate_grad_batches": 2}

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from gigastream.cli import common
 from gigastream.wsi.bench import ReadBenchConfig, benchmark_reads
 
 logger = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ HELP = "measure region-read throughput (MP/s) per backend at level 0 and a lower
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ReadBenchConfig()
     parser.add_argument("--slide", type=Path, required=True, help="slide file")
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: print only)")
+    common.add_out(parser, "JSON file (default: print only)", required=False)
     parser.add_argument("--backends", nargs="+", default=list(defaults.backends))
     parser.add_argument(
         "--region-size", type=int, default=defaults.region_size, help="region edge (px)"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from gigastream.precision import PRECISIONS
+
 COMMAND = ("bench", "streaming")
 HELP = "time and peak memory of conventional, checkpointed and streamed trunk training (JSON)"
 
@@ -41,9 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument(
         "--precision",
-        choices=["fp32", "tf32", "bf16"],
-        default="fp32",
-        help="fp32 (TF32 off), tf32 (CUDA only) or bf16 autocast",
+        choices=PRECISIONS,
+        default="32",
+        help="Lightning's name: 32 (default), 64, bf16-mixed (bf16 autocast) or 16-mixed "
+        "(float16 autocast, CUDA only)",
+    )
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="TF32 tensor-core convolutions and matmuls in every mode (CUDA only; default off)",
     )
     parser.add_argument(
         "--lazy",
@@ -89,7 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gigastream.streaming.benchmark import MODES, run_benchmark
+    import torch
+
+    from gigastream.streaming.benchmark import MODES, check_precision, run_benchmark
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     bad = [m for m in modes if m not in MODES]
@@ -99,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--warmup must be 0 or more, got {args.warmup}")
     if args.size < 1:
         raise ValueError(f"--size must be a positive number of pixels, got {args.size}")
-    if args.precision == "tf32" and not args.device.startswith("cuda"):
-        raise ValueError("--precision tf32 needs --device cuda (TF32 is a CUDA tensor-core mode)")
+    check_precision(args.precision, args.tf32, torch.device(args.device))
     result = run_benchmark(
         args.arch,
         args.size,
@@ -113,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         tune_allocator={"auto": None, "tuned": True, "default": False}[args.allocator],
         device=args.device,
         precision=args.precision,
+        tf32=args.tf32,
         lazy=args.lazy,
         warmup=args.warmup,
         channels_last=args.channels_last,

@@ -1,8 +1,9 @@
 """Options shared by several subcommands, declared once (as TIAToolbox's ``cli/common.py``).
 
-Each helper adds one group of flags to a parser; :func:`run_overrides` turns the parsed
-training flags into config overrides (``None``: not given, so the YAML file or the default
-stands).
+Each helper adds one flag or one group of flags to a parser; :func:`run_overrides` turns
+the parsed training flags into config overrides (``None``: not given, so the YAML file or
+the default stands); :func:`find_shared_data` is the one lookup of the shared data folder
+(real H&E images and slides, MNIST) that commands default to.
 """
 
 from __future__ import annotations
@@ -11,9 +12,28 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+#: Where the shared data folder is looked for, from the working directory (then next to the
+#: repository checkout).
+SHARED_DATA = ("../shared/data", "shared/data")
 
-def add_out(parser: argparse.ArgumentParser, help: str = "output folder") -> None:
-    parser.add_argument("--out", type=Path, required=True, help=help)
+
+def find_shared_data(*names: str) -> list[Path]:
+    """The folders ``names`` (e.g. ``images``, ``slides``, ``mnist``) of the first shared data
+    folder that holds any of them (:data:`SHARED_DATA`, then ``../shared/data`` next to the
+    repository checkout); ``[]`` where none does."""
+    roots = [Path.cwd() / candidate for candidate in SHARED_DATA]
+    roots.append(Path(__file__).resolve().parents[3] / SHARED_DATA[0])  # repo checkout
+    for root in roots:
+        found = [root / name for name in names if (root / name).is_dir()]
+        if found:
+            return found
+    return []
+
+
+def add_out(
+    parser: argparse.ArgumentParser, help: str = "output folder", required: bool = True
+) -> None:
+    parser.add_argument("--out", type=Path, required=required, help=help)
 
 
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +55,16 @@ def add_slides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slides", type=Path, nargs="+", metavar="SLIDE", help="slide files")
 
 
+def add_sources(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sources",
+        type=Path,
+        nargs="+",
+        help="H&E images/slides (files or folders) to cut synthetic tissue from (default: "
+        "the images/ and slides/ of ../shared/data)",
+    )
+
+
 def add_workers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, help="DataLoader worker processes that open and read slides"
@@ -47,7 +77,7 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
 
 def add_recipe(parser: argparse.ArgumentParser) -> None:
     """The flags of a run's settings: config file, model, optimisation, device and precision
-    (``train``, ``demo`` and ``experiment resolution``)."""
+    (``train`` and ``demo``; the resolution experiment in ``experiments/resolution`` reuses them)."""
     from gigastream.models.trunks import list_trunks
 
     parser.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")

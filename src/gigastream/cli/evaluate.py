@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     common.quiet_lightning(args)
-    from gigastream.train.engine import evaluate_manifest
+    from gigastream.train.prediction import evaluate_manifest
 
     metrics = evaluate_manifest(
         args.checkpoint,

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     common.quiet_lightning(args)
-    from gigastream.train.engine import predict_slide_files
+    from gigastream.train.prediction import predict_slide_files
 
     result = predict_slide_files(
         args.checkpoint,

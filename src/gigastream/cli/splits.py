@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gigastream.cli import common
 from gigastream.wsi.manifest import read_manifest, write_splits
 
 COMMAND = ("splits",)
@@ -15,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manifest", type=Path, required=True, help="CSV slide_id,path,label[,case_id,...]"
     )
-    parser.add_argument("--out", type=Path, required=True, help="splits CSV to write")
+    common.add_out(parser, "splits CSV to write")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

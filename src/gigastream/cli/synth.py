@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from pathlib import Path
 
+from gigastream.cli import common
 from gigastream.wsi.synth import SynthConfig, synthesize_dataset
 
 logger = logging.getLogger(__name__)
@@ -14,12 +14,10 @@ logger = logging.getLogger(__name__)
 COMMAND = ("synth",)
 HELP = "write synthetic pyramidal H&E slides with planted lesions, a manifest and lesion masks"
 
-DEFAULT_SOURCES = ("../shared/data/images", "../shared/data/slides")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SynthConfig()
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    common.add_out(parser)
     parser.add_argument("--slides", type=int, default=defaults.slides, help="number of slides")
     parser.add_argument("--size", type=int, default=defaults.size, help="level-0 edge in pixels")
     parser.add_argument("--mpp", type=float, default=defaults.mpp, help="microns per level-0 pixel")
@@ -44,14 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-size", type=int, default=defaults.tile_size, help="TIFF tile edge")
     parser.add_argument("--quality", type=int, default=defaults.quality, help="JPEG quality")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument(
-        "--sources",
-        type=Path,
-        nargs="+",
-        default=[Path(p) for p in DEFAULT_SOURCES],
-        help="H&E images/slides (files or folders) to cut tissue from (default: %(default)s)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common.add_sources(parser)
+    common.add_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,8 +62,14 @@ def run(args: argparse.Namespace) -> int:
         quality=args.quality,
         seed=args.seed,
     )
+    config.validate()
+    sources = args.sources or common.find_shared_data("images", "slides")
+    if not sources:
+        raise ValueError(
+            "no H&E images found (images/ or slides/ of ../shared/data): pass --sources"
+        )
     start = time.perf_counter()
-    manifest = synthesize_dataset(args.out, config, args.sources, progress=not args.no_progress)
+    manifest = synthesize_dataset(args.out, config, sources, progress=not args.no_progress)
     print(
         f"wrote {config.slides} slides of {config.size}^2 px to {args.out} "
         f"in {time.perf_counter() - start:.1f} s; manifest: {manifest}"

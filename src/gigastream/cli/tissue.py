@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
+from gigastream.cli import common
 from gigastream.wsi.reader import SlideError, SlideReader
 from gigastream.wsi.tissue import TissueMaskConfig, compute_tissue_mask
 
@@ -19,8 +19,8 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TissueMaskConfig()
-    parser.add_argument("slides", type=Path, nargs="+", help="slide files")
-    parser.add_argument("--out", type=Path, required=True, help="folder for <slide>.tissue.png")
+    common.add_slides(parser)
+    common.add_out(parser, "folder for <slide>.tissue.png")
     parser.add_argument("--mpp", type=float, default=defaults.mpp, help="mask resolution (um/px)")
     parser.add_argument(
         "--slide-mpp", type=float, default=None, help="mpp of slides without metadata"

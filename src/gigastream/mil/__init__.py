@@ -4,6 +4,8 @@
   ``abmil``, ``gated_abmil``, ``clam_sb``, ``clam_mb``, ``mean``, ``max``;
 - :mod:`gigastream.mil.chunked`: :class:`~gigastream.mil.chunked.ChunkedEncoder`, exact
   gradient accumulation over the instances of a bag, and ``freeze_batchnorm``;
-- :mod:`gigastream.mil.datasets`: MNIST / QMNIST bags; :mod:`gigastream.mil.encoders`: a small
-  CNN instance encoder.
+- :mod:`gigastream.mil.strategies`: how a bag is seen in training (``baseline``,
+  ``accumulate``, ``sample``) and :class:`~gigastream.mil.strategies.BagClassifier`, an
+  encoder + head trained end to end on bags;
+- :mod:`gigastream.mil.encoders`: a small CNN instance encoder.
 """

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from gigastream.streaming.batchnorm import freeze_batchnorm as _freeze_batchnorm
 from gigastream.streaming.batchnorm import training_batchnorms
-from gigastream.streaming.recompute import Piece, piecewise_recompute
+from gigastream.streaming.recompute import InputSource, Piece, piecewise_recompute
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,13 @@ def _activation_bytes(fn: Callable[[Tensor], Tensor], sample: Tensor, skip: set[
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn(sample)
     return total
+
+
+def _chunk(bag: Tensor | InputSource, start: int, stop: int) -> Tensor:
+    """Instances ``start:stop`` of a bag tensor or lazy source."""
+    if isinstance(bag, Tensor):
+        return bag[start:stop]
+    return bag.read((slice(start, stop),))
 
 
 class ChunkedEncoder(nn.Module):
@@ -110,9 +117,11 @@ class ChunkedEncoder(nn.Module):
                 "trainable), or put those modules in eval mode with `.eval()`."
             )
 
-    def _probe(self, bag: Tensor, params: list[Tensor]) -> tuple[tuple[int, ...], int]:
+    def _probe(
+        self, bag: Tensor | InputSource, params: list[Tensor]
+    ) -> tuple[tuple[int, ...], int]:
         """Feature shape of one instance and activation bytes per instance (0 if not needed)."""
-        sample = bag[:1].detach()
+        sample = _chunk(bag, 0, 1).detach()
         want_bytes = bool(self.memory_budget_mib) and torch.is_grad_enabled()
         with torch.random.fork_rng(devices=[bag.device] if bag.device.type == "cuda" else []):
             if want_bytes:
@@ -126,11 +135,13 @@ class ChunkedEncoder(nn.Module):
                 out_bytes = 0
         return shape, out_bytes
 
-    def forward(self, bag: Tensor) -> Tensor:
+    def forward(self, bag: Tensor | InputSource) -> Tensor:
         """Encode one bag.
 
         Args:
-            bag: instances, shape ``(N, *instance_shape)``, e.g. ``(N, C, H, W)``.
+            bag: instances, shape ``(N, *instance_shape)``, e.g. ``(N, C, H, W)``: a tensor,
+                or a lazy :class:`~gigastream.streaming.recompute.InputSource` whose chunks
+                are read when they are encoded (a bag too large to hold as pixels).
 
         Returns:
             Instance features ``(N, *feature_shape)``, e.g. ``(N, D)``, connected to the bag
@@ -139,14 +150,15 @@ class ChunkedEncoder(nn.Module):
         Raises:
             ValueError: on an empty bag or a train-mode BatchNorm in the encoder.
         """
-        if bag.dim() < 1 or bag.shape[0] == 0:
+        if len(bag.shape) < 1 or bag.shape[0] == 0:
             raise ValueError(
                 f"empty bag: ChunkedEncoder needs N >= 1 instances, got shape {tuple(bag.shape)}"
             )
         self._check_encoder()
         n = bag.shape[0]
         params = [p for p in self.encoder.parameters() if p.requires_grad]
-        needs_graph = torch.is_grad_enabled() and (bag.requires_grad or bool(params))
+        input_grad = isinstance(bag, Tensor) and bag.requires_grad
+        needs_graph = torch.is_grad_enabled() and (input_grad or bool(params))
         if not needs_graph:
             return self._encode_without_graph(bag)
         feature_shape, bytes_per_instance = self._probe(bag, params)
@@ -186,10 +198,10 @@ class ChunkedEncoder(nn.Module):
             progress=progress,
         )
 
-    def _encode_without_graph(self, bag: Tensor) -> Tensor:
+    def _encode_without_graph(self, bag: Tensor | InputSource) -> Tensor:
         outputs = []
         for i in range(0, bag.shape[0], self.chunk_size):
-            outputs.append(self.encoder(bag[i : i + self.chunk_size]))
+            outputs.append(self.encoder(_chunk(bag, i, i + self.chunk_size)))
             if self.progress is not None:
                 self.progress(outputs[-1].shape[0])
         return torch.cat(outputs)

@@ -19,18 +19,22 @@ from gigastream.mil.base import MILHead
 from gigastream.mil.clam import CLAM
 from gigastream.mil.pooling import MaxPoolMIL, MeanPoolMIL
 from gigastream.mil.topk import TopKMIL
+from gigastream.registry import Registry
 
 HeadFactory = Callable[..., MILHead]
 
-_REGISTRY: dict[str, HeadFactory] = {
-    "abmil": functools.partial(AttentionMIL, gated=False),
-    "gated_abmil": functools.partial(AttentionMIL, gated=True),
-    "clam_sb": functools.partial(CLAM, multi_branch=False),
-    "clam_mb": functools.partial(CLAM, multi_branch=True),
-    "mean": MeanPoolMIL,
-    "max": MaxPoolMIL,
-    "topk": TopKMIL,
-}
+_HEADS: Registry[HeadFactory] = Registry(
+    "MIL head",
+    {
+        "abmil": functools.partial(AttentionMIL, gated=False),
+        "gated_abmil": functools.partial(AttentionMIL, gated=True),
+        "clam_sb": functools.partial(CLAM, multi_branch=False),
+        "clam_mb": functools.partial(CLAM, multi_branch=True),
+        "mean": MeanPoolMIL,
+        "max": MaxPoolMIL,
+        "topk": TopKMIL,
+    },
+)
 
 
 def register_mil_head(name: str, factory: HeadFactory) -> None:
@@ -44,9 +48,7 @@ def register_mil_head(name: str, factory: HeadFactory) -> None:
     Raises:
         ValueError: if the name is taken.
     """
-    if name in _REGISTRY:
-        raise ValueError(f"MIL head {name!r} is already registered")
-    _REGISTRY[name] = factory
+    _HEADS.register(name, factory)
 
 
 def list_mil_heads() -> list[str]:
@@ -56,7 +58,7 @@ def list_mil_heads() -> list[str]:
         >>> list_mil_heads()
         ['abmil', 'clam_mb', 'clam_sb', 'gated_abmil', 'max', 'mean', 'topk']
     """
-    return sorted(_REGISTRY)
+    return _HEADS.names()
 
 
 def create_mil_head(name: str, in_dim: int, num_classes: int, **options) -> MILHead:
@@ -81,12 +83,7 @@ def create_mil_head(name: str, in_dim: int, num_classes: int, **options) -> MILH
         >>> head(torch.randn(100, 64)).logits.shape
         torch.Size([2])
     """
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown MIL head {name!r}; available: {', '.join(list_mil_heads())}"
-        ) from None
+    factory = _HEADS.get(name)
     try:
         return factory(in_dim, num_classes, **options)
     except TypeError as exc:  # an option the head does not take

@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from gigastream.registry import Registry
+
 logger = logging.getLogger(__name__)
 
 #: ``factory(weights) -> (trunk, out_channels, output_stride)``.
@@ -141,11 +143,14 @@ def _vgg_factory(
 
 _VGG_SMALL = ([16], [32], [64, 64], [128, 128])
 
-_REGISTRY: dict[str, TrunkFactory] = {
-    **{arch: functools.partial(_resnet_trunk, arch) for arch in _RESNET_CHANNELS},
-    "vgg_small": functools.partial(_vgg_factory, _VGG_SMALL),
-    "vgg_small_s32": functools.partial(_vgg_factory, (*_VGG_SMALL, [128])),
-}
+_TRUNKS: Registry[TrunkFactory] = Registry(
+    "trunk",
+    {
+        **{arch: functools.partial(_resnet_trunk, arch) for arch in _RESNET_CHANNELS},
+        "vgg_small": functools.partial(_vgg_factory, _VGG_SMALL),
+        "vgg_small_s32": functools.partial(_vgg_factory, (*_VGG_SMALL, [128])),
+    },
+)
 
 
 def register_trunk(name: str, factory: TrunkFactory) -> None:
@@ -158,9 +163,7 @@ def register_trunk(name: str, factory: TrunkFactory) -> None:
     Raises:
         ValueError: if the name is taken.
     """
-    if name in _REGISTRY:
-        raise ValueError(f"trunk {name!r} is already registered")
-    _REGISTRY[name] = factory
+    _TRUNKS.register(name, factory)
 
 
 def list_trunks() -> list[str]:
@@ -170,7 +173,7 @@ def list_trunks() -> list[str]:
         >>> list_trunks()
         ['resnet18', 'resnet34', 'resnet50', 'vgg_small', 'vgg_small_s32']
     """
-    return sorted(_REGISTRY)
+    return _TRUNKS.names()
 
 
 def build_trunk(arch: str, weights: str | None = None) -> tuple[nn.Sequential, int, int]:
@@ -195,8 +198,4 @@ def build_trunk(arch: str, weights: str | None = None) -> tuple[nn.Sequential, i
         >>> channels, stride
         (512, 32)
     """
-    try:
-        factory = _REGISTRY[arch]
-    except KeyError:
-        raise ValueError(f"unknown trunk {arch!r}; available: {', '.join(list_trunks())}") from None
-    return factory(None if weights is None else str(weights))
+    return _TRUNKS.get(arch)(None if weights is None else str(weights))

@@ -14,7 +14,7 @@ from gigastream.streaming.geometry import (
 )
 from gigastream.streaming.memory import tune_cpu_allocator
 from gigastream.streaming.module import StreamingModule
-from gigastream.streaming.planner import StreamingPlan, plan_streaming, split_segments
+from gigastream.streaming.planner import StreamingPlan, split_segments
 from gigastream.streaming.recompute import InputSource, Piece, piecewise_recompute
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "describe",
     "freeze_batchnorm",
     "piecewise_recompute",
-    "plan_streaming",
     "register_geometry",
     "split_segments",
     "tune_cpu_allocator",

@@ -3,8 +3,9 @@
 Each mode runs in a fresh Python process (so its peak memory is its own), on the same
 seeded trunk (torchvision random initialisation, BatchNorm in eval mode), input and head
 (global average pooling, a fixed random linear layer, cross-entropy), batch 1, on the CPU
-(default) or a CUDA device, in fp32, tf32 (CUDA) or bf16 autocast. ``checkpoint`` wraps
-each segment of the heuristic cuts (``split_segments(trunk, "auto")``) in
+(default) or a CUDA device, at one of Lightning's precisions (:mod:`gigastream.precision`:
+``32``, ``64``, ``bf16-mixed``, ``16-mixed`` on CUDA), with or without TF32 (CUDA).
+``checkpoint`` wraps each stage of the trunk (``split_segments(trunk, "stages")``) in
 ``torch.utils.checkpoint``. Gradients of every parameter are compared with the
 conventional run's: ``max_rel_grad_error`` is the worst over parameters of
 ``max|g - g_ref| / max|g_ref|``. Memory: peak RSS of the process, and on CUDA
@@ -12,13 +13,13 @@ conventional run's: ``max_rel_grad_error`` is the worst over parameters of
 estimate does not fit) the image is a :class:`ProceduralSource`, generated tile by tile on
 the device; modes whose estimate does not fit are reported as skipped with the estimate.
 
-Run it with ``gigastream bench streaming`` (see ``--help``) or ``python -m
-gigastream.streaming.benchmark``.
+Run it with ``gigastream bench streaming`` (see ``--help``) or :func:`run_benchmark`;
+``python -m gigastream.streaming.benchmark --worker JSON`` is the per-mode worker that
+:func:`run_benchmark` starts (it reads only its own JSON, never the command line's flags).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,11 +30,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from gigastream import precision as precisions
 from gigastream.streaming.memory import (
     AUTO_TUNE_BYTES,
     available_memory,
@@ -41,23 +45,26 @@ from gigastream.streaming.memory import (
     tune_cpu_allocator,
 )
 
+if TYPE_CHECKING:
+    from gigastream.streaming.planner import StreamingPlan
+    from gigastream.streaming.procedural import ProceduralSource
+
 logger = logging.getLogger(__name__)
 
 MODES = ("conventional", "checkpoint", "streaming")
-PRECISIONS = ("fp32", "tf32", "bf16")
 
 
-def _precision_setup(precision: str, device: torch.device) -> tuple[torch.dtype, bool]:
-    """Set TF32 flags; return (autocast dtype or float32, whether autocast is on)."""
-    if precision == "tf32" and device.type != "cuda":
-        raise ValueError("--precision tf32 needs --device cuda (TF32 is a CUDA tensor-core mode)")
-    if device.type == "cuda":
-        on = precision == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = on
-        torch.backends.cudnn.allow_tf32 = on
-    if precision == "bf16":
-        return torch.bfloat16, True
-    return torch.float32, False
+def check_precision(precision: str, tf32: bool, device: torch.device) -> str:
+    """The canonical name of ``precision``; ValueError if it or ``tf32`` cannot run on ``device``."""
+    precision = precisions.check(precision, "--precision")
+    if tf32 and device.type != "cuda":
+        raise ValueError("--tf32 needs --device cuda (TF32 is a CUDA tensor-core mode)")
+    if precisions.needs_cuda(precision) and device.type != "cuda":
+        raise ValueError(
+            f"--precision {precision} needs --device cuda (float16 autocast); on the CPU use "
+            "bf16-mixed"
+        )
+    return precision
 
 
 def build_trunk(arch: str, seed: int) -> nn.Sequential:
@@ -95,7 +102,7 @@ def run_worker(
     grads_out: str | None,
     tune_allocator: bool = True,
     device: str = "cpu",
-    precision: str = "fp32",
+    precision: str = "32",
     lazy: bool = False,
     warmup: int = 0,
     channels_last: bool = False,
@@ -103,52 +110,165 @@ def run_worker(
     profile_out: str | None = None,
     host_memory_budget: str | None = None,
     release_memory: bool | None = None,
+    tf32: bool = False,
 ) -> dict:
     """One mode, in this process: returns timing, peak memory and (optionally) saves gradients.
 
     ``warmup`` untimed forward+backward runs come first (cuDNN autotuning, allocator warm-up);
     ``profile_out``: a ``torch.profiler`` table of one extra run is written there.
+    ``precision``: Lightning's name; ``tf32``: TF32 on (CUDA only; off otherwise).
     """
-    from torch.utils.checkpoint import checkpoint
-
-    from gigastream.streaming.module import StreamingModule
-    from gigastream.streaming.planner import split_segments
-    from gigastream.streaming.procedural import ProceduralSource
-
     dev = torch.device(device)
-    autocast_dtype, autocast_on = _precision_setup(precision, dev)
-    if tune_allocator and dev.type == "cpu":
-        tune_cpu_allocator()  # every mode gets the same allocator setting (fair comparison)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = cudnn_benchmark
-    trunk = build_trunk(arch, seed).to(dev)
-    if channels_last:
-        trunk = trunk.to(memory_format=torch.channels_last)
-    source = ProceduralSource((1, 3, size, size), seed=seed + 1, device=dev)
-    image = source if (lazy and mode == "streaming") else source.read((slice(None),) * 4)
-    if channels_last and isinstance(image, torch.Tensor):
-        image = image.contiguous(memory_format=torch.channels_last)
+    precision = _configure_worker(dev, precision, tf32, tune_allocator, cudnn_benchmark)
+    param_dtype = precisions.param_dtype(precision)
+    trunk, image = _worker_inputs(
+        arch, size, seed, dev, param_dtype, channels_last, lazy_image=lazy and mode == "streaming"
+    )
     model: nn.Module = trunk
     plan = None
     if mode == "streaming":
-        model = StreamingModule(
+        model, plan = _worker_streaming_model(
             trunk,
+            image,
+            size,
+            precision,
+            dev,
             tile_size=tile_size,
             memory_budget=memory_budget,
             tune_allocator=tune_allocator,
             channels_last=channels_last,
             host_memory_budget=host_memory_budget,
-            release_memory="auto" if release_memory is None else release_memory,
+            release_memory=release_memory,
         )
-        plan = model.plan(
-            (1, 3, size, size),
-            autocast_dtype,
-            lazy_input=not isinstance(image, torch.Tensor),
-            device=dev,
-        )
-    segments = split_segments(trunk, "auto")
+    step = _training_step(mode, trunk, model, image, seed, dev, precision)
+    times, peak_cuda = _time_steps(step, dev, warmup, repeats)
+    if profile_out:
+        _profile_step(step, dev, profile_out)
+    result = _worker_result(times, image, peak_cuda, plan)
+    if grads_out:
+        torch.save([p.grad.detach().cpu() for p in trunk.parameters()], grads_out)
+    return result
+
+
+def _configure_worker(
+    dev: torch.device, precision: str, tf32: bool, tune_allocator: bool, cudnn_benchmark: bool
+) -> str:
+    """Check ``precision`` and set this process's TF32, allocator and cuDNN switches."""
+    precision = check_precision(precision, tf32, dev)
+    if dev.type == "cuda":
+        precisions.set_tf32(tf32)
+    if tune_allocator and dev.type == "cpu":
+        tune_cpu_allocator()  # every mode gets the same allocator setting (fair comparison)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+    return precision
+
+
+def _worker_inputs(
+    arch: str,
+    size: int,
+    seed: int,
+    dev: torch.device,
+    param_dtype: torch.dtype,
+    channels_last: bool,
+    lazy_image: bool,
+) -> tuple[nn.Sequential, torch.Tensor | ProceduralSource]:
+    """The seeded trunk on ``dev`` and the (1, 3, size, size) image: a tensor, or the source."""
+    from gigastream.streaming.procedural import ProceduralSource
+
+    trunk = build_trunk(arch, seed).to(dev, param_dtype)
+    if channels_last:
+        trunk = trunk.to(memory_format=torch.channels_last)
+    source = ProceduralSource((1, 3, size, size), seed=seed + 1, dtype=param_dtype, device=dev)
+    image = source if lazy_image else source.read((slice(None),) * 4)
+    if channels_last and isinstance(image, torch.Tensor):
+        image = image.contiguous(memory_format=torch.channels_last)
+    return trunk, image
+
+
+def _worker_streaming_model(
+    trunk: nn.Sequential,
+    image: torch.Tensor | ProceduralSource,
+    size: int,
+    precision: str,
+    dev: torch.device,
+    tile_size: int | None,
+    memory_budget: str | None,
+    tune_allocator: bool,
+    channels_last: bool,
+    host_memory_budget: str | None,
+    release_memory: bool | None,
+) -> tuple[nn.Module, StreamingPlan]:
+    """``trunk`` wrapped in a :class:`StreamingModule`, and its plan for ``image``."""
+    from gigastream.streaming.module import StreamingModule
+
+    model = StreamingModule(
+        trunk,
+        tile_size=tile_size,
+        memory_budget=memory_budget,
+        tune_allocator=tune_allocator,
+        channels_last=channels_last,
+        host_memory_budget=host_memory_budget,
+        release_memory="auto" if release_memory is None else release_memory,
+    )
+    plan = model.plan(
+        (1, 3, size, size),
+        precisions.compute_dtype(precision),
+        lazy_input=not isinstance(image, torch.Tensor),
+        device=dev,
+    )
+    return model, plan
+
+
+def _training_step(
+    mode: str,
+    trunk: nn.Sequential,
+    model: nn.Module,
+    image: torch.Tensor | ProceduralSource,
+    seed: int,
+    dev: torch.device,
+    precision: str,
+) -> Callable[[], None]:
+    """One forward+backward of ``mode``: trunk, global average pool, fixed linear head, loss."""
+    from torch.utils.checkpoint import checkpoint
+
+    from gigastream.streaming.planner import split_segments
+
+    param_dtype = precisions.param_dtype(precision)
+    autocast_dtype = precisions.autocast_dtype(precision)
+    segments = split_segments(trunk, "stages")
     head_weight = None
     label = torch.tensor([1], device=dev)
+
+    def step() -> None:
+        nonlocal head_weight
+        trunk.zero_grad(set_to_none=True)
+        with torch.autocast(
+            dev.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
+            if mode == "checkpoint":
+                fmap = image
+                for seg in segments:  # one checkpoint per stage of the trunk
+                    fmap = checkpoint(seg.module, fmap, use_reentrant=False)
+            else:
+                fmap = model(image)
+        fmap = fmap.to(param_dtype)  # autocast's output back in the parameters' dtype
+        if head_weight is None:
+            gen = torch.Generator().manual_seed(seed + 2)
+            head_weight = (torch.randn(2, fmap.shape[1], generator=gen) / fmap.shape[1] ** 0.5).to(
+                dev, param_dtype
+            )
+        logits = fmap.mean(dim=(2, 3)) @ head_weight.T  # (1, 2): global average pool + linear
+        loss = torch.nn.functional.cross_entropy(logits, label)
+        loss.backward()
+
+    return step
+
+
+def _time_steps(
+    step: Callable[[], None], dev: torch.device, warmup: int, repeats: int
+) -> tuple[list[float], int | None]:
+    """``warmup`` untimed then ``repeats`` timed steps: seconds each, and peak CUDA bytes."""
     times = []
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -156,26 +276,6 @@ def run_worker(
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-
-    def step() -> None:
-        nonlocal head_weight
-        trunk.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_on):
-            if mode == "checkpoint":
-                fmap = image
-                for seg in segments:  # one checkpoint per segment of the heuristic cuts
-                    fmap = checkpoint(seg.module, fmap, use_reentrant=False)
-            else:
-                fmap = model(image)
-        fmap = fmap.float()
-        if head_weight is None:
-            gen = torch.Generator().manual_seed(seed + 2)
-            head_weight = (torch.randn(2, fmap.shape[1], generator=gen) / fmap.shape[1] ** 0.5).to(
-                dev
-            )
-        logits = fmap.mean(dim=(2, 3)) @ head_weight.T  # (1, 2): global average pool + linear
-        loss = torch.nn.functional.cross_entropy(logits, label)
-        loss.backward()
 
     for _ in range(warmup):
         step()
@@ -189,8 +289,16 @@ def run_worker(
         sync()
         times.append(time.perf_counter() - t0)
     peak_cuda = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
-    if profile_out:
-        _profile_step(step, dev, profile_out)
+    return times, peak_cuda
+
+
+def _worker_result(
+    times: list[float],
+    image: torch.Tensor | ProceduralSource,
+    peak_cuda: int | None,
+    plan: StreamingPlan | None,
+) -> dict:
+    """The worker's JSON: timings, peak memory (RSS now, CUDA if any) and the plan if any."""
     result = {
         "seconds": times,
         "seconds_median": statistics.median(times),
@@ -202,8 +310,6 @@ def run_worker(
     if plan is not None:
         result["plan"] = plan.to_dict()
         result["plan_text"] = str(plan)
-    if grads_out:
-        torch.save([p.grad.float().cpu() for p in trunk.parameters()], grads_out)
     return result
 
 
@@ -230,6 +336,32 @@ def _rel_error(grads: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
     return worst
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """:func:`run_benchmark`'s settings, the same for every mode.
+
+    As given, ``None`` means "the default"; :func:`_resolve_settings` fills them in.
+    """
+
+    arch: str
+    size: int
+    tile_size: int | None
+    memory_budget: str | None
+    host_memory_budget: str | None
+    release_memory: bool | None  # None: StreamingModule's "auto"
+    repeats: int
+    seed: int
+    precision: str  # Lightning's name; canonical once resolved
+    tf32: bool
+    lazy: bool | None
+    warmup: int | None
+    channels_last: bool
+    cudnn_benchmark: bool | None
+    tune_allocator: bool | None
+    device: torch.device
+    profile: str | Path | None
+
+
 def run_benchmark(
     arch: str = "resnet34",
     size: int = 3072,
@@ -241,7 +373,7 @@ def run_benchmark(
     out: str | Path | None = None,
     tune_allocator: bool | None = None,
     device: str = "cpu",
-    precision: str = "fp32",
+    precision: str = "32",
     lazy: bool | None = None,
     warmup: int | None = None,
     channels_last: bool = False,
@@ -250,6 +382,7 @@ def run_benchmark(
     host_memory_budget: str | None = None,
     skip_unfit: bool = True,
     release_memory: bool | None = None,
+    tf32: bool = False,
 ) -> dict:
     """Run every mode in a fresh subprocess and collect the JSON result (see module docstring).
 
@@ -263,29 +396,111 @@ def run_benchmark(
     skip a mode whose estimate exceeds 90% of the available memory (the estimates are
     upper bounds; ``False`` runs it anyway and reports an out-of-memory as failed).
     ``release_memory``: :class:`StreamingModule`'s setting (None: ``"auto"``, on for CPU).
+    ``precision``: Lightning's name (:mod:`gigastream.precision`; ``16-mixed`` on CUDA
+    only); ``tf32``: TF32 convolutions and matmuls (CUDA only), every mode.
+    """
+    given = _Settings(
+        arch=arch,
+        size=size,
+        tile_size=tile_size,
+        memory_budget=memory_budget,
+        host_memory_budget=host_memory_budget,
+        release_memory=release_memory,
+        repeats=repeats,
+        seed=seed,
+        precision=precision,
+        tf32=tf32,
+        lazy=lazy,
+        warmup=warmup,
+        channels_last=channels_last,
+        cudnn_benchmark=cudnn_benchmark,
+        tune_allocator=tune_allocator,
+        device=torch.device(device),
+        profile=profile,
+    )
+    settings, plan, available = _resolve_settings(given)
+    result: dict = {"config": _config_record(settings), "plan": plan.to_dict()}
+    result["plan_text"] = str(plan)
+    result["modes"] = _run_modes(settings, modes, _estimates(plan), available, skip_unfit)
+    _add_ratios_to_conventional(result["modes"])
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _resolve_settings(given: _Settings) -> tuple[_Settings, StreamingPlan, int]:
+    """Check ``given`` (ValueError) and fill in its defaults; with the plan and free bytes.
+
+    Plans the trunk to learn whether the input must be lazy and which allocator to use.
+    """
+    dev = given.device
+    precision = check_precision(given.precision, given.tf32, dev)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    tile_size = given.tile_size
+    if tile_size is None and given.memory_budget is None:
+        tile_size = 1024
+    warmup = given.warmup
+    if warmup is None:
+        warmup = 1 if dev.type == "cuda" else 0
+    cudnn_benchmark = given.cudnn_benchmark
+    if cudnn_benchmark is None:
+        cudnn_benchmark = dev.type == "cuda"
+    trunk = build_trunk(given.arch, given.seed)
+    available = _available_bytes(dev)
+    plan, lazy = _plan_benchmark(
+        trunk,
+        given.size,
+        tile_size,
+        given.memory_budget,
+        given.host_memory_budget,
+        precisions.compute_dtype(precision),  # the feature maps' dtype, for the plan
+        dev,
+        available,
+        given.lazy,
+    )
+    tune_allocator = given.tune_allocator
+    if tune_allocator is None:  # same rule as StreamingModule(tune_allocator="auto"), every mode
+        tune_allocator = plan.conventional_bytes > AUTO_TUNE_BYTES
+    settings = replace(
+        given,
+        precision=precision,
+        tile_size=tile_size,
+        warmup=warmup,
+        cudnn_benchmark=cudnn_benchmark,
+        lazy=lazy,
+        tune_allocator=tune_allocator,
+    )
+    return settings, plan, available
+
+
+def _available_bytes(dev: torch.device) -> int:
+    """Free memory on ``dev`` now: CUDA's free bytes, or the host's available memory."""
+    if dev.type == "cuda":
+        return torch.cuda.mem_get_info(dev)[0]
+    return _mem_available()
+
+
+def _plan_benchmark(
+    trunk: nn.Sequential,
+    size: int,
+    tile_size: int | None,
+    memory_budget: str | None,
+    host_memory_budget: str | None,
+    dtype: torch.dtype,
+    dev: torch.device,
+    available: int,
+    lazy: bool | None,
+) -> tuple[StreamingPlan, bool]:
+    """The streaming plan of the (1, 3, size, size) input and whether the input is lazy.
+
+    ``lazy=None``: an input tensor if the plan allows one and the conventional estimate fits
+    90% of ``available`` bytes, else a lazy (procedural) input.
     """
     from gigastream.streaming.geometry import StreamingError
     from gigastream.streaming.module import StreamingModule
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    if precision == "tf32" and dev.type != "cuda":
-        raise ValueError("--precision tf32 needs --device cuda (TF32 is a CUDA tensor-core mode)")
-    if tile_size is None and memory_budget is None:
-        tile_size = 1024
-    if warmup is None:
-        warmup = 1 if dev.type == "cuda" else 0
-    if cudnn_benchmark is None:
-        cudnn_benchmark = dev.type == "cuda"
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    trunk = build_trunk(arch, seed)
-    if dev.type == "cuda":
-        available = torch.cuda.mem_get_info(dev)[0]
-    else:
-        available = _mem_available()
     streamed = StreamingModule(
         trunk,
         tile_size=tile_size,
@@ -305,95 +520,85 @@ def run_benchmark(
     if lazy:
         plan = streamed.plan(shape, dtype, lazy_input=True, device=dev, available_bytes=available)
     assert plan is not None
-    if tune_allocator is None:  # same rule as StreamingModule(tune_allocator="auto"), every mode
-        tune_allocator = plan.conventional_bytes > AUTO_TUNE_BYTES
-    est = {
+    return plan, lazy
+
+
+def _estimates(plan: StreamingPlan) -> dict[str, int]:
+    """Each mode's estimated peak bytes, from the plan."""
+    return {
         "conventional": plan.conventional_bytes,
         "checkpoint": plan.checkpoint_bytes,
         "streaming": plan.est_peak_bytes,
     }
-    result: dict = {
-        "config": {
-            "arch": arch,
-            "size": size,
-            "tile_size": tile_size,
-            "memory_budget": memory_budget,
-            "host_memory_budget": host_memory_budget,
-            "release_memory": "auto" if release_memory is None else release_memory,
-            "repeats": repeats,
-            "seed": seed,
-            "dtype": "float32",
-            "precision": precision,
-            "lazy_input": lazy,
-            "warmup": warmup,
-            "channels_last": channels_last,
-            "cudnn_benchmark": cudnn_benchmark if dev.type == "cuda" else None,
-            "batch": 1,
-            "device": str(dev),
-            "cuda_device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-            "cuda": torch.version.cuda if dev.type == "cuda" else None,
-            "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "allocator": (
-                "glibc mmap threshold fixed at 128 KiB in every mode"
-                if tune_allocator
-                else "glibc defaults (dynamic mmap threshold) in every mode"
+
+
+def _config_record(s: _Settings) -> dict:
+    """The result's ``config``: the settings, the software and the machine."""
+    cuda = s.device.type == "cuda"
+    return {
+        "arch": s.arch,
+        "size": s.size,
+        "tile_size": s.tile_size,
+        "memory_budget": s.memory_budget,
+        "host_memory_budget": s.host_memory_budget,
+        "release_memory": "auto" if s.release_memory is None else s.release_memory,
+        "repeats": s.repeats,
+        "seed": s.seed,
+        "dtype": str(precisions.param_dtype(s.precision)).removeprefix("torch."),
+        "precision": s.precision,
+        "tf32": s.tf32,
+        "lazy_input": s.lazy,
+        "warmup": s.warmup,
+        "channels_last": s.channels_last,
+        "cudnn_benchmark": s.cudnn_benchmark if cuda else None,
+        "batch": 1,
+        "device": str(s.device),
+        "cuda_device": torch.cuda.get_device_name(s.device) if cuda else None,
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "allocator": (
+            "glibc mmap threshold fixed at 128 KiB in every mode"
+            if s.tune_allocator
+            else "glibc defaults (dynamic mmap threshold) in every mode"
+        ),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "mem_total_gib": round(
+                os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1
             ),
-            "machine": {
-                "cpu_count": os.cpu_count(),
-                "processor": platform.processor() or platform.machine(),
-                "mem_total_gib": round(
-                    os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1
-                ),
-                "python": platform.python_version(),
-            },
+            "python": platform.python_version(),
         },
-        "plan": plan.to_dict(),
-        "plan_text": str(plan),
-        "modes": {},
     }
+
+
+def _run_modes(
+    s: _Settings,
+    modes: tuple[str, ...],
+    est: dict[str, int],
+    available: int,
+    skip_unfit: bool,
+) -> dict:
+    """Each mode's result (skipped, failed, or measured), in ``modes`` order.
+
+    A mode after ``conventional`` gets ``max_rel_grad_error`` against its gradients.
+    """
+    results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         ref_path = None
         for mode in modes:
             if skip_unfit and est[mode] > 0.9 * available:
-                result["modes"][mode] = {
-                    "skipped": True,
-                    "reason": f"estimated {est[mode] / 2**30:.1f} GiB > available {available / 2**30:.1f} GiB",
-                    "est_bytes": est[mode],
-                }
-                logger.warning("skipping %s: %s", mode, result["modes"][mode]["reason"])
+                results[mode] = _skipped(est[mode], available)
+                logger.warning("skipping %s: %s", mode, results[mode]["reason"])
                 continue
             grads_path = str(Path(tmp) / f"{mode}.pt")
-            worker = {  # run_worker's arguments, as JSON on the command line
-                "mode": mode,
-                "arch": arch,
-                "size": size,
-                "seed": seed,
-                "repeats": repeats,
-                "tile_size": tile_size,
-                "memory_budget": memory_budget,
-                "grads_out": grads_path,
-                "tune_allocator": tune_allocator,
-                "device": str(dev),
-                "precision": precision,
-                "lazy": lazy,
-                "warmup": warmup,
-                "channels_last": channels_last,
-                "cudnn_benchmark": cudnn_benchmark,
-                "profile_out": f"{profile}-{mode}.txt" if profile is not None else None,
-                "host_memory_budget": host_memory_budget,
-                "release_memory": release_memory,
-            }
-            cmd = [sys.executable, "-m", "gigastream.streaming.benchmark", "--worker"]
-            cmd.append(json.dumps(worker))
-            logger.warning("running %s ...", mode)
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                result["modes"][mode] = {"failed": True, "stderr": proc.stderr[-4000:]}
-                logger.error("%s failed:\n%s", mode, proc.stderr[-4000:])
+            res = _run_mode_process(_worker_args(s, mode, grads_path))
+            if "failed" in res:
+                results[mode] = res
+                logger.error("%s failed:\n%s", mode, res["stderr"])
                 continue
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
             if mode == "conventional":
                 ref_path = grads_path
             elif ref_path is not None:
@@ -403,7 +608,7 @@ def run_benchmark(
                 )
             res.pop("plan", None)
             res.pop("plan_text", None)
-            result["modes"][mode] = res
+            results[mode] = res
             logger.warning(
                 "%s: %.2f s, %.0f MiB RSS, %s MiB CUDA",
                 mode,
@@ -411,37 +616,85 @@ def run_benchmark(
                 res["peak_rss_mib"],
                 res.get("peak_cuda_mib", "-"),
             )
-    conv = result["modes"].get("conventional", {})
-    if "seconds_median" in conv:
-        for res in result["modes"].values():
-            if "seconds_median" in res:
-                res["time_vs_conventional"] = round(
-                    res["seconds_median"] / conv["seconds_median"], 3
+    return results
+
+
+def _skipped(est_bytes: int, available: int) -> dict:
+    """The result of a mode whose estimate does not fit."""
+    return {
+        "skipped": True,
+        "reason": f"estimated {est_bytes / 2**30:.1f} GiB > available {available / 2**30:.1f} GiB",
+        "est_bytes": est_bytes,
+    }
+
+
+def _worker_args(s: _Settings, mode: str, grads_path: str) -> dict:
+    """:func:`run_worker`'s arguments for ``mode`` (sent as JSON on the command line)."""
+    return {
+        "mode": mode,
+        "arch": s.arch,
+        "size": s.size,
+        "seed": s.seed,
+        "repeats": s.repeats,
+        "tile_size": s.tile_size,
+        "memory_budget": s.memory_budget,
+        "grads_out": grads_path,
+        "tune_allocator": s.tune_allocator,
+        "device": str(s.device),
+        "precision": s.precision,
+        "tf32": s.tf32,
+        "lazy": s.lazy,
+        "warmup": s.warmup,
+        "channels_last": s.channels_last,
+        "cudnn_benchmark": s.cudnn_benchmark,
+        "profile_out": f"{s.profile}-{mode}.txt" if s.profile is not None else None,
+        "host_memory_budget": s.host_memory_budget,
+        "release_memory": s.release_memory,
+    }
+
+
+def _run_mode_process(worker: dict) -> dict:
+    """Run one mode in a fresh Python process: its JSON result, or ``failed`` with stderr."""
+    cmd = [sys.executable, "-m", "gigastream.streaming.benchmark", "--worker"]
+    cmd.append(json.dumps(worker))
+    logger.warning("running %s ...", worker["mode"])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"failed": True, "stderr": proc.stderr[-4000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _add_ratios_to_conventional(modes: dict) -> None:
+    """Add time and memory ratios to the conventional mode's, in place, if it was measured."""
+    conv = modes.get("conventional", {})
+    if "seconds_median" not in conv:
+        return
+    for res in modes.values():
+        if "seconds_median" in res:
+            res["time_vs_conventional"] = round(res["seconds_median"] / conv["seconds_median"], 3)
+            res["memory_vs_conventional"] = round(res["peak_rss_mib"] / conv["peak_rss_mib"], 3)
+            if "peak_cuda_mib" in res and conv.get("peak_cuda_mib"):
+                res["cuda_memory_vs_conventional"] = round(
+                    res["peak_cuda_mib"] / conv["peak_cuda_mib"], 3
                 )
-                res["memory_vs_conventional"] = round(res["peak_rss_mib"] / conv["peak_rss_mib"], 3)
-                if "peak_cuda_mib" in res and conv.get("peak_cuda_mib"):
-                    res["cuda_memory_vs_conventional"] = round(
-                        res["peak_cuda_mib"] / conv["peak_cuda_mib"], 3
-                    )
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2))
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``gigastream bench streaming`` as a script (the same flags); ``--worker JSON`` runs
-    one mode in this process with :func:`run_worker`'s arguments and prints its result."""
-    from gigastream.cli import bench_streaming
+    """The worker: ``--worker JSON`` runs one mode in this process with :func:`run_worker`'s
+    arguments (a JSON object) and prints its result as one line of JSON.
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    bench_streaming.add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(run_worker(**json.loads(args.worker))))
-        return 0
-    return bench_streaming.run(args)
+    It parses nothing else: the benchmark's command line is ``gigastream bench streaming``.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) != 2 or argv[0] != "--worker":
+        print(
+            "usage: python -m gigastream.streaming.benchmark --worker JSON (run_worker's "
+            "arguments); the benchmark itself is `gigastream bench streaming`",
+            file=sys.stderr,
+        )
+        return 2
+    print(json.dumps(run_worker(**json.loads(argv[1]))))
+    return 0
 
 
 if __name__ == "__main__":

@@ -354,11 +354,6 @@ def describe(module: nn.Module, name: str = "") -> Geometry:
     )
 
 
-def min_tile_for(axis: AxisGeometry) -> int:
-    """Smallest tile (input pixels) that can own at least one output position, any alignment."""
-    return axis.receptive_field + axis.stride - 1
-
-
 __all__ = [
     "AxisGeometry",
     "Geometry",
@@ -366,5 +361,4 @@ __all__ = [
     "describe",
     "register_geometry",
     "POINTWISE",
-    "min_tile_for",
 ]

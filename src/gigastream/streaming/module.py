@@ -156,6 +156,11 @@ class StreamingModule(nn.Module):
             self._cuts: str | list[int] = "planned"
         elif segments is None or segments == "none":
             self._cuts = []
+        elif isinstance(segments, str):
+            raise StreamingError(
+                f"segments must be 'auto' (planned cuts), 'none' or a list of the trunk's "
+                f"top-level child names, got {segments!r}"
+            )
         else:
             split_segments(trunk, segments)  # validates the names
             names = [n for n, _ in self._units]

@@ -76,13 +76,24 @@ def _read(x: Tensor | InputSource, index: Index) -> Tensor:
     return x.read(index)
 
 
+def _is_stochastic(m: nn.Module) -> bool:
+    """A module that draws random numbers in training: dropout, or a drop-path / stochastic
+    depth / drop-block layer (timm's ``DropPath``, torchvision's ``StochasticDepth``)."""
+    if not m.training:
+        return False
+    if isinstance(m, nn.modules.dropout._DropoutNd):
+        return m.p > 0
+    name = type(m).__name__
+    if "Drop" in name or "Stochastic" in name:
+        rate = next((getattr(m, a) for a in ("drop_prob", "p", "drop_rate") if hasattr(m, a)), None)
+        return rate is None or float(rate) > 0
+    return False
+
+
 def _has_stochastic(module: nn.Module | None) -> bool:
     if module is None:
         return True  # unknown function: be safe
-    return any(
-        isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
-        for m in module.modules()
-    )
+    return any(_is_stochastic(m) for m in module.modules())
 
 
 class _RngState:

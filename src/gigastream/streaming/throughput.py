@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gigastream import precision as precisions
 from gigastream.streaming.planner import StreamingPlan
 
 
@@ -31,7 +32,7 @@ class Throughput:
     measured_on: str
 
 
-# (device type, precision) -> measured throughput; precision "fp32" or "bf16"
+# (device type, kind of arithmetic: gigastream.precision.kind) -> measured throughput
 MEASURED: dict[tuple[str, str], Throughput] = {
     ("cuda", "bf16"): Throughput(120e12, "an NVIDIA H200, bf16, streamed ResNet-34"),
     ("cuda", "fp32"): Throughput(21.8e12, "an NVIDIA H200, fp32 (TF32 off), streamed ResNet-34"),
@@ -39,19 +40,14 @@ MEASURED: dict[tuple[str, str], Throughput] = {
 }
 
 
-def precision_kind(precision: str) -> str:
-    """``"bf16"`` for reduced-precision training settings (``bf16-mixed``, ``16-mixed``,
-    ``bf16``), ``"fp64"`` for ``64``, else ``"fp32"``."""
-    precision = str(precision)
-    return "bf16" if "16" in precision else "fp64" if precision == "64" else "fp32"
-
-
 def expected_seconds(
     plan: StreamingPlan, device_type: str, precision: str
 ) -> tuple[float, Throughput] | None:
     """Expected seconds for one forward + backward of ``plan`` (None: nothing measured).
 
-    On the CPU only fp32 was measured: its throughput stands for every precision there.
+    ``precision`` is Lightning's name (:mod:`gigastream.precision`). float16 autocast
+    (``16-mixed``) was not measured: bf16's throughput stands for it (the same tensor-core
+    rate). On the CPU only fp32 was measured: its throughput stands for every precision there.
 
     Example:
         >>> import torch, torchvision
@@ -64,7 +60,10 @@ def expected_seconds(
         >>> 15 < seconds < 30  # measured: 21.8 s
         True
     """
-    measured = MEASURED.get((device_type, precision_kind(precision)))
+    kind = precisions.kind(precision)
+    if kind == "fp16":
+        kind = "bf16"
+    measured = MEASURED.get((device_type, kind))
     if measured is None and device_type == "cpu":
         measured = MEASURED[("cpu", "fp32")]
     if measured is None:

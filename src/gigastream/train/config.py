@@ -1,7 +1,10 @@
 """The configuration of a training run: one dataclass per component, YAML in and out.
 
-Precedence: the dataclass defaults < a YAML file (``--config``) < command-line flags. The
-YAML file has one section per component::
+Precedence: the dataclass defaults < a YAML file (``--config``) < command-line flags; the
+defaults live in the dataclasses only (a run's model is
+:class:`~gigastream.models.streaming_mil.StreamingMILConfig`'s defaults; a command with
+defaults of its own, such as ``gigastream demo``, passes them as a ``base`` config to
+:func:`load_config`). The YAML file has one section per component::
 
     manifest: data/manifest.csv
     class_names: [negative, positive]
@@ -19,7 +22,7 @@ rebuilds its model without any file.
 Example:
     >>> config = load_config({"train": {"epochs": 3}}, source="example")
     >>> config.train.epochs, config.model.head
-    (3, 'clam_sb')
+    (3, 'topk')
     >>> load_config({"train": {"epocs": 3}}, source="example")
     Traceback (most recent call last):
     ...
@@ -28,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -38,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from gigastream import precision as precisions
-from gigastream.models.streaming_clam import StreamingCLAMConfig
+from gigastream.models.streaming_mil import StreamingMILConfig
 from gigastream.wsi.tissue import TissueMaskConfig
 
 NORMALIZATIONS = ("imagenet", "none")
@@ -206,16 +210,6 @@ class TrainConfig:
             raise ConfigError(f"train.threads must be >= 1, got {self.threads}")
 
 
-def recipe_model() -> StreamingCLAMConfig:
-    """The default model of a run: the recipe of ``experiments/demo_recipe`` that learns from
-    random initialisation on CPU (a small VGG-style trunk, top-k instance pooling with an
-    instance loss). For real slides and a GPU, StreamingCLAM's own settings are ``arch:
-    resnet34, weights: imagenet, head: clam_sb`` (see ``configs/``)."""
-    return StreamingCLAMConfig(
-        arch="vgg_small", head="topk", head_options={"k": 8, "instance_weight": 1.0}, pool=1
-    )
-
-
 @dataclass
 class RunConfig:
     """A whole training run.
@@ -226,7 +220,10 @@ class RunConfig:
             ``split`` column, or a stratified hold-out of ``train.val_fraction``).
         fold: the validation fold of ``splits``.
         class_names: class names in index order (``None``: the manifest's sorted labels).
-        model: the model (default: :func:`recipe_model`).
+        model: the model (default: :class:`StreamingMILConfig`'s defaults, the recipe of
+            ``experiments/demo_recipe`` that learns from random initialisation on CPU; for
+            real slides and a GPU, :func:`~gigastream.models.streaming_mil.streaming_clam`'s
+            settings are laid out in ``configs/camelyon16.yaml``).
         data: how slides are read.
         optim: the optimiser.
         train: the loop.
@@ -236,7 +233,7 @@ class RunConfig:
     splits: str | None = None
     fold: int | None = None
     class_names: list[str] | None = None
-    model: StreamingCLAMConfig = field(default_factory=lambda: recipe_model())
+    model: StreamingMILConfig = field(default_factory=StreamingMILConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -332,28 +329,37 @@ def _check_keys(cls: type, values: dict[str, Any], prefix: str, source: str) -> 
         raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str, source: str) -> Any:
-    """An instance of dataclass ``cls`` from defaults overlaid with ``values``."""
+def _section_default(spec: dataclasses.Field, base: Any) -> Any:
+    """The config a nested section overlays: ``base``'s, else the field's own default."""
+    if base is not None:
+        return getattr(base, spec.name)
+    return spec.default_factory() if spec.default_factory is not MISSING else None
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, source: str, base: Any = None) -> Any:
+    """An instance of dataclass ``cls`` from defaults (``base``'s, else the class's) overlaid
+    with ``values``."""
     hints = _field_types(cls)
     _check_keys(cls, values, prefix, source)
-    defaults = {f.name: f for f in dataclasses.fields(cls)}
+    specs = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
+    if base is not None:
+        kwargs = {n: copy.deepcopy(getattr(base, n)) for n, f in specs.items() if f.init}
     for name, value in values.items():
         kind = hints[name]
-        default = defaults[name].default_factory
-        if isinstance(value, dict) and _is_dataclass_type(kind) and default is not MISSING:
-            # a section overlays the field's own default (e.g. the run's recipe model)
-            base = dataclasses.asdict(default())
+        default = _section_default(specs[name], base)
+        if isinstance(value, dict) and _is_dataclass_type(kind) and default is not None:
+            # a section overlays the field's own default (e.g. the run's default model)
             nested = {
                 k: v
-                for k, v in base.items()
+                for k, v in dataclasses.asdict(default).items()
                 if k in {f.name for f in dataclasses.fields(kind) if f.init}
             }
             if (
                 value.get("head", nested.get("head")) != nested.get("head")
                 and "head_options" in nested
             ):
-                nested["head_options"] = {}  # another head: its own defaults, not the recipe's
+                nested["head_options"] = {}  # another head: its own defaults, not the default's
             nested.update(value)
             _check_keys(kind, value, f"{prefix}{name}.", source)
             value = nested
@@ -397,6 +403,7 @@ def load_config(
     overrides: dict[str, Any] | None = None,
     source: str | None = None,
     cls: type = RunConfig,
+    base: Any = None,
 ) -> Any:
     """A validated config from defaults < ``values`` (a dict or YAML file) < ``overrides``.
 
@@ -406,6 +413,8 @@ def load_config(
             ``None`` entries are ignored).
         source: name used in error messages (default: the file, or ``config``).
         cls: the config dataclass (default :class:`RunConfig`).
+        base: an instance of ``cls`` whose values are the defaults (default: ``cls``'s own
+            defaults), e.g. the settings of a command.
 
     Raises:
         ConfigError: an unknown key (with the closest valid key), a wrongly typed or
@@ -415,7 +424,7 @@ def load_config(
         source = source or str(values)
         values = read_yaml(values)
     source = source or "config"
-    config = _build(cls, merge(values or {}, overrides or {}), "", source)
+    config = _build(cls, merge(values or {}, overrides or {}), "", source, base)
     if hasattr(config, "validate"):
         config.validate()
     return config

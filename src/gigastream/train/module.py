@@ -4,7 +4,7 @@
 input - a whole slide, streamed, or a bag of instances - gives class logits and attention
 over instances; the model defines its own loss) with PyTorch Lightning: the ``Trainer``
 owns the loop, checkpoints, loggers, precision, devices and gradient accumulation over
-slides (``accumulate_grad_batches``). One step is one slide or bag. StreamingCLAM on
+slides (``accumulate_grad_batches``). One step is one slide or bag. StreamingMIL on
 whole slides (``gigastream train``, ``gigastream demo``) and the MNIST-bags experiment run
 through it.
 

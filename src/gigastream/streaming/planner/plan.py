@@ -1,0 +1,104 @@
+"""The result of planning: :class:`StreamingPlan` and its :class:`SegmentPlan` rows."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from gigastream.streaming.planner.budget import format_bytes
+
+
+@dataclass
+class SegmentPlan:
+    """How one segment runs. Tile sizes are in pixels of the segment's input map.
+
+    Attributes:
+        names: the trunk's top-level children in this segment.
+        mode: ``"stream"`` (tile by tile, recomputed in backward) or ``"keep"`` (graph kept).
+        span: ``[start, stop)`` indices of those children in the trunk.
+        offload_input: the segment's input map and its gradient accumulator live in host
+            memory; tiles are copied to the device on demand (via pinned staging on CUDA).
+        est_graph_bytes: kept: the whole graph; streamed: one tile's graph.
+        est_flops: forward + backward, including recomputation, overlap and per-tile overhead.
+    """
+
+    names: list[str]
+    mode: str  # "stream" or "keep"
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    stride: tuple[int, int]
+    receptive_field: tuple[int, int]
+    tiles: tuple[int, int] = (1, 1)
+    max_tile: tuple[int, int] = (0, 0)  # largest tile input (h, w), segment-input pixels
+    overlap: float = 1.0  # sum of tile input areas / input area
+    est_graph_bytes: int = 0
+    est_flops: float = 0.0
+    span: tuple[int, int] = (0, 0)
+    offload_input: bool = False
+
+    def __str__(self) -> str:
+        what = (
+            f"stream {self.tiles[0]}x{self.tiles[1]} tiles <= "
+            f"{self.max_tile[0]}x{self.max_tile[1]} px, overlap {self.overlap:.2f}"
+            if self.mode == "stream"
+            else "keep graph"
+        )
+        where = ", input in host memory" if self.offload_input else ""
+        return (
+            f"[{'+'.join(self.names)}] {tuple(self.in_shape)} -> {tuple(self.out_shape)}, "
+            f"RF {self.receptive_field[0]}, stride {self.stride[0]}: {what}{where}, "
+            f"graph {format_bytes(self.est_graph_bytes)}"
+        )
+
+
+@dataclass
+class StreamingPlan:
+    """The plan for one input shape; ``str(plan)`` is a table for logs.
+
+    ``est_peak_bytes`` is the estimated peak of device tensor memory (no runtime);
+    ``est_host_bytes`` the estimated peak of host memory held by offloaded maps and their
+    gradient accumulators, within ``host_memory_budget`` (``None``: no limit was set).
+    ``offloaded`` names the segments (by their first child) whose input map is in host memory.
+
+    Example:
+        >>> import torch, torchvision
+        >>> from gigastream.streaming import StreamingModule
+        >>> trunk = torch.nn.Sequential(*list(torchvision.models.resnet18().children())[:-2])
+        >>> plan = StreamingModule(trunk.eval(), tile_size=512).plan((1, 3, 2048, 2048))
+        >>> plan.segments[0].mode, plan.to_dict()["input_shape"]
+        ('stream', (1, 3, 2048, 2048))
+    """
+
+    input_shape: tuple[int, ...]
+    segments: list[SegmentPlan]
+    est_peak_bytes: int
+    est_flops: float
+    conventional_flops: float
+    conventional_bytes: int
+    checkpoint_bytes: int  # estimated peak of torch.utils.checkpoint on the same segments
+    memory_budget: int | None = None
+    offloaded: list[str] = field(default_factory=list)
+    est_host_bytes: int = 0
+    host_memory_budget: int | None = None
+    bytes_per_elem: int = 4
+    lazy_input: bool = False
+    cuts: str = "planned"  # "planned" (the planner chose them) or "fixed" (given by the user)
+    planning_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        host_budget = (
+            format_bytes(self.host_memory_budget)
+            if self.host_memory_budget is not None
+            else "unlimited"
+        )
+        header = (
+            f"StreamingPlan for input {tuple(self.input_shape)}: est. peak "
+            f"{format_bytes(self.est_peak_bytes)} (conventional {format_bytes(self.conventional_bytes)}"
+            + (f", budget {format_bytes(self.memory_budget)}" if self.memory_budget else "")
+            + f"), est. compute {self.est_flops / max(self.conventional_flops, 1):.2f}x conventional, "
+            f"{len(self.segments)} segment(s), {self.cuts} cuts; host memory "
+            f"{format_bytes(self.est_host_bytes)} (budget {host_budget})"
+        )
+        return "\n".join([header, *(f"  {s}" for s in self.segments)])

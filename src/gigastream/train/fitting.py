@@ -1,0 +1,393 @@
+"""Train a run into its folder: the run folder's rules, Lightning's fit, the final report.
+
+:func:`fit` trains a run described by a :class:`~gigastream.train.config.RunConfig` into a
+folder ``RUN``::
+
+    RUN/config.yaml            the resolved configuration (--config RUN/config.yaml re-runs it)
+    RUN/metrics.json           status (running/completed/interrupted/failed: reason), epochs,
+                               skipped slides, final validation metrics, timings
+    RUN/checkpoints/last.ckpt  end of the latest epoch (resume point); best.ckpt: best
+                               validation AUC; interrupted.ckpt: weights at SIGTERM/SIGINT
+    RUN/predictions.csv        validation predictions of the best checkpoint
+    RUN/training_curve.png, RUN/heatmaps/*.png, RUN/logs/ (CSV), RUN/tensorboard/
+
+Everything is validated before anything is written (:func:`~gigastream.train.preparation.prepare`
+and :func:`check_out`); one run holds a folder at a time (its lock); a resumed run ends with
+the weights of one that was never stopped.
+
+Example:
+    >>> config = load_config("run.yaml", {"manifest": "data/manifest.csv"})  # doctest: +SKIP
+    >>> metrics = fit(config, "runs/first")  # doctest: +SKIP
+    >>> metrics["final"]["val_auc"]  # doctest: +SKIP
+    0.91
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from gigastream.streaming.memory import peak_rss_mib
+from gigastream.train.calibration import calibrate_trunk
+from gigastream.train.config import DataConfig, RunConfig, dump_yaml, load_config, to_dict
+from gigastream.train.data import slide_loader
+from gigastream.train.files import (
+    RunError,
+    RunRecord,
+    check_writable_folder,
+    describe_os_error,
+    load_checkpoint_file,
+    lock_is_held,
+    run_lock,
+)
+from gigastream.train.heatmaps import write_heatmaps
+from gigastream.train.module import MILClassifier
+from gigastream.train.prediction import prefixed, run_predictions, summarize, write_predictions
+from gigastream.train.preparation import PreparedRun, build_model, prepare, resolved_config
+from gigastream.train.recorder import (
+    RunInterrupted,
+    RunRecorder,
+    Signals,
+    failure_reason,
+    is_interrupt,
+)
+from gigastream.train.trainer import build_trainer, checkpoint_callbacks
+
+
+def _resumed_epoch(checkpoint: Path) -> int:
+    """The (0-based) epoch that resuming from ``checkpoint`` trains first.
+
+    Lightning creates the training iterator of a resumed run before it passes this epoch
+    to the sampler, so the engine sets it first: otherwise the resumed epoch would visit
+    the slides in the order of epoch 0 and the result would differ from an uninterrupted
+    run's.
+    """
+    state = load_checkpoint_file(checkpoint)
+    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    return int(progress.get("current", {}).get("processed", state.get("epoch", -1) + 1))
+
+
+def _clean_temporaries(folder: Path) -> None:
+    for tmp in list(folder.glob(".*.tmp")) + list(folder.glob("checkpoints/.*.tmp")):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _has_run(out: Path) -> bool:
+    return any((out / name).exists() for name in ("config.yaml", "metrics.json", "checkpoints"))
+
+
+def check_out(out: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a run into ``out`` that would clobber or collide (nothing written).
+
+    Raises:
+        RunError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is set;
+            ``resume`` with nothing to resume; ``out`` is a file.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out}: --out is a file, not a folder; choose another --out")
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise RunError(
+            f"{out}: nothing to resume ({last} not found); start the run without --resume"
+        )
+    if not resume and not overwrite and out.exists() and _has_run(out):
+        status = RunRecord.load(out / "metrics.json").data.get("status")
+        if status == "running" and not lock_is_held(out):
+            raise RunError(
+                f"{out} holds a run that stopped without finishing (status 'running' but no "
+                "process holds its lock: killed, e.g. out of memory?): pass --resume to "
+                "continue it from its last checkpoint, --overwrite to replace it, or choose "
+                "another --out"
+            )
+        raise RunError(
+            f"{out} already holds a run: pass --resume to continue it, --overwrite to replace "
+            "it, or choose another --out"
+        )
+
+
+def fit(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    prepared: PreparedRun | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    """Train a run into ``out`` (layout in the module docstring).
+
+    Args:
+        config: the run.
+        out: the run folder.
+        resume: continue from ``out/checkpoints/last.ckpt`` (the end of the latest
+            finished epoch); the result equals an uninterrupted run's.
+        overwrite: replace a finished or failed run in ``out``.
+        prepared: the result of :func:`~gigastream.train.preparation.prepare` if already
+            computed.
+        callbacks: extra Lightning callbacks (e.g. a timer), after the engine's own.
+
+    Returns:
+        The contents of ``metrics.json``.
+
+    Raises:
+        ConfigError, ManifestError, StreamingError: invalid settings (nothing written).
+        RunError: ``out`` unusable or in use, nothing to resume.
+        RunInterrupted: SIGTERM/SIGINT (status ``interrupted``, ``interrupted.ckpt`` saved).
+        NonFiniteLossError: the loss became NaN/inf (status ``failed: ...``).
+    """
+    prepared = prepared or prepare(config)
+    config = resolved_config(prepared)
+    out = Path(out).absolute()  # Lightning reports absolute checkpoint paths
+    if _launched_rank() > 0:  # a DDP worker started by the launcher: rank 0 owns the folder
+        return _fit_locked(prepared, config, out, resume, callbacks)
+    check_out(out, resume, overwrite)
+    if resume:
+        _check_same_job(out, config)
+    check_writable_folder(out)
+    with run_lock(out):
+        _clean_temporaries(out)
+        if overwrite and not resume:
+            for name in ("checkpoints", "heatmaps"):
+                for old in (out / name).glob("*") if (out / name).is_dir() else []:
+                    with contextlib.suppress(OSError):
+                        old.unlink()
+        return _fit_locked(prepared, config, out, resume, callbacks)
+
+
+def _launched_rank() -> int:
+    """This process's global rank when started by a distributed launcher (else 0)."""
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        value = os.environ.get(name)
+        if value not in (None, "", "0"):
+            return int(value)
+    return 0
+
+
+def _check_same_job(out: Path, config: RunConfig) -> None:
+    path = out / "config.yaml"
+    if not path.is_file():
+        return
+    before = to_dict(load_config(path))
+    now = to_dict(config)
+    for volatile in ("progress", "threads", "device", "devices"):
+        before["train"].pop(volatile, None)
+        now["train"].pop(volatile, None)
+    before["train"].pop("epochs", None)
+    now["train"].pop("epochs", None)
+    if before != now:
+        raise RunError(
+            f"{out}: --resume with settings that differ from {path}; resume with "
+            f"--config {path} (only train.epochs may change), or start a new run"
+        )
+
+
+def _fit_locked(
+    prepared: PreparedRun,
+    config: RunConfig,
+    out: Path,
+    resume: bool,
+    extra_callbacks: Sequence[Callback] = (),
+) -> dict:
+    start = time.perf_counter()
+    record = RunRecord.load(out / "metrics.json") if resume else RunRecord(out / "metrics.json")
+    record.data.update(
+        status="running",
+        pid=os.getpid(),
+        config=to_dict(config),
+        class_names=prepared.class_names,
+        train_slides=[r.slide_id for r in prepared.train_rows],
+        val_slides=[r.slide_id for r in prepared.val_rows],
+    )
+    record.data.setdefault("epochs", [])
+    record.data.setdefault("skipped_slides", {})
+    record.enabled = _launched_rank() == 0
+    signals = Signals()
+    try:
+        with signals.installed():
+            record.save()
+            if record.enabled:
+                dump_yaml(config, out / "config.yaml")
+            result = _train_and_report(
+                prepared, config, out, resume, record, signals, start, extra_callbacks
+            )
+        return result
+    except BaseException as exc:
+        if is_interrupt(exc) or isinstance(exc, SystemExit):
+            record.update(status="interrupted", seconds=time.perf_counter() - start)
+            if isinstance(exc, RunInterrupted):
+                raise
+            raise RunInterrupted("stopped by a signal") from exc
+        if not str(record.data.get("status", "")).startswith("failed"):
+            with contextlib.suppress(OSError):
+                record.update(
+                    status=f"failed: {failure_reason(exc)}", seconds=time.perf_counter() - start
+                )
+        if isinstance(exc, OSError):
+            raise RunError(describe_os_error(exc)) from None
+        raise
+
+
+@dataclass
+class _Parts:
+    """The Lightning pieces of one run (made by :func:`_build_parts`)."""
+
+    module: MILClassifier
+    trainer: L.Trainer
+    best: ModelCheckpoint
+    train_loader: DataLoader
+    val_loader: DataLoader
+    data: DataConfig
+
+
+def _train_and_report(
+    prepared: PreparedRun,
+    config: RunConfig,
+    out: Path,
+    resume: bool,
+    record: RunRecord,
+    signals: Signals,
+    start: float,
+    extra_callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    parts = _build_parts(prepared, config, out, resume, record, extra_callbacks)
+    fit_seconds = _train(parts, out / "checkpoints", resume, signals)
+    if not parts.trainer.is_global_zero:
+        return record.data
+    return _report(prepared, config, out, parts, record, start, fit_seconds)
+
+
+def _build_parts(
+    prepared: PreparedRun,
+    config: RunConfig,
+    out: Path,
+    resume: bool,
+    record: RunRecord,
+    extra_callbacks: Sequence[Callback],
+) -> _Parts:
+    """The module, its trainer (checkpoints, recorder, early stopping) and the loaders; the
+    trunk's BatchNorm calibrated when configured."""
+    train = config.train
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    data = replace(config.data, mask_dir=config.data.mask_dir or str(out / "masks"))
+    torch.manual_seed(train.seed)
+    model = build_model(config, len(prepared.class_names))
+    module = MILClassifier(
+        model, prepared.class_names, config.optim, data, train.seed, to_dict(config)
+    )
+    checkpoints = out / "checkpoints"
+    best, last = checkpoint_callbacks(checkpoints)
+    callbacks: list[Callback] = [best, last, RunRecorder(record, checkpoints)]
+    if train.early_stopping_patience:
+        callbacks.append(
+            EarlyStopping(monitor="val_score", mode="max", patience=train.early_stopping_patience)
+        )
+    callbacks.extend(extra_callbacks)
+    trainer = build_trainer(
+        config.train,
+        out,
+        prepared.accelerator,
+        prepared.devices,
+        callbacks,
+        grad_clip=config.optim.grad_clip,
+    )
+    train_loader = slide_loader(
+        prepared.train_rows, prepared.class_names, data, train.seed, True, train.balanced
+    )
+    val_loader = slide_loader(prepared.val_rows, prepared.class_names, data)
+    if resume:  # Lightning iterates the loader once before it sets the resumed epoch
+        train_loader.sampler.set_epoch(_resumed_epoch(checkpoints / "last.ckpt"))
+    calibration = train.bn_calibration
+    if calibration is None:  # auto: random initialisation only
+        calibration = 8 if config.model.weights is None else 0
+    if calibration and not resume:
+        calibrate_trunk(model, train_loader.dataset, calibration, data, train.seed)
+    return _Parts(module, trainer, best, train_loader, val_loader, data)
+
+
+def _train(parts: _Parts, checkpoints: Path, resume: bool, signals: Signals) -> float:
+    """Lightning's fit (from ``last.ckpt`` when resuming); its seconds."""
+    signals.trainer = parts.trainer
+    fit_start = time.perf_counter()
+    try:
+        parts.trainer.fit(
+            parts.module,
+            parts.train_loader,
+            parts.val_loader,
+            ckpt_path=str(checkpoints / "last.ckpt") if resume else None,
+            weights_only=True,
+        )
+    finally:
+        signals.trainer = None
+    if parts.trainer.interrupted:
+        raise RunInterrupted("training was interrupted")
+    return time.perf_counter() - fit_start
+
+
+def _report(
+    prepared: PreparedRun,
+    config: RunConfig,
+    out: Path,
+    parts: _Parts,
+    record: RunRecord,
+    start: float,
+    fit_seconds: float,
+) -> dict[str, Any]:
+    """The best checkpoint's model on the validation slides: predictions, curve, heatmaps,
+    and ``metrics.json`` completed."""
+    checkpoints, module = out / "checkpoints", parts.module
+    best = parts.best.best_model_path
+    best_path = Path(best) if best else checkpoints / "last.ckpt"
+    state = load_checkpoint_file(best_path)
+    module.load_state_dict(state["state_dict"])
+    results = run_predictions(
+        module, prepared.val_rows, config, parts.data, progress=config.train.progress
+    )
+    final = prefixed(summarize(results, prepared.class_names), "val_")
+    write_predictions(out / "predictions.csv", results, prepared.class_names)
+    epochs = module.epoch_log
+    curve = None
+    if epochs:
+        from gigastream.viz.curves import plot_training_curve
+
+        curve = plot_training_curve(epochs, out / "training_curve.png")
+    heatmaps = write_heatmaps(
+        module, results, prepared.val_rows, out / "heatmaps", parts.data, config.train.heatmaps
+    )
+    trained_slides = sum(len(e["train_slide_losses"]) for e in epochs) or 1
+    record.update(
+        status="completed",
+        epochs=epochs,
+        skipped_slides=dict(module.skipped),
+        best_checkpoint=str(best_path.relative_to(out)),
+        best_epoch=int(state.get("epoch", 0)) + 1,
+        final=final,
+        seconds=time.perf_counter() - start,
+        fit_seconds=fit_seconds,
+        seconds_per_train_slide=fit_seconds / trained_slides,
+        peak_rss_mib=peak_rss_mib(),
+        outputs={
+            "config": "config.yaml",
+            "checkpoints": sorted(str(p.relative_to(out)) for p in checkpoints.glob("*.ckpt")),
+            "predictions": "predictions.csv",
+            "training_curve": str(curve.relative_to(out)) if curve else None,
+            "heatmaps": [str(p.relative_to(out)) for p in heatmaps],
+            "logs": "logs",
+        },
+    )
+    return record.data
+
+
+__all__ = ["check_out", "fit"]

@@ -1,0 +1,165 @@
+"""Attention heatmaps of predicted slides: the one path of training, ``predict`` and
+``heatmap``.
+
+:func:`write_heatmaps` draws the attention map of each predicted slide over the slide
+(``<slide_id>.png``, optionally a pyramidal ``<slide_id>.tif``) with the ground-truth lesion
+contours where a mask exists (:func:`lesion_mask_for`); :func:`slide_heatmap` draws one
+slide; :func:`instance_cell_um` is the size of one attention cell in microns.
+
+Example:
+    >>> module, config = load_classifier("RUN/checkpoints/best.ckpt")  # doctest: +SKIP
+    >>> results = run_predictions(module, rows, config)  # doctest: +SKIP
+    >>> write_heatmaps(module, results, rows, Path("heatmaps"), config.data)  # doctest: +SKIP
+    [PosixPath('heatmaps/synth_000.png'), ...]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gigastream.train.config import DataConfig
+from gigastream.wsi.manifest import ManifestRow
+from gigastream.wsi.reader import SlideError, SlideReader
+
+logger = logging.getLogger(__name__)
+
+
+def lesion_mask_for(slide_path: str | Path, slide_id: str, lesion_dir: str | Path | None = None):
+    """The ground-truth lesion mask of a slide, if one exists (else ``None``).
+
+    Looked for as ``lesion_dir/<slide_id>.png`` or, for datasets written by ``gigastream
+    synth``, ``<slide folder>/../lesions/<slide_id>.png``.
+    """
+    from gigastream.wsi.tissue import TissueMask
+
+    candidates = []
+    if lesion_dir is not None:
+        candidates.append(Path(lesion_dir) / f"{slide_id}.png")
+    candidates.append(Path(slide_path).parent.parent / "lesions" / f"{slide_id}.png")
+    for path in candidates:
+        if path.is_file():
+            try:
+                return TissueMask.load(path)
+            except SlideError as exc:
+                logger.warning("ignoring lesion mask %s: %s", path, exc)
+    return None
+
+
+def instance_cell_um(slide: SlideReader, mpp: float, output_stride: int) -> float:
+    """Edge in microns of one instance (one cell of the attention map) of a slide read at ``mpp``.
+
+    The slide is read from the level :meth:`SlideReader.resolution` picks and resampled;
+    ``output_stride`` input pixels make one instance (``StreamingMIL.output_stride``).
+    """
+    return output_stride * slide.resolution(mpp).mpp
+
+
+def choose_slides(results: Sequence[dict[str, Any]], count: int | None) -> list[dict[str, Any]]:
+    """Up to ``count`` results with an attention map, alternating between the classes
+    (``None``: all of them)."""
+    usable = [r for r in results if "attention_map" in r]
+    if count is None:
+        return usable
+    by_class: dict[Any, list[dict[str, Any]]] = {}
+    for r in usable:
+        by_class.setdefault(r["label"], []).append(r)
+    chosen: list[dict[str, Any]] = []
+    while len(chosen) < min(count, len(usable)):
+        for group in by_class.values():
+            if group and len(chosen) < count:
+                chosen.append(group.pop(0))
+    return chosen
+
+
+def slide_heatmap(
+    slide: SlideReader,
+    result: dict[str, Any],
+    path: Path,
+    cell_um: float,
+    class_names: Sequence[str],
+    lesions=None,
+    heading: str = "",
+    tiff: bool = False,
+) -> list[Path]:
+    """The attention heatmap PNG of one predicted slide at ``path`` (and a pyramidal TIFF
+    next to it with ``tiff``).
+
+    The title gives the slide's label and p(last class), under ``heading`` if given;
+    ``lesions`` (a mask) are drawn as contours.
+    """
+    from gigastream.viz import heatmap as hm
+
+    label = None if result["label"] is None else class_names[result["label"]]
+    title = hm.slide_title(result["slide_id"], label, float(result["probs"][-1]), class_names[-1])
+    paths = [
+        hm.attention_heatmap_png(
+            slide,
+            result["attention_map"],
+            path,
+            cell_um=cell_um,
+            title=f"{heading}\n{title}" if heading else title,
+            contours=lesions,
+        )
+    ]
+    if tiff:
+        paths.append(
+            hm.attention_heatmap_tiff(
+                slide,
+                result["attention_map"],
+                path.with_suffix(".tif"),
+                cell_um=cell_um,
+                contours=lesions,
+            )
+        )
+    return paths
+
+
+def write_heatmaps(
+    module,
+    results: Sequence[dict[str, Any]],
+    rows: Sequence[ManifestRow],
+    out_dir: Path,
+    data: DataConfig,
+    count: int | None = None,
+    tiff: bool = False,
+    lesion_dir: str | Path | None = None,
+) -> list[Path]:
+    """Attention heatmaps ``out_dir/<slide_id>.png`` (and ``.tif``) of up to ``count`` slides.
+
+    Args:
+        module: the :class:`~gigastream.train.module.MILClassifier` that predicted
+            ``results`` (its class names and its model's output stride).
+        results: per-slide results of :func:`~gigastream.train.prediction.run_predictions`.
+        rows: the manifest rows of the slides.
+        out_dir: the folder (created when there is a heatmap to write).
+        data: how the slides were read (resolution, backend).
+        count: at most this many slides, alternating between classes (``None``: all).
+        tiff: also a full-resolution pyramidal TIFF per slide.
+        lesion_dir: folder of ground-truth masks (see :func:`lesion_mask_for`).
+    """
+    by_id = {r.slide_id: r for r in rows}
+    chosen = choose_slides(results, count)
+    if chosen:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    stride = module.model.output_stride
+    paths = []
+    for r in chosen:
+        row = by_id[r["slide_id"]]
+        lesions = lesion_mask_for(row.path, row.slide_id, lesion_dir)
+        with SlideReader.open(row.path, mpp=row.mpp, backend=data.backend) as slide:
+            cell_um = instance_cell_um(slide, data.mpp, stride)
+            path = out_dir / f"{r['slide_id']}.png"
+            paths += slide_heatmap(slide, r, path, cell_um, module.class_names, lesions, tiff=tiff)
+    return paths
+
+
+__all__ = [
+    "choose_slides",
+    "instance_cell_um",
+    "lesion_mask_for",
+    "slide_heatmap",
+    "write_heatmaps",
+]

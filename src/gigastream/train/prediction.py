@@ -1,0 +1,267 @@
+"""Predictions of a trained classifier: rebuilt from its checkpoint alone, run with
+Lightning's predict loop, summarised and written.
+
+:func:`load_classifier` rebuilds the model of a checkpoint (nothing else is needed: the
+config, the class names, the normalisation and the tissue settings travel in it);
+:func:`run_predictions` gives per-slide results; :func:`summarize` their metrics under
+neutral names (``auc``, ``accuracy``, ``loss``; :func:`prefixed` names them after the
+slides, e.g. ``val_auc``); :func:`write_predictions` writes ``predictions.csv``.
+:func:`evaluate_manifest` (``gigastream evaluate``) and :func:`predict_slide_files`
+(``gigastream predict`` and ``heatmap``) give the same probabilities as a run's validation
+for the same slide.
+
+Example:
+    >>> metrics = evaluate_manifest("RUN/checkpoints/best.ckpt", "test.csv", "eval")  # doctest: +SKIP
+    >>> metrics["auc"]  # doctest: +SKIP
+    0.93
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gigastream.train.config import ConfigError, DataConfig, RunConfig, load_config
+from gigastream.train.data import check_labels, slide_loader
+from gigastream.train.files import (
+    RunError,
+    atomic_write_text,
+    check_writable_folder,
+    load_checkpoint_file,
+    write_json,
+)
+from gigastream.train.heatmaps import write_heatmaps
+from gigastream.train.metrics import classification_metrics
+from gigastream.train.module import MILClassifier
+from gigastream.train.preparation import build_model
+from gigastream.train.trainer import build_trainer, resolve_device
+from gigastream.wsi.manifest import ManifestRow, read_manifest
+
+#: The metrics of :func:`summarize` that a caller names after its slides (:func:`prefixed`).
+METRICS = ("auc", "accuracy", "loss")
+
+
+def run_predictions(
+    module: MILClassifier,
+    rows: Sequence[ManifestRow],
+    config: RunConfig,
+    data: DataConfig | None = None,
+    progress: bool = False,
+    device: str | None = None,
+) -> list[dict[str, Any]]:
+    """Per-slide results of a trained module: ``probs``, ``loss``, ``attention_map``, ``error``.
+
+    Runs Lightning's predict loop (same precision as training, one device).
+    """
+    data = data or config.data
+    train = replace(config.train, device=device or config.train.device, devices=1)
+    accelerator, devices = resolve_device(train)
+    module.data = data
+    train = replace(train, progress=progress)
+    trainer = build_trainer(train, None, accelerator, devices, for_training=False)
+    loader = slide_loader(rows, module.class_names, data)
+    return list(trainer.predict(module, loader, return_predictions=True) or [])
+
+
+def summarize(results: Sequence[dict[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
+    """Metrics and per-slide predictions of results, under neutral names.
+
+    Returns:
+        ``auc``, ``accuracy``, ``loss`` (of the labelled slides; NaN without any),
+        ``slides`` (labelled slides), ``prob_range`` (of p(last class)), ``predictions``
+        and ``skipped`` (slide id -> reason). :func:`prefixed` names the metrics after
+        the slides, e.g. ``val_auc``.
+    """
+    usable = [r for r in results if "probs" in r]
+    labelled = [r for r in usable if r["label"] is not None]
+    metrics: dict[str, Any] = {"auc": math.nan, "accuracy": math.nan, "loss": math.nan}
+    if labelled:
+        metrics.update(
+            classification_metrics(
+                [r["label"] for r in labelled], np.stack([r["probs"] for r in labelled])
+            )
+        )
+        metrics["loss"] = float(np.mean([r["loss"] for r in labelled]))
+    positive = np.array([r["probs"][-1] for r in usable]) if usable else np.zeros(0)
+    return {
+        "auc": metrics["auc"],
+        "accuracy": metrics["accuracy"],
+        "loss": metrics["loss"],
+        "slides": len(labelled),
+        "prob_range": [float(positive.min()), float(positive.max())] if len(positive) else None,
+        "predictions": [
+            {
+                "slide_id": r["slide_id"],
+                "label": None if r["label"] is None else class_names[r["label"]],
+                "probs": [float(p) for p in r["probs"]],
+            }
+            for r in usable
+        ],
+        "skipped": {r["slide_id"]: r["error"] for r in results if "error" in r},
+    }
+
+
+def prefixed(summary: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``summary`` with its :data:`METRICS` named ``<prefix><metric>`` (e.g. ``val_auc``).
+
+    Example:
+        >>> prefixed({"auc": 0.9, "slides": 4}, "val_")
+        {'val_auc': 0.9, 'slides': 4}
+    """
+    return {(prefix + k if k in METRICS else k): v for k, v in summary.items()}
+
+
+def write_predictions(
+    path: Path, results: Sequence[dict[str, Any]], class_names: Sequence[str]
+) -> Path:
+    """``predictions.csv``: ``slide_id``, ``label`` (empty when unknown), ``p_<class>`` columns."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["slide_id", "label", *[f"p_{name}" for name in class_names]])
+    for r in results:
+        if "probs" not in r:
+            continue
+        label = "" if r["label"] is None else class_names[r["label"]]
+        writer.writerow([r["slide_id"], label, *[f"{float(p):.6f}" for p in r["probs"]]])
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def load_classifier(checkpoint: str | Path) -> tuple[MILClassifier, RunConfig]:
+    """Rebuild a trained classifier from its checkpoint alone (``weights_only=True``).
+
+    Raises:
+        RunError: a missing, corrupt or foreign checkpoint (the message names the file).
+    """
+    state = load_checkpoint_file(checkpoint)
+    saved = state.get("gigastream")
+    if not isinstance(saved, dict) or "config" not in saved:
+        raise RunError(f"{checkpoint}: not a gigastream checkpoint (no gigastream section)")
+    try:
+        config = load_config(saved["config"], source=f"{checkpoint} (stored config)")
+    except ConfigError as exc:
+        raise RunError(str(exc)) from None
+    class_names = list(saved["class_names"])
+    config = replace(config, model=replace(config.model, weights=None))  # weights come from ckpt
+    model = build_model(config, len(class_names))
+    module = MILClassifier(
+        model, class_names, config.optim, config.data, config.train.seed, saved["config"]
+    )
+    try:
+        module.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise RunError(f"{checkpoint}: weights do not fit the stored model: {exc}") from None
+    module.eval()
+    return module, config
+
+
+def _slide_rows(slides: Sequence[str | Path]) -> list[ManifestRow]:
+    rows, seen = [], set()
+    for slide in slides:
+        path = Path(slide)
+        if not path.exists():
+            raise ConfigError(f"{path}: slide not found")
+        slide_id = path.stem
+        if slide_id in seen:
+            raise ConfigError(f"two slides are named {slide_id!r}; give each slide once")
+        seen.add(slide_id)
+        rows.append(ManifestRow(slide_id, path.resolve(), "", slide_id))
+    return rows
+
+
+def _prediction_config(config: RunConfig, device: str | None, workers: int | None) -> RunConfig:
+    train = replace(config.train, device=device or "auto", devices=1, progress=False)
+    data = config.data if workers is None else replace(config.data, num_workers=workers)
+    config = replace(config, train=train, data=data)
+    resolve_device(config.train)  # validate before any output
+    return config
+
+
+def evaluate_manifest(
+    checkpoint: str | Path,
+    manifest: str | Path,
+    out: str | Path,
+    device: str | None = None,
+    progress: bool = True,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on every slide of a manifest: ``metrics.json`` + ``predictions.csv``.
+
+    Returns:
+        The metrics (``auc``, ``accuracy``, ``loss``, per-slide predictions, skipped slides).
+    """
+    module, config = load_classifier(checkpoint)
+    config = _prediction_config(config, device, num_workers)
+    rows = read_manifest(manifest).rows
+    check_labels([r.label for r in rows], module.class_names)
+    out = check_writable_folder(out)
+    data = replace(config.data, mask_dir=str(out / "masks"))
+    results = run_predictions(module, rows, config, data, progress=progress)
+    final = summarize(results, module.class_names)
+    metrics = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "manifest": str(Path(manifest).resolve()),
+        "auc": final["auc"],
+        "accuracy": final["accuracy"],
+        "loss": final["loss"],
+        "slides": final["slides"],
+        "class_names": module.class_names,
+        "predictions": final["predictions"],
+        "skipped_slides": final["skipped"],
+    }
+    write_predictions(out / "predictions.csv", results, module.class_names)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def predict_slide_files(
+    checkpoint: str | Path,
+    slides: Sequence[str | Path],
+    out: str | Path,
+    device: str | None = None,
+    progress: bool = True,
+    heatmaps: bool = False,
+    tiff: bool = False,
+    lesion_dir: str | Path | None = None,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Class probabilities (``predictions.csv``) and optionally heatmaps of slide files.
+
+    Returns:
+        ``predictions``, ``skipped_slides`` and the written ``heatmaps``.
+    """
+    module, config = load_classifier(checkpoint)
+    config = _prediction_config(config, device, num_workers)
+    rows = _slide_rows(slides)
+    out = check_writable_folder(out)
+    data = replace(config.data, mask_dir=str(out / "masks"))
+    results = run_predictions(module, rows, config, data, progress=progress)
+    final = summarize(results, module.class_names)
+    write_predictions(out / "predictions.csv", results, module.class_names)
+    paths = []
+    if heatmaps:
+        paths = write_heatmaps(module, results, rows, out, data, tiff=tiff, lesion_dir=lesion_dir)
+    return {
+        "class_names": module.class_names,
+        "predictions": final["predictions"],
+        "skipped_slides": final["skipped"],
+        "heatmaps": [str(p) for p in paths],
+    }
+
+
+__all__ = [
+    "METRICS",
+    "evaluate_manifest",
+    "load_classifier",
+    "predict_slide_files",
+    "prefixed",
+    "run_predictions",
+    "summarize",
+    "write_predictions",
+]

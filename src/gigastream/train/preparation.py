@@ -1,0 +1,109 @@
+"""A run validated before anything is written: settings, devices, manifest, labels, splits,
+weights and the streaming plan of the first slide.
+
+:func:`prepare` checks a :class:`~gigastream.train.config.RunConfig` and returns a
+:class:`PreparedRun` (the training and validation slides, the class names, the device);
+:func:`resolved_config` is the config with everything derived filled in, as written to
+``RUN/config.yaml`` and stored in every checkpoint; :func:`build_model` makes the slide
+classifier of a run.
+
+Example:
+    >>> config = load_config({"manifest": "data/manifest.csv"})  # doctest: +SKIP
+    >>> prepared = prepare(config)  # doctest: +SKIP
+    >>> len(prepared.train_rows), prepared.class_names  # doctest: +SKIP
+    (48, ['negative', 'positive'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from gigastream.models.streaming_mil import StreamingMIL
+from gigastream.train.config import ConfigError, RunConfig
+from gigastream.train.data import check_labels, split_rows
+from gigastream.train.trainer import resolve_device
+from gigastream.wsi.manifest import Manifest, ManifestRow, read_manifest
+from gigastream.wsi.reader import SlideError, SlideReader
+
+
+@dataclass
+class PreparedRun:
+    """A validated run: everything :func:`~gigastream.train.fitting.fit` needs, computed
+    before writing anything."""
+
+    config: RunConfig
+    manifest: Manifest
+    class_names: list[str]
+    train_rows: list[ManifestRow]
+    val_rows: list[ManifestRow]
+    accelerator: str
+    devices: int | list[int]
+
+
+def build_model(config: RunConfig, num_classes: int) -> StreamingMIL:
+    """The slide classifier of a run (the trunk's weights loaded as configured)."""
+    model_cfg = replace(config.model, num_classes=num_classes, progress=False)
+    try:
+        return StreamingMIL(model_cfg)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"model.weights: {exc}") from None
+
+
+def _check_plan(model: StreamingMIL, rows: Sequence[ManifestRow], config: RunConfig) -> None:
+    """Plan the streaming of the first readable slide (a tile too small fails here, early)."""
+    from gigastream.wsi.source import SlideSource
+
+    for row in rows[:3]:
+        try:
+            with SlideReader.open(row.path, mpp=row.mpp, backend=config.data.backend) as slide:
+                shape = SlideSource(slide, mpp=config.data.mpp).shape
+        except SlideError:
+            continue  # reported when the slide is reached
+        model.trunk.plan(tuple(shape), lazy_input=True)
+        return
+
+
+def prepare(config: RunConfig, check_plan: bool = True, check_device: bool = True) -> PreparedRun:
+    """Validate a run without writing anything.
+
+    ``check_device=False`` (``train --dry-run``) plans for the configured device even where
+    it is not present (a GPU run planned on a laptop).
+
+    Raises:
+        ConfigError: a bad setting, label, split or device (one line each).
+        ManifestError: bad manifest rows (all listed).
+        StreamingError: the model cannot stream the slides (e.g. a tile too small).
+    """
+    config.validate()
+    if config.manifest is None:
+        raise ConfigError("no manifest: pass --manifest M.csv (or set manifest: in the config)")
+    if check_device:
+        accelerator, devices = resolve_device(config.train)
+    else:
+        accelerator = "gpu" if str(config.train.device).startswith("cuda") else "cpu"
+        devices = 1
+    manifest = read_manifest(config.manifest)
+    class_names = check_labels([r.label for r in manifest.rows], config.class_names)
+    manifest = Manifest(manifest.rows, class_names)
+    train_rows, val_rows = split_rows(manifest, config)
+    if check_plan:
+        model = build_model(config, len(class_names))
+        _check_plan(model, train_rows, config)
+    return PreparedRun(config, manifest, class_names, train_rows, val_rows, accelerator, devices)
+
+
+def resolved_config(prepared: PreparedRun) -> RunConfig:
+    """The run's config with everything derived filled in (class names, paths absolute)."""
+    config = prepared.config
+    return replace(
+        config,
+        manifest=str(Path(config.manifest).resolve()),
+        splits=str(Path(config.splits).resolve()) if config.splits else None,
+        class_names=list(prepared.class_names),
+        model=replace(config.model, num_classes=len(prepared.class_names)),
+    )
+
+
+__all__ = ["PreparedRun", "build_model", "prepare", "resolved_config"]

@@ -1,0 +1,39 @@
+"""``train --dry-run``'s report (``gigastream.train.dry_run``): the largest and the median
+slide planned on a GPU and on this CPU, nothing written (the printed form is checked in
+``tests/cli/test_train_cli.py``)."""
+
+from __future__ import annotations
+
+from gigastream.train.dry_run import dry_run
+from gigastream.train.preparation import prepare
+from tests.train.conftest import copy_manifest, tiny_config
+
+
+def test_report_plans_largest_and_median_slide(manifest):
+    prepared = prepare(tiny_config(manifest), check_plan=False, check_device=False)
+    report = dry_run(prepared)
+    assert report.ok and report.unreadable == [] and len(report.pixels) == 8
+    assert [s.role for s in report.slides] == ["largest", "median"]
+    largest = report.slides[0]
+    assert largest.shape == (1, 3, 256, 256) and largest.plan.est_peak_bytes > 0
+    if prepared.accelerator == "cpu":
+        assert [e.device for e in largest.estimates] == ["cuda", "cpu"]
+    cpu = largest.estimates[-1]
+    assert cpu.seconds > 0 and cpu.measured_on and cpu.epoch_seconds is None
+    assert report.slides[1].estimates[-1].epoch_seconds > 0
+    text = str(report)
+    assert text.startswith("precision 32; trunk vgg_small") and "StreamingPlan for input" in text
+
+
+def test_report_without_readable_slides(tmp_path, manifest):
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"not a slide" * 100)
+
+    def unreadable(rows):
+        return [{**r, "path": str(garbage)} for r in rows]
+
+    bad = copy_manifest(manifest, tmp_path / "manifest.csv", unreadable)
+    report = dry_run(prepare(tiny_config(bad), check_plan=False, check_device=False))
+    assert not report.ok and len(report.unreadable) == 8
+    assert str(report).splitlines()[-1] == "no readable slide"
+    assert str(report).startswith("unreadable: ")

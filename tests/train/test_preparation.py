@@ -1,0 +1,62 @@
+"""Validating a run before anything is written (``gigastream.train.preparation``)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gigastream.train.config import ConfigError, load_config
+from gigastream.train.fitting import fit
+from gigastream.train.preparation import build_model, prepare, resolved_config
+from tests.train.conftest import copy_manifest, tiny_config
+
+
+def test_prepare_splits_and_resolves(manifest):
+    prepared = prepare(tiny_config(manifest), check_plan=False)
+    assert prepared.class_names == ["negative", "positive"]
+    assert len(prepared.train_rows) == 6 and len(prepared.val_rows) == 2
+    assert not {r.slide_id for r in prepared.train_rows} & {r.slide_id for r in prepared.val_rows}
+    assert prepared.accelerator in ("cpu", "gpu")
+    resolved = resolved_config(prepared)
+    assert resolved.class_names == ["negative", "positive"] and resolved.model.num_classes == 2
+    assert os.path.isabs(resolved.manifest)
+
+
+def test_build_model_names_missing_weights(tmp_path, manifest):
+    from dataclasses import replace
+
+    config = tiny_config(manifest)
+    model = build_model(config, 2)
+    assert model.config.num_classes == 2 and not model.config.progress
+    bad = replace(config, model=replace(config.model, weights=str(tmp_path / "none.pth")))
+    with pytest.raises(ConfigError, match="model.weights: .*none.pth"):
+        build_model(bad, 2)
+
+
+def test_no_manifest_is_refused():
+    with pytest.raises(ConfigError, match="no manifest: pass --manifest"):
+        prepare(load_config({}))
+
+
+def test_one_class_is_refused(tmp_path, manifest):
+    from gigastream.models.streaming_mil import StreamingMILConfig
+    from gigastream.train.data import check_labels
+
+    with pytest.raises(ValueError, match="num_classes"):
+        StreamingMILConfig(num_classes=1).validate()
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        load_config({"class_names": ["positive"]})
+    with pytest.raises(ConfigError, match="at least two classes"):
+        check_labels(["positive", "positive"], None)
+    with pytest.raises(ConfigError, match="num_classes"):
+        load_config({"model": {"num_classes": 1}})
+
+    def all_positive(rows):
+        return [{**r, "label": "positive"} for r in rows]
+
+    one = copy_manifest(manifest, tmp_path / "manifest.csv", all_positive)
+    with pytest.raises(ConfigError, match="at least two classes"):
+        fit(tiny_config(one), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    assert os.listdir(tmp_path) == ["manifest.csv"]
