@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from gigastream.cli.main import main
+from gigastream.train.files import run_lock
 from tests.train.conftest import (
     copy_manifest,
     dataset_manifest,
     trained_run_folder,
     write_tiny_yaml,
 )
-
-from gigastream.cli.main import main
-from gigastream.train.files import run_lock
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.exactness import assert_exact, assert_same_gradients, run_backward
 from torch import nn
 
 from gigastream import ChunkedEncoder, create_mil_head
 from gigastream.streaming import FrozenBatchNorm, freeze_batchnorm
+from tests.exactness import assert_exact, assert_same_gradients, run_backward
 
 
 class Residual(nn.Module):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.exactness import assert_exact
 
 from gigastream.mil.heads import create_mil_head
 from gigastream.mil.topk import TopKMIL
+from tests.exactness import assert_exact
 
 
 def _bag(n: int = 30, dim: int = 8) -> torch.Tensor:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.exactness import assert_same_gradients
 from torch.testing import assert_close
 
 from gigastream import SlideReader
 from gigastream.models.streaming_mil import StreamingMIL, StreamingMILConfig
 from gigastream.wsi.source import IMAGENET, SlideSource
 from gigastream.wsi.tissue import TissueMask
+from tests.exactness import assert_same_gradients
 
 
 def _model(**overrides) -> StreamingMIL:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.exactness import assert_same_runs, run_backward
 from torch import nn
 
 from gigastream.models.trunks import (
@@ -21,6 +20,7 @@ from gigastream.models.trunks import (
 )
 from gigastream.streaming import StreamingModule
 from gigastream.streaming.batchnorm import calibrate_batchnorm
+from tests.exactness import assert_same_runs, run_backward
 
 TRUNKS = list_trunks()
 

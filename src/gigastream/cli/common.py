@@ -83,7 +83,8 @@ def add_recipe(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
     parser.add_argument("--arch", choices=list_trunks(), help="CNN trunk")
     parser.add_argument(
-        "--weights", help="trunk weights: imagenet (torchvision download) or a local state_dict"
+        "--weights",
+        help="trunk (patch models: encoder) weights: imagenet (torchvision) or a local file",
     )
     parser.add_argument("--head", help="MIL head (see gigastream.list_mil_heads())")
     parser.add_argument("--epochs", type=int, help="passes over the training slides")
@@ -123,21 +124,112 @@ def add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a run in --out")
 
 
+#: The flags of a patch-bag model (:func:`add_patches`) and the ``patches:`` keys they set.
+PATCH_FLAGS = {
+    "encoder": ("encoder", "name"),
+    "patch_size": ("patch_size",),
+    "bag_strategy": ("strategy",),
+    "chunk_size": ("chunk_size",),
+    "sample_size": ("sample_size",),
+    "min_tissue": ("min_tissue",),
+    "finetune": ("encoder", "finetune"),
+}
+#: The flags of a streamed model only.
+STREAMING_FLAGS = ("arch", "tile_size")
+
+
+def add_patches(parser: argparse.ArgumentParser) -> None:
+    """The flags of a patch-bag model (``--model-kind patches``; the ``patches:`` section)."""
+    from gigastream.mil.strategies import STRATEGIES
+    from gigastream.models.streaming_mil import MODEL_KINDS
+
+    parser.add_argument(
+        "--model-kind",
+        choices=MODEL_KINDS,
+        help="streaming: a streamed trunk over the whole slide (default); patches: an encoder "
+        "over the slide's tissue patches (the patch flags below)",
+    )
+    parser.add_argument(
+        "--encoder",
+        help="patch encoder: a registered trunk (resnet18, ...), small_cnn or timm:<model name>",
+    )
+    parser.add_argument("--patch-size", type=int, help="patch edge in pixels at --mpp")
+    parser.add_argument(
+        "--bag-strategy",
+        choices=STRATEGIES,
+        help="how a training step sees a bag: accumulate (exact, chunked), baseline (whole "
+        "bag in one graph) or sample (--sample-size random patches)",
+    )
+    parser.add_argument("--chunk-size", type=int, help="patches per chunk (accumulate, eval)")
+    parser.add_argument("--sample-size", type=int, help="patches per training step (sample)")
+    parser.add_argument("--min-tissue", type=float, help="tissue fraction a patch needs (0-1)")
+    parser.add_argument(
+        "--finetune", help="which encoder parameters train: full, frozen, last:N or lora"
+    )
+
+
+def model_kind(args: argparse.Namespace) -> str:
+    """The model kind of a command line: ``--model-kind``, else the ``--config`` file's
+    ``model.kind``, else ``streaming``."""
+    kind = getattr(args, "model_kind", None)
+    if kind is None and getattr(args, "config", None) is not None:
+        from gigastream.train.config import read_yaml
+
+        model = read_yaml(args.config).get("model")
+        kind = model.get("kind") if isinstance(model, dict) else None
+    return kind or "streaming"
+
+
+def _patch_overrides(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """The ``patches:`` overrides of the patch flags; ValueError for flags of the other kind."""
+    given = [name for name in PATCH_FLAGS if getattr(args, name, None) is not None]
+    if kind != "patches":
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ValueError(f"{flag} is a setting of a patch-bag model: add --model-kind patches")
+        return {}
+    streaming = [name for name in STREAMING_FLAGS if getattr(args, name, None) is not None]
+    if streaming:
+        flag = "--" + streaming[0].replace("_", "-")
+        raise ValueError(
+            f"{flag} is a setting of a streamed model; a patch-bag model (--model-kind patches) "
+            "takes --encoder, --patch-size, --chunk-size, --bag-strategy"
+        )
+    patches: dict[str, Any] = {"encoder": {"weights": getattr(args, "weights", None)}}
+    for name, keys in PATCH_FLAGS.items():
+        section = patches
+        for key in keys[:-1]:
+            section = section.setdefault(key, {})
+        section[keys[-1]] = getattr(args, name, None)
+    budget = getattr(args, "memory_budget", None)
+    if budget is not None:
+        from gigastream.streaming.planner import parse_bytes
+
+        patches["memory_budget_mib"] = parse_bytes(budget) / 2**20
+    return patches
+
+
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config overrides from the training flags (only those given; flags a command does not
-    have count as not given)."""
+    have count as not given). ``--weights`` and ``--memory-budget`` set the encoder's and
+    the chunks' settings of a patch-bag model (``--model-kind patches``)."""
 
     def flag(name: str) -> Any:
         return getattr(args, name, None)
 
+    kind = model_kind(args)
+    patches = _patch_overrides(args, kind)
+    streamed = kind != "patches"
     return {
         "model": {
+            "kind": flag("model_kind"),
             "arch": args.arch,
-            "weights": args.weights,
+            "weights": args.weights if streamed else None,
             "head": args.head,
             "tile_size": args.tile_size,
-            "memory_budget": args.memory_budget,
+            "memory_budget": args.memory_budget if streamed else None,
         },
+        "patches": patches,
         "data": {"mpp": flag("mpp"), "num_workers": args.workers},
         "optim": {"lr": args.lr, "head_lr": args.head_lr},
         "train": {

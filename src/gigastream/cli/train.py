@@ -1,4 +1,12 @@
-"""``gigastream train``: train a slide classifier (a streamed trunk + MIL head) on a manifest."""
+"""``gigastream train``: train a slide classifier on a manifest: a streamed trunk + MIL head
+over whole slides, or (``--model-kind patches``) a patch encoder + MIL head over the slides'
+tissue patches.
+
+Example (a patch-bag model on 32 px patches at 0.5 um/px)::
+
+    gigastream train --manifest M.csv --out runs/patches --model-kind patches \
+        --encoder small_cnn --patch-size 32 --mpp 0.5 --bag-strategy accumulate --head abmil
+"""
 
 from __future__ import annotations
 
@@ -20,9 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="validate everything and print the streaming plan; train nothing",
+        help="validate everything and print the streaming plan (patch models: the patch bags "
+        "and chunks); train nothing",
     )
     common.add_training(parser)
+    common.add_patches(parser)
 
 
 def _config(args: argparse.Namespace):

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 _MIB = 2**20
 
 
-def _activation_bytes(fn: Callable[[Tensor], Tensor], sample: Tensor, skip: set[int]) -> int:
+def activation_bytes(fn: Callable[[Tensor], Tensor], sample: Tensor, skip: set[int]) -> int:
     """Bytes of the tensors autograd saves when ``fn`` runs on ``sample`` (parameters excluded)."""
     total = 0
 
@@ -126,7 +126,7 @@ class ChunkedEncoder(nn.Module):
         with torch.random.fork_rng(devices=[bag.device] if bag.device.type == "cuda" else []):
             if want_bytes:
                 skip = {p.data_ptr() for p in params}
-                out_bytes = _activation_bytes(self.encoder, sample, skip)
+                out_bytes = activation_bytes(self.encoder, sample, skip)
                 with torch.no_grad():
                     shape = tuple(self.encoder(sample).shape[1:])
             else:

@@ -84,7 +84,9 @@ class PatchConfig:
         """Raise ValueError (an :class:`~gigastream.models.encoders.EncoderError` for the
         encoder) on impossible settings; nothing is built."""
         if self.patch_size < 1:
-            raise ValueError(f"patch_size must be a positive number of pixels, got {self.patch_size}")
+            raise ValueError(
+                f"patch_size must be a positive number of pixels, got {self.patch_size}"
+            )
         if not 0.0 <= self.min_tissue <= 1.0:
             raise ValueError(f"min_tissue must be a fraction in [0, 1], got {self.min_tissue}")
         self.strategy_config()

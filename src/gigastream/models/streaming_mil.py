@@ -44,6 +44,10 @@ from gigastream.streaming.recompute import InputSource
 
 logger = logging.getLogger(__name__)
 
+#: The model kinds of a run (``model.kind``): this module's streamed model, or a patch-bag
+#: model (:class:`~gigastream.models.patch_mil.PatchMIL`).
+MODEL_KINDS = ("streaming", "patches")
+
 
 @dataclass
 class StreamingMILConfig:
@@ -69,6 +73,11 @@ class StreamingMILConfig:
         tissue_instances: use only feature positions on tissue as instances (when the
             input is a :class:`~gigastream.wsi.source.SlideSource` with a tissue mask).
         progress: show a progress bar over streaming tiles.
+        kind: ``streaming`` (this model) or ``patches``: a
+            :class:`~gigastream.models.patch_mil.PatchMIL` on the slide's tissue patches,
+            which uses ``num_classes``, ``head`` and ``head_options`` from here and its
+            patch settings from the run's ``patches:`` section (the trunk and streaming
+            fields do not apply).
     """
 
     arch: str = "vgg_small"
@@ -81,9 +90,12 @@ class StreamingMILConfig:
     pool: int = 1
     tissue_instances: bool = True
     progress: bool = False
+    kind: str = "streaming"
 
     def validate(self) -> None:
         """Raise ValueError on impossible settings."""
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"kind must be streaming or patches, got {self.kind!r}")
         if self.arch not in list_trunks():
             raise ValueError(f"arch must be one of {', '.join(list_trunks())}, got {self.arch!r}")
         if self.num_classes < 2:
@@ -264,4 +276,4 @@ class StreamingMIL(nn.Module):
         return self.head.loss(out.head_output, label)
 
 
-__all__ = ["SlideOutput", "StreamingMIL", "StreamingMILConfig", "streaming_clam"]
+__all__ = ["MODEL_KINDS", "SlideOutput", "StreamingMIL", "StreamingMILConfig", "streaming_clam"]

@@ -3,7 +3,10 @@
 A randomly initialised trunk's BatchNorm statistics (mean 0, variance 1) do not describe
 slides; streaming needs BatchNorm frozen (eval mode), so a run recalibrates them once on a
 few training slides (``train.bn_calibration``; data-dependent initialisation) with
-:func:`~gigastream.streaming.batchnorm.calibrate_batchnorm` and then keeps them.
+:func:`~gigastream.streaming.batchnorm.calibrate_batchnorm` and then keeps them. A patch
+encoder's BatchNorm (frozen too: chunked gradients are exact only then) is calibrated the
+same way on patches of the training slides (:func:`calibrate_encoder`);
+:func:`calibrate_model` does what the run's settings say for either model kind.
 
 Example:
     >>> dataset = SlideExamples(prepared.train_rows, prepared.class_names, config.data)  # doctest: +SKIP
@@ -20,8 +23,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from gigastream.models.patch_mil import PatchMIL
 from gigastream.models.streaming_mil import StreamingMIL
-from gigastream.train.config import DataConfig
+from gigastream.streaming.batchnorm import FrozenBatchNorm, is_batchnorm
+from gigastream.train.config import DataConfig, RunConfig
 from gigastream.train.data import SlideExamples
 from gigastream.wsi.reader import SlideError
 
@@ -84,4 +89,71 @@ def calibrate_trunk(
     return count
 
 
-__all__ = ["calibrate_trunk"]
+def calibrate_encoder(
+    model: PatchMIL, dataset: SlideExamples, slides: int, data: DataConfig, seed: int = 0
+) -> int:
+    """Recalibrate a patch encoder's BatchNorm statistics on ``slides`` training bags
+    (seeded choice): ``chunk_size`` patches spread over each bag, one bag per batch.
+
+    Returns:
+        The number of bags used.
+    """
+    from gigastream.mil.strategies import take_instances
+    from gigastream.streaming.batchnorm import calibrate_batchnorm
+
+    order = np.random.default_rng([seed, 11]).permutation(len(dataset)).tolist()
+    device = next(model.parameters()).device
+
+    def batches() -> Iterator[torch.Tensor]:
+        used = 0
+        for index in order:
+            if used == slides:
+                return
+            example = dataset[index]
+            if example.error is not None:
+                continue
+            opened = example.open(data, device)
+            try:
+                n = opened.x.shape[0]
+                picks = torch.linspace(0, n - 1, min(n, model.config.chunk_size)).round().long()
+                patches = take_instances(opened.x, picks)
+            except SlideError as exc:
+                logger.warning("BatchNorm calibration skips %s: %s", example.slide_id, exc)
+                continue
+            finally:
+                opened.close()
+            used += 1
+            yield patches
+
+    was_training = model.training
+    model.eval()
+    try:
+        count = calibrate_batchnorm(model.encoder, batches())
+    finally:
+        model.train(was_training)
+    logger.info("calibrated the encoder's BatchNorm statistics on %d training bags", count)
+    return count
+
+
+def calibrate_model(
+    model: StreamingMIL | PatchMIL, config: RunConfig, dataset: SlideExamples, data: DataConfig
+) -> int:
+    """Calibrate the BatchNorm of a run's model as ``train.bn_calibration`` says (``None``:
+    8 slides for randomly initialised weights, else none); a model without BatchNorm is left
+    alone. Returns the number of slides used."""
+    patches = isinstance(model, PatchMIL)
+    slides = config.train.bn_calibration
+    if slides is None:  # auto: random initialisation only
+        weights = config.patches.encoder.weights if patches else config.model.weights
+        slides = 8 if weights is None else 0
+    network = model.encoder if patches else model.trunk.trunk
+    if not slides or not any(
+        is_batchnorm(m) or isinstance(m, FrozenBatchNorm) for m in network.modules()
+    ):
+        return 0
+    if patches:
+        return calibrate_encoder(model, dataset, slides, data, config.train.seed)
+    return calibrate_trunk(model, dataset, slides, data, config.train.seed)
+
+
+__all__ = ["calibrate_encoder", "calibrate_model", "calibrate_trunk"]

@@ -10,6 +10,7 @@ defaults of its own, such as ``gigastream demo``, passes them as a ``base`` conf
     class_names: [negative, positive]
     model: {arch: resnet34, head: clam_sb, tile_size: 2048}
     data: {mpp: 0.5, tissue: {mpp: 8.0}}
+    patches: {encoder: {name: resnet18}, patch_size: 224}  # used by model.kind: patches
     optim: {lr: 1.0e-4, head_lr: 1.0e-3}
     train: {epochs: 20, precision: bf16-mixed}
 
@@ -42,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from gigastream import precision as precisions
+from gigastream.mil.strategies import STRATEGIES as BAG_STRATEGIES
+from gigastream.models.patch_mil import PatchConfig
 from gigastream.models.streaming_mil import StreamingMILConfig
 from gigastream.wsi.tissue import TissueMaskConfig
 
@@ -208,6 +211,11 @@ class TrainConfig:
             raise ConfigError(f"train.bn_calibration must be >= 0, got {self.bn_calibration}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"train.threads must be >= 1, got {self.threads}")
+        if self.strategy in BAG_STRATEGIES:
+            raise ConfigError(
+                f"train.strategy {self.strategy!r} is a patch-bag strategy, not a Lightning "
+                f"strategy (auto, ddp, ...): set patches.strategy (--bag-strategy {self.strategy})"
+            )
 
 
 @dataclass
@@ -223,7 +231,11 @@ class RunConfig:
         model: the model (default: :class:`StreamingMILConfig`'s defaults, the recipe of
             ``experiments/demo_recipe`` that learns from random initialisation on CPU; for
             real slides and a GPU, :func:`~gigastream.models.streaming_mil.streaming_clam`'s
-            settings are laid out in ``configs/camelyon16.yaml``).
+            settings are laid out in ``configs/camelyon16.yaml``); ``model.kind: patches``
+            trains a :class:`~gigastream.models.patch_mil.PatchMIL` instead.
+        patches: the patch bags and encoder of a ``model.kind: patches`` run
+            (:class:`~gigastream.models.patch_mil.PatchConfig`; patches are read at
+            ``data.mpp``).
         data: how slides are read.
         optim: the optimiser.
         train: the loop.
@@ -234,6 +246,7 @@ class RunConfig:
     fold: int | None = None
     class_names: list[str] | None = None
     model: StreamingMILConfig = field(default_factory=StreamingMILConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -246,6 +259,11 @@ class RunConfig:
             self.model.validate()
         except (ValueError, FileNotFoundError) as exc:
             raise ConfigError(f"model: {exc}") from None
+        if self.model.kind == "patches":
+            try:
+                self.patches.validate()
+            except ValueError as exc:
+                raise ConfigError(f"patches: {exc}") from None
         if self.splits is not None and self.fold is None:
             raise ConfigError("a splits file needs --fold K (or --folds all)")
         if self.fold is not None and self.fold < 0:

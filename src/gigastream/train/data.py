@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from gigastream.models.patch_mil import PatchConfig
 from gigastream.train.config import ConfigError, DataConfig, RunConfig
 from gigastream.wsi.manifest import Manifest, ManifestRow, read_splits, stratified_folds
 from gigastream.wsi.reader import SlideError, SlideReader
@@ -251,6 +252,23 @@ def make_source(reader: SlideReader, mask: TissueMask | None, data: DataConfig) 
     )
 
 
+def slide_tissue_mask(
+    slide: SlideReader, slide_id: str, data: DataConfig, save: bool = True
+) -> TissueMask:
+    """The tissue mask of a slide: ``data.mask_dir/<slide_id>.png`` when it exists, else
+    computed with ``data.tissue`` (scaled to the slide) and, with ``save``, cached there."""
+    mask_dir = data.mask_dir
+    path = Path(mask_dir) / f"{slide_id}.png" if mask_dir is not None else None
+    if path is not None and path.is_file():
+        return TissueMask.load(path, slide=slide)
+    width, height = slide.dimensions
+    mpp = slide.require_mpp()
+    mask = compute_tissue_mask(slide, data.tissue.scaled_to(width * mpp, height * mpp))
+    if path is not None and save:
+        mask.save(path)
+    return mask
+
+
 class SlideExamples(Dataset):
     """Manifest rows as :class:`SlideExample` s (see the module docstring).
 
@@ -279,16 +297,7 @@ class SlideExamples(Dataset):
         return [self.index.get(row.label) for row in self.rows]
 
     def _mask(self, row: ManifestRow, slide: SlideReader) -> TissueMask:
-        mask_dir = self.data.mask_dir
-        path = Path(mask_dir) / f"{row.slide_id}.png" if mask_dir is not None else None
-        if path is not None and path.is_file():
-            return TissueMask.load(path, slide=slide)
-        width, height = slide.dimensions
-        mpp = slide.require_mpp()
-        mask = compute_tissue_mask(slide, self.data.tissue.scaled_to(width * mpp, height * mpp))
-        if path is not None:
-            mask.save(path)
-        return mask
+        return slide_tissue_mask(slide, row.slide_id, self.data)
 
     def __getitem__(self, i: int) -> SlideExample:
         cached = self._cache.get(i)
@@ -404,10 +413,24 @@ def slide_loader(
     seed: int = 0,
     shuffle: bool = False,
     balanced: bool = False,
+    patches: PatchConfig | None = None,
 ) -> DataLoader:
-    """A DataLoader of the slides in ``rows`` (workers as configured in ``data``)."""
+    """A DataLoader of the slides in ``rows`` (workers as configured in ``data``): whole
+    slides (:class:`SlideExamples`), or with ``patches`` their patch bags
+    (:class:`~gigastream.train.patch_data.PatchExamples`)."""
     workers = min(data.num_workers, len(rows))
-    return example_loader(SlideExamples(rows, class_names, data), workers, seed, shuffle, balanced)
+    if patches is None:
+        dataset: Dataset = SlideExamples(rows, class_names, data)
+    else:
+        from gigastream.train.patch_data import PatchExamples
+
+        dataset = PatchExamples(rows, class_names, data, patches)
+    return example_loader(dataset, workers, seed, shuffle, balanced)
+
+
+def run_patches(config: RunConfig) -> PatchConfig | None:
+    """The patch settings of a run whose model is a patch-bag model, else ``None``."""
+    return config.patches if config.model.kind == "patches" else None
 
 
 __all__ = [
@@ -420,6 +443,8 @@ __all__ = [
     "example_loader",
     "make_source",
     "normalization",
+    "run_patches",
     "slide_loader",
+    "slide_tissue_mask",
     "split_rows",
 ]

@@ -1,5 +1,10 @@
 """``train --dry-run``: the streaming plan of a run's slides and what a step will cost.
 
+For a patch-bag model (``model.kind: patches``) :func:`dry_run` gives a
+:class:`PatchDryRunReport` instead: the tissue patches of the largest and the median slide,
+the chunks a training step encodes and the activation memory of the strategy (measured on
+one patch).
+
 :func:`dry_run` opens every slide of a prepared run (nothing is written, no trunk weights
 are loaded, the configured device need not be present), plans the streaming of the largest
 and the median slide on the configured device (and, on a machine without a GPU, on a GPU
@@ -142,7 +147,141 @@ def _slide_shapes(prepared: PreparedRun) -> tuple[list[Shape], list[str]]:
     return shapes, unreadable
 
 
-def dry_run(prepared: PreparedRun) -> DryRunReport:
+@dataclass
+class PatchBagPlan:
+    """The bag of one slide (``role``: ``largest`` or ``median``) of a patch-bag run."""
+
+    role: str
+    slide_id: str
+    shape: tuple[int, ...]  # (1, 3, H, W) of the slide at the run's mpp
+    patches: int  # tissue patches (instances); 0 when ``error``
+    grid: tuple[int, int]
+    error: str | None = None
+
+
+@dataclass
+class PatchDryRunReport:
+    """What :func:`dry_run` found for a patch-bag model; ``str(report)`` is what it prints.
+
+    Attributes:
+        encoder: the encoder's name; ``out_dim`` its feature size; ``trainable`` and
+            ``parameters`` its trainable and total parameter counts.
+        patch_size, mpp, strategy, chunk_size, sample_size, preload_pixels: the settings.
+        bytes_per_patch: activation bytes autograd keeps per patch (float32, measured).
+        unreadable: one reason per slide that could not be opened.
+        slides: the bags of the largest and the median slide.
+    """
+
+    encoder: str
+    out_dim: int
+    trainable: int
+    parameters: int
+    patch_size: int
+    mpp: float
+    strategy: str
+    chunk_size: int
+    sample_size: int
+    preload_pixels: int
+    bytes_per_patch: int
+    unreadable: list[str] = field(default_factory=list)
+    slides: list[PatchBagPlan] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """At least one slide was readable and has tissue patches."""
+        return any(slide.patches for slide in self.slides)
+
+    def step(self, patches: int) -> str:
+        """What one training step on a bag of ``patches`` encodes and keeps."""
+        size = self.patch_size
+        chunks = -(-patches // self.chunk_size)
+        if self.strategy == "accumulate":
+            graph, what = min(patches, self.chunk_size), f"{chunks} chunks of {self.chunk_size}"
+        elif self.strategy == "sample":
+            graph = min(patches, self.sample_size)
+            what = f"{graph} sampled patches"
+        else:
+            graph, what = patches, "the whole bag in one graph"
+        pixels = patches * size * size
+        held = "read by the worker" if pixels <= self.preload_pixels else "lazy, read per chunk"
+        return (
+            f"  a training step: {what}; activations ~{format_bytes(graph * self.bytes_per_patch)}"
+            f" (float32); pixels {format_bytes(3 * pixels)} ({held}); evaluation: "
+            f"{chunks} chunks without a graph"
+        )
+
+    def __str__(self) -> str:
+        lines = [f"unreadable: {reason}" for reason in self.unreadable]
+        lines.append(
+            f"patch model: encoder {self.encoder} ({self.out_dim} features, "
+            f"{self.trainable:,} of {self.parameters:,} parameters train); {self.patch_size} px "
+            f"patches at {self.mpp} um/px; strategy {self.strategy}; "
+            f"~{format_bytes(self.bytes_per_patch)} of activations per patch (float32)"
+        )
+        if not self.slides:
+            return "\n".join([*lines, "no readable slide"])
+        for slide in self.slides:
+            height, width = slide.shape[2], slide.shape[3]
+            head = f"{slide.role} slide: {slide.slide_id} {height}x{width} px at {self.mpp} um/px"
+            if slide.error is not None:
+                lines += [f"{head}: {slide.error}"]
+                continue
+            rows, cols = slide.grid
+            lines.append(f"{head}: {slide.patches} tissue patches of a {rows}x{cols} grid")
+            lines.append(self.step(slide.patches))
+        return "\n".join(lines)
+
+
+def _patch_bag(prepared: PreparedRun, role: str, shape: Shape) -> PatchBagPlan:
+    from gigastream.train.patch_data import slide_patch_grid
+
+    config = prepared.config
+    row = next(r for r in prepared.train_rows + prepared.val_rows if r.slide_id == shape[1])
+    try:
+        with SlideReader.open(row.path, mpp=row.mpp, backend=config.data.backend) as slide:
+            grid = slide_patch_grid(slide, row.slide_id, config.data, config.patches, False)
+    except SlideError as exc:
+        return PatchBagPlan(role, row.slide_id, shape[0], 0, (0, 0), str(exc))
+    return PatchBagPlan(role, row.slide_id, shape[0], len(grid), grid.grid_shape)
+
+
+def patch_dry_run(prepared: PreparedRun) -> PatchDryRunReport:
+    """The bags of the largest and the median slide of a patch-bag run (tissue masks are
+    computed, not written) and the activation memory of one patch."""
+    import torch
+
+    from gigastream.mil.chunked import activation_bytes
+
+    config = prepared.config
+    patches = config.patches
+    encoder_config = replace(patches.encoder, weights=None)
+    model = build_model(replace(config, patches=replace(patches, encoder=encoder_config)), 2)
+    encoder = model.encoder
+    params = list(encoder.parameters())
+    size = patches.patch_size
+    sample = torch.zeros(1, 3, size, size, dtype=torch.uint8)
+    per_patch = activation_bytes(encoder, sample, {p.data_ptr() for p in params})
+    report = PatchDryRunReport(
+        patches.encoder.name,
+        encoder.out_dim,
+        sum(p.numel() for p in params if p.requires_grad),
+        sum(p.numel() for p in params),
+        size,
+        config.data.mpp,
+        patches.strategy,
+        patches.chunk_size,
+        patches.sample_size,
+        config.data.preload_pixels,
+        per_patch,
+    )
+    shapes, report.unreadable = _slide_shapes(prepared)
+    if shapes:
+        roles = [("largest", shapes[-1]), ("median", shapes[len(shapes) // 2])]
+        report.slides = [_patch_bag(prepared, role, shape) for role, shape in roles]
+    return report
+
+
+def dry_run(prepared: PreparedRun) -> DryRunReport | PatchDryRunReport:
     """Plan the largest and the median slide of a run (see the module docstring).
 
     Args:
@@ -151,6 +290,8 @@ def dry_run(prepared: PreparedRun) -> DryRunReport:
     """
     from gigastream.streaming.throughput import expected_seconds
 
+    if prepared.config.model.kind == "patches":
+        return patch_dry_run(prepared)
     config = prepared.config
     precision = config.train.precision
     report = DryRunReport(precision, config.model.arch, config.data.mpp)
@@ -180,4 +321,12 @@ def dry_run(prepared: PreparedRun) -> DryRunReport:
     return report
 
 
-__all__ = ["DeviceEstimate", "DryRunReport", "SlidePlan", "dry_run"]
+__all__ = [
+    "DeviceEstimate",
+    "DryRunReport",
+    "PatchBagPlan",
+    "PatchDryRunReport",
+    "SlidePlan",
+    "dry_run",
+    "patch_dry_run",
+]

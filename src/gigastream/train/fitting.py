@@ -38,9 +38,9 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from gigastream.streaming.memory import peak_rss_mib
-from gigastream.train.calibration import calibrate_trunk
+from gigastream.train.calibration import calibrate_model
 from gigastream.train.config import DataConfig, RunConfig, dump_yaml, load_config, to_dict
-from gigastream.train.data import slide_loader
+from gigastream.train.data import run_patches, slide_loader
 from gigastream.train.files import (
     RunError,
     RunRecord,
@@ -303,17 +303,15 @@ def _build_parts(
         callbacks,
         grad_clip=config.optim.grad_clip,
     )
+    patches = run_patches(config)
     train_loader = slide_loader(
-        prepared.train_rows, prepared.class_names, data, train.seed, True, train.balanced
+        prepared.train_rows, prepared.class_names, data, train.seed, True, train.balanced, patches
     )
-    val_loader = slide_loader(prepared.val_rows, prepared.class_names, data)
+    val_loader = slide_loader(prepared.val_rows, prepared.class_names, data, patches=patches)
     if resume:  # Lightning iterates the loader once before it sets the resumed epoch
         train_loader.sampler.set_epoch(_resumed_epoch(checkpoints / "last.ckpt"))
-    calibration = train.bn_calibration
-    if calibration is None:  # auto: random initialisation only
-        calibration = 8 if config.model.weights is None else 0
-    if calibration and not resume:
-        calibrate_trunk(model, train_loader.dataset, calibration, data, train.seed)
+    else:
+        calibrate_model(model, config, train_loader.dataset, data)
     return _Parts(module, trainer, best, train_loader, val_loader, data)
 
 

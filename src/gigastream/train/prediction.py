@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from gigastream.train.config import ConfigError, DataConfig, RunConfig, load_config
-from gigastream.train.data import check_labels, slide_loader
+from gigastream.train.config import ConfigError, DataConfig, RunConfig, load_config, merge
+from gigastream.train.data import check_labels, run_patches, slide_loader
 from gigastream.train.files import (
     RunError,
     atomic_write_text,
@@ -66,7 +66,7 @@ def run_predictions(
     module.data = data
     train = replace(train, progress=progress)
     trainer = build_trainer(train, None, accelerator, devices, for_training=False)
-    loader = slide_loader(rows, module.class_names, data)
+    loader = slide_loader(rows, module.class_names, data, patches=run_patches(config))
     return list(trainer.predict(module, loader, return_predictions=True) or [])
 
 
@@ -143,12 +143,14 @@ def load_classifier(checkpoint: str | Path) -> tuple[MILClassifier, RunConfig]:
     saved = state.get("gigastream")
     if not isinstance(saved, dict) or "config" not in saved:
         raise RunError(f"{checkpoint}: not a gigastream checkpoint (no gigastream section)")
-    try:
-        config = load_config(saved["config"], source=f"{checkpoint} (stored config)")
+    try:  # the weights come from the checkpoint, not from the (maybe absent) files
+        stored = merge(saved["config"], {"model": {}, "patches": {"encoder": {}}})
+        stored["model"]["weights"] = None
+        stored["patches"]["encoder"]["weights"] = None
+        config = load_config(stored, source=f"{checkpoint} (stored config)")
     except ConfigError as exc:
         raise RunError(str(exc)) from None
     class_names = list(saved["class_names"])
-    config = replace(config, model=replace(config.model, weights=None))  # weights come from ckpt
     model = build_model(config, len(class_names))
     module = MILClassifier(
         model, class_names, config.optim, config.data, config.train.seed, saved["config"]

@@ -1,5 +1,6 @@
 """A run validated before anything is written: settings, devices, manifest, labels, splits,
-weights and the streaming plan of the first slide.
+weights and the streaming plan (or, for a patch-bag model, the patch grid) of the first
+slides.
 
 :func:`prepare` checks a :class:`~gigastream.train.config.RunConfig` and returns a
 :class:`PreparedRun` (the training and validation slides, the class names, the device);
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from gigastream.models.encoders import EncoderError
+from gigastream.models.patch_mil import PatchMIL
 from gigastream.models.streaming_mil import StreamingMIL
 from gigastream.train.config import ConfigError, RunConfig
 from gigastream.train.data import check_labels, split_rows
@@ -42,11 +45,18 @@ class PreparedRun:
     devices: int | list[int]
 
 
-def build_model(config: RunConfig, num_classes: int) -> StreamingMIL:
-    """The slide classifier of a run (the trunk's weights loaded as configured)."""
-    model_cfg = replace(config.model, num_classes=num_classes, progress=False)
+def build_model(config: RunConfig, num_classes: int) -> StreamingMIL | PatchMIL:
+    """The slide classifier of a run (``model.kind``: a streamed :class:`StreamingMIL` or a
+    patch-bag :class:`~gigastream.models.patch_mil.PatchMIL`), its weights loaded as
+    configured."""
+    model = config.model
+    if model.kind == "patches":
+        try:
+            return PatchMIL(config.patches, model.head, num_classes, model.head_options)
+        except EncoderError as exc:
+            raise ConfigError(f"patches.encoder: {exc}") from None
     try:
-        return StreamingMIL(model_cfg)
+        return StreamingMIL(replace(model, num_classes=num_classes, progress=False))
     except FileNotFoundError as exc:
         raise ConfigError(f"model.weights: {exc}") from None
 
@@ -63,6 +73,47 @@ def _check_plan(model: StreamingMIL, rows: Sequence[ManifestRow], config: RunCon
             continue  # reported when the slide is reached
         model.trunk.plan(tuple(shape), lazy_input=True)
         return
+
+
+def _check_patches(model: PatchMIL, rows: Sequence[ManifestRow], config: RunConfig) -> None:
+    """The patch grids of the first readable slides (up to 3) and the encoder on one patch.
+
+    A patch larger than every one of those slides, or none of them with a patch on tissue,
+    is one ConfigError here, before training; a single such slide is skipped and listed
+    by the run.
+    """
+    import torch
+
+    from gigastream.train.patch_data import slide_patch_grid
+
+    errors = []
+    for row in rows[:3]:
+        try:
+            slide = SlideReader.open(row.path, mpp=row.mpp, backend=config.data.backend)
+        except SlideError:
+            continue  # unreadable: reported when the slide is reached
+        try:
+            slide_patch_grid(slide, row.slide_id, config.data, config.patches, save_mask=False)
+            break
+        except SlideError as exc:  # no tissue, no patch kept, a patch larger than the slide
+            errors.append(str(exc))
+        finally:
+            slide.close()
+    else:
+        if errors:
+            raise ConfigError(
+                f"patches: none of the first {len(errors)} slides has a patch: {errors[0]}"
+            )
+    size = config.patches.patch_size
+    try:
+        with torch.no_grad():
+            model.encoder(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        raise ConfigError(
+            f"patches.encoder {config.patches.encoder.name} does not take {size} px patches "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())}); set --patch-size to its "
+            "input size, or its options (e.g. img_size for a timm ViT)"
+        ) from None
 
 
 def prepare(config: RunConfig, check_plan: bool = True, check_device: bool = True) -> PreparedRun:
@@ -90,7 +141,10 @@ def prepare(config: RunConfig, check_plan: bool = True, check_device: bool = Tru
     train_rows, val_rows = split_rows(manifest, config)
     if check_plan:
         model = build_model(config, len(class_names))
-        _check_plan(model, train_rows, config)
+        if isinstance(model, PatchMIL):
+            _check_patches(model, train_rows, config)
+        else:
+            _check_plan(model, train_rows, config)
     return PreparedRun(config, manifest, class_names, train_rows, val_rows, accelerator, devices)
 
 

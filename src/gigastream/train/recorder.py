@@ -71,7 +71,8 @@ class RunRecorder(Callback):
         last.setdefault("peak_rss_mib", peak_rss_mib())
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
             last.setdefault("peak_cuda_mib", torch.cuda.max_memory_allocated() / 2**20)
-        plan = getattr(pl_module.model.trunk, "last_plan", None)
+        trunk = getattr(pl_module.model, "trunk", None)  # a streamed model: its plan
+        plan = getattr(trunk, "last_plan", None)
         self.record.update(
             epochs=pl_module.epoch_log,
             skipped_slides=dict(pl_module.skipped),

@@ -12,9 +12,9 @@ from sklearn.metrics import roc_auc_score
 
 from gigastream import create_mil_head
 from gigastream.mil.encoders import SmallCNN
+from gigastream.mil.strategies import BagClassifier, StrategyConfig
 from gigastream.train.config import ConfigError, OptimConfig, TrainConfig
 from gigastream.train.files import load_checkpoint_file
-from gigastream.mil.strategies import BagClassifier, StrategyConfig
 from tests.experiments.conftest import experiment_module
 
 bags = experiment_module("mnist_bags", "bags")
