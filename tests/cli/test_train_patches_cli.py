@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tests.train.conftest import dataset_manifest, write_tiny_yaml
 
 from gigastream.cli.main import main
+from tests.train.conftest import dataset_manifest, write_tiny_yaml
 
 PATCH_FLAGS = ["--model-kind", "patches", "--encoder", "small_cnn", "--patch-size", "32"]
 
@@ -76,7 +76,10 @@ def test_a_patch_run_from_flags(tmp_path, manifest, capsys):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--encoder", "small_cnn"], "--encoder is a setting of a patch-bag model: add --model-kind"),
+        (
+            ["--encoder", "small_cnn"],
+            "--encoder is a setting of a patch-bag model: add --model-kind",
+        ),
         ([*PATCH_FLAGS, "--tile-size", "64"], "--tile-size is a setting of a streamed model"),
         (["--strategy", "accumulate"], "not a Lightning strategy (auto, ddp, ...): set patches."),
         ([*PATCH_FLAGS, "--patch-size", "1024"], "a 1024 px patch is larger than the slide"),

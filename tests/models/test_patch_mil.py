@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.exactness import FLOAT64, assert_same_gradients
 
 from gigastream.models.encoders import EncoderConfig, EncoderError
 from gigastream.models.patch_mil import PatchConfig, PatchMIL
 from gigastream.train.module import MILModel
 from gigastream.wsi.patches import PatchBag, patch_grid
 from gigastream.wsi.reader import SlideReader
+from tests.exactness import FLOAT64, assert_same_gradients
 
 VIT = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
 ENCODERS = {
@@ -134,5 +134,7 @@ def test_bad_settings_are_one_clear_error(config, error, message):
 
 def test_a_bag_of_the_wrong_patch_size_is_refused():
     model = PatchMIL(PatchConfig(EncoderConfig("small_cnn"), patch_size=32))
-    with pytest.raises(ValueError, match=r"a bag of \(N, 3, 32, 32\) patches, got \(2, 3, 16, 16\)"):
+    with pytest.raises(
+        ValueError, match=r"a bag of \(N, 3, 32, 32\) patches, got \(2, 3, 16, 16\)"
+    ):
         model(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))

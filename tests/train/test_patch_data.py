@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.train.conftest import copy_manifest, tiny_config
 
 from gigastream.models.patch_mil import PatchConfig
 from gigastream.train.config import ConfigError, DataConfig, load_config
@@ -20,6 +19,7 @@ from gigastream.train.patch_data import PatchExamples
 from gigastream.train.preparation import prepare
 from gigastream.wsi.manifest import read_manifest
 from gigastream.wsi.tissue import TissueMaskConfig
+from tests.train.conftest import copy_manifest, tiny_config
 
 DATA = DataConfig(mpp=4.0, tissue=TissueMaskConfig(mpp=8.0), num_workers=0)
 PATCHES = PatchConfig(patch_size=32)
@@ -77,7 +77,10 @@ def test_unusable_slides_become_error_examples(pngs):
 @pytest.mark.parametrize(
     ("patches", "message"),
     [
-        ({"patch_size": 1024}, "none of the first 3 slides has a patch: .*synth_001.tif: a 1024 px patch is larger"),
+        (
+            {"patch_size": 1024},
+            "none of the first 3 slides has a patch: .*synth_001.tif: a 1024 px patch is larger",
+        ),
         ({"patch_size": 256, "min_tissue": 1.0}, "has a tissue fraction >= 1.0"),
         ({"encoder": {"name": "resnet99"}}, "patches.encoder: unknown encoder 'resnet99'"),
         ({"encoder": {"name": "timm:vit_tinny_patch16_224"}}, "did you mean vit_tiny_patch16"),
@@ -94,7 +97,9 @@ def test_bad_patch_settings_fail_before_training(manifest, patches, message):
 
 
 def test_keys_of_the_patches_section_are_checked():
-    with pytest.raises(ConfigError, match="unknown key 'patches.chunk'; did you mean 'patches.chunk_size'"):
+    with pytest.raises(
+        ConfigError, match="unknown key 'patches.chunk'; did you mean 'patches.chunk_size'"
+    ):
         load_config({"patches": {"chunk": 3}})
     with pytest.raises(ConfigError, match="model: kind must be streaming or patches, got 'patch'"):
         load_config({"model": {"kind": "patch"}})
@@ -168,3 +173,21 @@ def test_every_strategy_trains_on_the_engine(manifest, tmp_path, strategy):
     config = tiny_config(manifest, model=MODEL, patches=patches, train={"epochs": 1, "heatmaps": 0})
     metrics = fit(config, tmp_path / "run")
     assert metrics["status"] == "completed" and metrics["final"]["slides"] == 2
+
+
+def test_a_random_encoders_batchnorm_is_calibrated_on_patches(pngs):
+    from gigastream.models.patch_mil import PatchMIL
+    from gigastream.streaming.batchnorm import FrozenBatchNorm
+    from gigastream.train.calibration import calibrate_model
+
+    config = load_config({"model": {"kind": "patches"}, "patches": {"patch_size": 32}})
+    model = PatchMIL(config.patches)  # resnet18, random initialisation: calibrated (auto)
+    norm = next(m for m in model.encoder.modules() if isinstance(m, FrozenBatchNorm))
+    dataset = PatchExamples(pngs.rows, ["normal", "tumor"], DATA, config.patches)
+    assert calibrate_model(model, config, dataset, DATA) == 1  # the glass slide has no bag
+    assert not torch.allclose(norm.running_mean, torch.zeros_like(norm.running_mean))
+    small = replace(
+        config,
+        patches=replace(config.patches, encoder=replace(config.patches.encoder, name="small_cnn")),
+    )
+    assert calibrate_model(PatchMIL(small.patches), small, dataset, DATA) == 0  # no BatchNorm

@@ -36,6 +36,17 @@ def test_every_patch_is_the_window_of_the_whole_slide_read_at_mpp():
     np.testing.assert_array_equal(grid.coords[1], [int(32 * 0.75 / 0.5), 0])
 
 
+def test_one_read_of_dense_patches_equals_a_read_per_patch():
+    """Dense patches are read as one box, sparse ones one by one: the same pixels."""
+    slide = _slide()
+    grid = patch_grid(slide, mpp=0.75, patch_size=32)  # a non-integer downsample
+    dense = read_patches(slide, grid, range(len(grid)))
+    last = len(grid) - 1
+    np.testing.assert_array_equal(read_patches(slide, grid, [last, 0]), dense[[last, 0]])
+    np.testing.assert_array_equal(read_patches(slide, grid, [3, 1, 2]), dense[[3, 1, 2]])
+    assert read_patches(slide, grid, []).shape == (0, 32, 32, 3)
+
+
 def test_patches_are_kept_by_tissue_fraction():
     slide = _slide(mpp=1.0, size=256)  # 256 x 296 px at 1 um/px
     mask = np.zeros((64, 74), bool)  # 4 um per mask pixel

@@ -5,6 +5,7 @@
 - :mod:`~gigastream.train.trainer`: the one Lightning ``Trainer`` factory;
 - :mod:`~gigastream.train.config`: the run configuration (dataclasses, YAML, typo checks);
 - :mod:`~gigastream.train.data`: slides as examples, label checks, splits, DataLoaders;
+- :mod:`~gigastream.train.patch_data`: slides as bags of tissue patches (``model.kind: patches``);
 - :mod:`~gigastream.train.preparation`: ``prepare`` (validate a run before writing anything);
 - :mod:`~gigastream.train.fitting`: ``fit`` (train a run folder), ``check_out``;
 - :mod:`~gigastream.train.recorder`: ``metrics.json`` kept true, SIGTERM/SIGINT;

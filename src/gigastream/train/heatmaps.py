@@ -52,7 +52,9 @@ def instance_cell_um(slide: SlideReader, mpp: float, output_stride: int) -> floa
     """Edge in microns of one instance (one cell of the attention map) of a slide read at ``mpp``.
 
     The slide is read from the level :meth:`SlideReader.resolution` picks and resampled;
-    ``output_stride`` input pixels make one instance (``StreamingMIL.output_stride``).
+    ``output_stride`` input pixels make one instance (``StreamingMIL.output_stride``; a
+    patch model's ``patch_size``: its attention map is the patch grid, which starts at the
+    slide's origin in cells of ``patch_size`` px at the read's exact mpp).
     """
     return output_stride * slide.resolution(mpp).mpp
 

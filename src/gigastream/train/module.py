@@ -5,8 +5,9 @@ input - a whole slide, streamed, or a bag of instances - gives class logits and 
 over instances; the model defines its own loss) with PyTorch Lightning: the ``Trainer``
 owns the loop, checkpoints, loggers, precision, devices and gradient accumulation over
 slides (``accumulate_grad_batches``). One step is one slide or bag. StreamingMIL on
-whole slides (``gigastream train``, ``gigastream demo``) and the MNIST-bags experiment run
-through it.
+whole slides (``gigastream train``, ``gigastream demo``), PatchMIL on the slides' bags of
+tissue patches (``gigastream train --model-kind patches``) and the MNIST-bags experiment
+run through it.
 
 Exactness of a resumed run: every epoch reseeds torch, numpy and ``random`` from
 ``(seed, epoch)`` and visits the examples in an order seeded the same way

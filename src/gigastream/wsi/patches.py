@@ -142,8 +142,19 @@ def read_patches(slide: SlideReader, grid: PatchGrid, indices) -> np.ndarray:
     size = grid.patch_size
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
-    for k, i in enumerate(indices):
-        row, col = grid.cells[i]
+    if len(indices) == 0:
+        return out
+    cells = grid.cells[indices]  # (n, 2) row, col
+    top, left = cells.min(axis=0)
+    rows, cols = cells.max(axis=0) - (top, left) + 1
+    if len(indices) > 1 and rows * cols <= 4 * len(indices):
+        # dense patches (a bag read whole, a chunk): one read of their bounding box, at
+        # most 4x their pixels; the same pixels, as a pixel depends on its position only
+        box = slide.read_scaled(res, left * size, top * size, cols * size, rows * size)
+        for k, (row, col) in enumerate(cells - (top, left)):
+            out[k] = box[row * size : (row + 1) * size, col * size : (col + 1) * size]
+        return out
+    for k, (row, col) in enumerate(cells):
         out[k] = slide.read_scaled(res, col * size, row * size, size, size)
     return out
 
