@@ -42,7 +42,8 @@ from gigastream.mil.encoders import SmallCNN
 from gigastream.mil.heads import create_mil_head
 from gigastream.mil.strategies import BagClassifier, StrategyConfig
 from gigastream.streaming.memory import current_rss_mib, peak_rss_mib
-from gigastream.train.config import ConfigError, OptimConfig, TrainConfig, to_dict
+from gigastream.train.config import ConfigError, OptimConfig, TrainConfig
+from gigastream.train.config_files import to_dict
 from gigastream.train.data import example_loader
 from gigastream.train.files import RunRecord, check_writable_folder, load_checkpoint_file
 from gigastream.train.metrics import classification_metrics

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     common.quiet_lightning(args)
     from bags import MnistBagsConfig, run_mnist_bags
 
-    from gigastream.train.config import load_config, read_yaml
+    from gigastream.train.config_files import load_config, read_yaml
 
     values = read_yaml(args.config) if args.config is not None else {}
     source = str(args.config) if args.config is not None else "flags"

@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     common.quiet_lightning(args)
     from sweep import ResolutionSweep, logger, run_resolution, summary_markdown
 
-    from gigastream.train.config import ConfigError, merge, read_yaml
+    from gigastream.train.config import ConfigError
+    from gigastream.train.config_files import merge, read_yaml
 
     values = read_yaml(args.config) if args.config else {}
     for key in ("manifest", "splits", "fold"):

@@ -57,7 +57,8 @@ import torch
 from plot import plot_resolution
 
 from gigastream.streaming.memory import peak_rss_mib
-from gigastream.train.config import ConfigError, RunConfig, load_config, merge, to_dict
+from gigastream.train.config import ConfigError, RunConfig
+from gigastream.train.config_files import load_config, merge, to_dict
 from gigastream.train.files import RunError, atomic_write_text, write_json
 from gigastream.train.metrics import mean_sd
 from gigastream.train.timing import StepTimer

@@ -50,7 +50,7 @@ def dataset_manifest(root: Path) -> Path:
 
 def write_tiny_yaml(path: Path, **sections: dict[str, Any]) -> Path:
     """``TINY`` with ``sections`` merged in, written as YAML to ``path``."""
-    from gigastream.train.config import merge
+    from gigastream.train.config_files import merge
 
     path.write_text(yaml.safe_dump(merge(TINY, sections), sort_keys=False))
     return path
@@ -58,7 +58,7 @@ def write_tiny_yaml(path: Path, **sections: dict[str, Any]) -> Path:
 
 def tiny_config(manifest: Path, **sections: dict[str, Any]):
     """The tiny :class:`~gigastream.train.config.RunConfig` on ``manifest``."""
-    from gigastream.train.config import load_config, merge
+    from gigastream.train.config_files import load_config, merge
 
     return load_config(merge(TINY, sections), {"manifest": str(manifest)}, source="tiny")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gigastream.mil.heads import create_mil_head
-from gigastream.train.config import load_config
+from gigastream.train.config_files import load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 

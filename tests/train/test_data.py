@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gigastream.train.config import ConfigError, DataConfig, RunConfig, load_config
+from gigastream.train.config import ConfigError, DataConfig, RunConfig
+from gigastream.train.config_files import load_config
 from gigastream.train.data import EpochSampler, SlideExamples, check_labels, split_rows
 from gigastream.wsi.manifest import Manifest, read_manifest, write_splits
 from gigastream.wsi.tissue import TissueMaskConfig

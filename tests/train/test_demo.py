@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from gigastream.train.config import load_config
+from gigastream.train.config_files import load_config
 from gigastream.train.demo import DEMO_RUN, DEMO_SYNTH, write_demo_data
 from gigastream.wsi.synth import SynthConfig
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from gigastream.train.config import load_config
+from gigastream.train.config_files import load_config
 from gigastream.train.files import RunError, load_checkpoint_file, run_lock
 from gigastream.train.fitting import check_out, fit
 from gigastream.train.prediction import load_classifier

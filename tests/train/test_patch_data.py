@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from gigastream.models.patch_mil import PatchConfig
-from gigastream.train.config import ConfigError, DataConfig, load_config
+from gigastream.train.config import ConfigError, DataConfig
+from gigastream.train.config_files import load_config
 from gigastream.train.patch_data import PatchExamples
 from gigastream.train.preparation import prepare
 from gigastream.wsi.manifest import read_manifest

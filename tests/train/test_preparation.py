@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from gigastream.train.config import ConfigError, load_config
+from gigastream.train.config import ConfigError
+from gigastream.train.config_files import load_config
 from gigastream.train.fitting import fit
 from gigastream.train.preparation import build_model, prepare, resolved_config
 from tests.train.conftest import copy_manifest, tiny_config

@@ -173,7 +173,7 @@ def model_kind(args: argparse.Namespace) -> str:
     ``model.kind``, else ``streaming``."""
     kind = getattr(args, "model_kind", None)
     if kind is None and getattr(args, "config", None) is not None:
-        from gigastream.train.config import read_yaml
+        from gigastream.train.config_files import read_yaml
 
         model = read_yaml(args.config).get("model")
         kind = model.get("kind") if isinstance(model, dict) else None

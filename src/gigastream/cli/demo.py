@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _configs(args: argparse.Namespace):
     """The demo's synthetic data and run settings < ``--config`` < flags (validated)."""
-    from gigastream.train.config import load_config, merge, read_yaml
+    from gigastream.train.config_files import load_config, merge, read_yaml
     from gigastream.train.demo import DEMO_RUN
     from gigastream.wsi.synth import SynthConfig
 

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace):
     """The run: defaults < ``--config`` < flags (validated)."""
-    from gigastream.train.config import load_config
+    from gigastream.train.config_files import load_config
 
     overrides = common.run_overrides(args)
     overrides.update(

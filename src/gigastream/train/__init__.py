@@ -33,7 +33,7 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "ConfigError": "gigastream.train.config",
     "RunConfig": "gigastream.train.config",
-    "load_config": "gigastream.train.config",
+    "load_config": "gigastream.train.config_files",
     "prepare": "gigastream.train.preparation",
     "fit": "gigastream.train.fitting",
     "fit_folds": "gigastream.train.crossval",

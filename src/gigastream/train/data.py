@@ -11,7 +11,7 @@ step skips it and the run lists it in ``metrics.json``.
 Example:
     >>> manifest = read_manifest("data/manifest.csv")  # doctest: +SKIP
     >>> train_rows, val_rows = split_rows(manifest, RunConfig())  # doctest: +SKIP
-    >>> loader = slide_loader(train_rows, manifest.labels, DataConfig(), seed=0)  # doctest: +SKIP
+    >>> loader = example_loader(SlideExamples(train_rows, manifest.labels, DataConfig()), 2)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -406,28 +406,6 @@ def example_loader(
     )
 
 
-def slide_loader(
-    rows: Sequence[ManifestRow],
-    class_names: Sequence[str],
-    data: DataConfig,
-    seed: int = 0,
-    shuffle: bool = False,
-    balanced: bool = False,
-    patches: PatchConfig | None = None,
-) -> DataLoader:
-    """A DataLoader of the slides in ``rows`` (workers as configured in ``data``): whole
-    slides (:class:`SlideExamples`), or with ``patches`` their patch bags
-    (:class:`~gigastream.train.patch_data.PatchExamples`)."""
-    workers = min(data.num_workers, len(rows))
-    if patches is None:
-        dataset: Dataset = SlideExamples(rows, class_names, data)
-    else:
-        from gigastream.train.patch_data import PatchExamples
-
-        dataset = PatchExamples(rows, class_names, data, patches)
-    return example_loader(dataset, workers, seed, shuffle, balanced)
-
-
 def run_patches(config: RunConfig) -> PatchConfig | None:
     """The patch settings of a run whose model is a patch-bag model, else ``None``."""
     return config.patches if config.model.kind == "patches" else None
@@ -444,7 +422,6 @@ __all__ = [
     "make_source",
     "normalization",
     "run_patches",
-    "slide_loader",
     "slide_tissue_mask",
     "split_rows",
 ]

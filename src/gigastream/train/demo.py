@@ -7,7 +7,7 @@ train`` (slide labels only). Its settings are :data:`DEMO_SYNTH` and :data:`DEMO
 a ``--config`` YAML file (a ``synth`` section plus the sections of a run) < flags.
 
 Example:
-    >>> from gigastream.train.config import load_config
+    >>> from gigastream.train.config_files import load_config
     >>> load_config({"train": {"epochs": 2}}, base=DEMO_RUN).train.heatmaps
     6
 """

@@ -39,8 +39,9 @@ from torch.utils.data import DataLoader
 
 from gigastream.streaming.memory import peak_rss_mib
 from gigastream.train.calibration import calibrate_model
-from gigastream.train.config import DataConfig, RunConfig, dump_yaml, load_config, to_dict
-from gigastream.train.data import run_patches, slide_loader
+from gigastream.train.config import DataConfig, RunConfig
+from gigastream.train.config_files import dump_yaml, load_config, to_dict
+from gigastream.train.data import run_patches
 from gigastream.train.files import (
     RunError,
     RunRecord,
@@ -51,6 +52,7 @@ from gigastream.train.files import (
     run_lock,
 )
 from gigastream.train.heatmaps import write_heatmaps
+from gigastream.train.loaders import slide_loader
 from gigastream.train.module import MILClassifier
 from gigastream.train.prediction import prefixed, run_predictions, summarize, write_predictions
 from gigastream.train.preparation import PreparedRun, build_model, prepare, resolved_config

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from gigastream.train.config import ConfigError, DataConfig, RunConfig, load_config, merge
-from gigastream.train.data import check_labels, run_patches, slide_loader
+from gigastream.train.config import ConfigError, DataConfig, RunConfig
+from gigastream.train.config_files import load_config, merge
+from gigastream.train.data import check_labels, run_patches
 from gigastream.train.files import (
     RunError,
     atomic_write_text,
@@ -38,6 +39,7 @@ from gigastream.train.files import (
     write_json,
 )
 from gigastream.train.heatmaps import write_heatmaps
+from gigastream.train.loaders import slide_loader
 from gigastream.train.metrics import classification_metrics
 from gigastream.train.module import MILClassifier
 from gigastream.train.preparation import build_model
