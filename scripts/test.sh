@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-"$VENV/bin/ruff" check src tests benchmarks
+"$VENV/bin/ruff" check src tests benchmarks experiments
 "$VENV/bin/python" -m pytest -q "$@"

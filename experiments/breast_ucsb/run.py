@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dim", type=int, default=64, help="small_cnn feature size")
     p.add_argument("--dropout", type=float, default=0.0, help="small_cnn dropout")
     p.add_argument("--attn-dim", type=int, default=64, help="attention hidden size")
-    p.add_argument("--chunk-size", type=int, default=64, help="patches per chunk (accumulate)")
+    p.add_argument("--chunk-size", type=int, default=256, help="patches per chunk (accumulate)")
     p.add_argument("--sample-size", type=int, default=64, help="patches per step (sample)")
     p.add_argument("--tile-size", type=int, default=512, help="streamed model's tile edge")
     p.add_argument("--white", type=int, default=200, help="a pixel is white when R,G,B >= this")
