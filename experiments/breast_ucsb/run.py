@@ -239,14 +239,37 @@ def is_done(folder: Path) -> bool:
     return json.loads(path.read_text()).get("status") == "completed"
 
 
-def launch(args: argparse.Namespace, config: Path, splits: Path, manifest: Path, seed: int,
-           fold: int, folder: Path) -> subprocess.Popen:
+def launch(
+    args: argparse.Namespace,
+    config: Path,
+    splits: Path,
+    manifest: Path,
+    seed: int,
+    fold: int,
+    folder: Path,
+) -> subprocess.Popen:
     folder.mkdir(parents=True, exist_ok=True)
     command = [
-        *gigastream(), "train", "--config", str(config), "--manifest", str(manifest),
-        "--splits", str(splits), "--fold", str(fold), "--seed", str(seed),
-        "--threads", str(args.threads), "--workers", str(args.workers), "--no-progress",
-        "--out", str(folder), "--overwrite",
+        *gigastream(),
+        "train",
+        "--config",
+        str(config),
+        "--manifest",
+        str(manifest),
+        "--splits",
+        str(splits),
+        "--fold",
+        str(fold),
+        "--seed",
+        str(seed),
+        "--threads",
+        str(args.threads),
+        "--workers",
+        str(args.workers),
+        "--no-progress",
+        "--out",
+        str(folder),
+        "--overwrite",
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     log = open(folder.parent / f"{folder.name}.log", "w", encoding="utf-8")  # noqa: SIM115
