@@ -356,9 +356,8 @@ def apply_finetune(encoder: PatchEncoder, finetune: str, rank: int = 8, alpha: f
     """
     mode, last = finetune_modes(finetune)
     backbone = encoder.backbone
-    if mode == "full":
-        pass
-    elif mode == "frozen":
+    # "full": every parameter keeps requires_grad as built
+    if mode == "frozen":
         backbone.requires_grad_(False)
     elif mode == "last":
         blocks = _blocks(backbone)
@@ -375,7 +374,7 @@ def apply_finetune(encoder: PatchEncoder, finetune: str, rank: int = 8, alpha: f
             if seen:
                 for p in module.parameters(recurse=False):
                     p.requires_grad_(True)
-    else:  # lora
+    elif mode == "lora":
         backbone.requires_grad_(False)
         wrapped = 0
         for block in _blocks(backbone):
