@@ -56,3 +56,53 @@ def test_sample_strategy_sees_k_instances():
     assert model.features(_bags(1, 3)[0][0]).shape == (3, 8)
     model.eval()
     assert model.features(_bags(1, 12)[0][0]).shape == (12, 8)
+
+
+class _KeyedBag:
+    """A tensor bag with a ``cache_key`` (what a slide's patch bag carries)."""
+
+    def __init__(self, x: torch.Tensor, key: str) -> None:
+        self.x, self.cache_key = x, key
+        self.shape, self.dtype, self.device = x.shape, x.dtype, x.device
+        self.reads = 0
+
+    def read(self, index):
+        self.reads += 1
+        return self.x[index]
+
+
+def test_frozen_trains_only_the_head_on_the_encoders_inference_features():
+    model = _model("frozen")
+    model.encoder.add_module("dropout", torch.nn.Dropout(0.5))  # would randomise training
+    model.train()
+    assert not model.encoder.training and model.head.training  # the encoder stays in eval
+    assert not model.augments_bags
+    groups = model.parameter_groups()
+    assert groups["trunk"] == [] and len(groups["head"]) == len(list(model.head.parameters()))
+    bag, label = _bags(1, 10)[0]
+    features = model.features(bag)
+    assert not features.requires_grad
+    torch.testing.assert_close(features, model.encoder(bag), rtol=1e-12, atol=1e-12)
+    model.loss(model(bag, label=label), label).backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_frozen_encodes_a_keyed_bag_once_and_a_changed_one_again():
+    model = _model("frozen", cache_bags=1)
+    bags = _bags(2, 9)
+    first, second = _KeyedBag(bags[0][0], "a"), _KeyedBag(bags[1][0], "b")
+    a = model.features(first)
+    reads = first.reads
+    model.eval()  # evaluation uses the cache too: the same features
+    torch.testing.assert_close(model.features(first), a, rtol=0, atol=0)
+    assert model._bags.encoded == 1 and first.reads == reads
+    model.features(second)  # cache_bags=1: "a" is dropped
+    assert model._bags.encoded == 2 and list(model._bags.cache) == ["b"]
+    model.features(first)
+    assert model._bags.encoded == 3
+    unkeyed = bags[0][0]  # a plain tensor has no key: encoded every time
+    model.features(unkeyed), model.features(unkeyed)
+    assert model._bags.encoded == 5
+    with pytest.raises(ValueError, match="cache_bags"):
+        StrategyConfig("frozen", cache_bags=-1)

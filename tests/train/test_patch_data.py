@@ -16,7 +16,7 @@ from PIL import Image
 from gigastream.models.patch_mil import PatchConfig
 from gigastream.train.config import ConfigError, DataConfig
 from gigastream.train.config_files import load_config
-from gigastream.train.patch_data import PatchExamples
+from gigastream.train.patch_data import PatchExamples, PatchSource
 from gigastream.train.preparation import prepare
 from gigastream.wsi.manifest import read_manifest
 from gigastream.wsi.tissue import TissueMaskConfig
@@ -102,7 +102,9 @@ def test_keys_of_the_patches_section_are_checked():
         ConfigError, match="unknown key 'patches.chunk'; did you mean 'patches.chunk_size'"
     ):
         load_config({"patches": {"chunk": 3}})
-    with pytest.raises(ConfigError, match="model: kind must be streaming or patches, got 'patch'"):
+    with pytest.raises(
+        ConfigError, match="model: kind must be streaming, patches or features, got 'patch'"
+    ):
         load_config({"model": {"kind": "patch"}})
     with pytest.raises(ConfigError, match="--bag-strategy accumulate"):
         load_config({"train": {"strategy": "accumulate"}})
@@ -166,7 +168,7 @@ def test_lazy_bags_predict_like_preloaded_ones(patch_run, manifest, tmp_path):
         assert a["instances"] == b["instances"] > 0
 
 
-@pytest.mark.parametrize("strategy", ["baseline", "sample"])
+@pytest.mark.parametrize("strategy", ["baseline", "sample", "frozen"])
 def test_every_strategy_trains_on_the_engine(manifest, tmp_path, strategy):
     from gigastream.train.fitting import fit
 
@@ -174,6 +176,26 @@ def test_every_strategy_trains_on_the_engine(manifest, tmp_path, strategy):
     config = tiny_config(manifest, model=MODEL, patches=patches, train={"epochs": 1, "heatmaps": 0})
     metrics = fit(config, tmp_path / "run")
     assert metrics["status"] == "completed" and metrics["final"]["slides"] == 2
+
+
+def test_the_frozen_cache_key_follows_the_slide_file_grid_and_orientation(pngs, tmp_path):
+    import os
+    import shutil
+
+    row = pngs.rows[0]
+    (tmp_path / "copy").mkdir()
+    path = tmp_path / "copy" / "tissue.png"
+    shutil.copy(row.path, path)
+    dataset = PatchExamples([replace(row, path=path)], ["normal", "tumor"], DATA, PATCHES)
+    example = dataset[0]
+    source = example.open(DATA).x
+    key = source.cache_key
+    assert key is not None and example.open(DATA).x.cache_key == key  # the same bag
+    turned = PatchSource(source.bag, source.grid, (1, False), source.slide_key)
+    assert turned.cache_key != key
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file changed
+    assert example.open(DATA).x.cache_key != key
 
 
 def test_a_random_encoders_batchnorm_is_calibrated_on_patches(pngs):

@@ -71,6 +71,11 @@ def add_workers(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_features(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--features DIR``: a folder of cached patch features ``<slide_id>.h5``."""
+    parser.add_argument("--features", type=Path, metavar="DIR", help=help)
+
+
 def add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -136,6 +141,8 @@ PATCH_FLAGS = {
 }
 #: The flags of a streamed model only.
 STREAMING_FLAGS = ("arch", "tile_size")
+#: The flags that make no sense for a head on cached features (``--features``).
+NOT_FEATURE_FLAGS = ("arch", "tile_size", "weights", "memory_budget")
 
 
 def add_patches(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +154,8 @@ def add_patches(parser: argparse.ArgumentParser) -> None:
         "--model-kind",
         choices=MODEL_KINDS,
         help="streaming: a streamed trunk over the whole slide (default); patches: an encoder "
-        "over the slide's tissue patches (the patch flags below)",
+        "over the slide's tissue patches (the patch flags below); features: a MIL head on "
+        "cached patch features (--features DIR)",
     )
     parser.add_argument(
         "--encoder",
@@ -158,7 +166,8 @@ def add_patches(parser: argparse.ArgumentParser) -> None:
         "--bag-strategy",
         choices=STRATEGIES,
         help="how a training step sees a bag: accumulate (exact, chunked), baseline (whole "
-        "bag in one graph) or sample (--sample-size random patches)",
+        "bag in one graph), sample (--sample-size random patches) or frozen (the encoder "
+        "does not train; each bag's features are computed once and cached in memory)",
     )
     parser.add_argument("--chunk-size", type=int, help="patches per chunk (accumulate, eval)")
     parser.add_argument("--sample-size", type=int, help="patches per training step (sample)")
@@ -169,9 +178,11 @@ def add_patches(parser: argparse.ArgumentParser) -> None:
 
 
 def model_kind(args: argparse.Namespace) -> str:
-    """The model kind of a command line: ``--model-kind``, else the ``--config`` file's
-    ``model.kind``, else ``streaming``."""
+    """The model kind of a command line: ``--model-kind``, else ``features`` with
+    ``--features``, else the ``--config`` file's ``model.kind``, else ``streaming``."""
     kind = getattr(args, "model_kind", None)
+    if kind is None and getattr(args, "features", None) is not None:
+        kind = "features"
     if kind is None and getattr(args, "config", None) is not None:
         from gigastream.train.config_files import read_yaml
 
@@ -183,6 +194,9 @@ def model_kind(args: argparse.Namespace) -> str:
 def _patch_overrides(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     """The ``patches:`` overrides of the patch flags; ValueError for flags of the other kind."""
     given = [name for name in PATCH_FLAGS if getattr(args, name, None) is not None]
+    if kind == "features":
+        _check_feature_flags(args, given)
+        return {}
     if kind != "patches":
         if given:
             flag = "--" + given[0].replace("_", "-")
@@ -195,12 +209,7 @@ def _patch_overrides(args: argparse.Namespace, kind: str) -> dict[str, Any]:
             f"{flag} is a setting of a streamed model; a patch-bag model (--model-kind patches) "
             "takes --encoder, --patch-size, --chunk-size, --bag-strategy"
         )
-    patches: dict[str, Any] = {"encoder": {"weights": getattr(args, "weights", None)}}
-    for name, keys in PATCH_FLAGS.items():
-        section = patches
-        for key in keys[:-1]:
-            section = section.setdefault(key, {})
-        section[keys[-1]] = getattr(args, name, None)
+    patches = patch_section(args)
     budget = getattr(args, "memory_budget", None)
     if budget is not None:
         from gigastream.streaming.planner import parse_bytes
@@ -209,20 +218,55 @@ def _patch_overrides(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     return patches
 
 
+def patch_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``patches:`` overrides of the patch flags a command has (:data:`PATCH_FLAGS` and
+    ``--weights``: the encoder's weights); ``None``: not given."""
+    patches: dict[str, Any] = {"encoder": {"weights": getattr(args, "weights", None)}}
+    for name, keys in PATCH_FLAGS.items():
+        section = patches
+        for key in keys[:-1]:
+            section = section.setdefault(key, {})
+        section[keys[-1]] = getattr(args, name, None)
+    return patches
+
+
+def _check_feature_flags(args: argparse.Namespace, patch_flags: list[str]) -> None:
+    """ValueError for a flag of a model that reads slides in a feature run."""
+    given = patch_flags + [n for n in NOT_FEATURE_FLAGS if getattr(args, n, None) is not None]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise ValueError(
+            f"{flag} is a setting of a model that reads slides; a head on cached features "
+            "(--features DIR) takes --head and the optimiser flags (the encoder, its weights "
+            "and the patches are those of gigastream features)"
+        )
+
+
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config overrides from the training flags (only those given; flags a command does not
     have count as not given). ``--weights`` and ``--memory-budget`` set the encoder's and
-    the chunks' settings of a patch-bag model (``--model-kind patches``)."""
+    the chunks' settings of a patch-bag model (``--model-kind patches``); ``--features DIR``
+    sets ``data.features_dir`` and ``model.kind: features`` (a head on cached features).
+
+    Raises:
+        ValueError: a flag of another model kind than the command line's (one line).
+    """
 
     def flag(name: str) -> Any:
         return getattr(args, name, None)
 
     kind = model_kind(args)
+    features = flag("features")
+    if features is not None and kind != "features":
+        raise ValueError(
+            f"--features DIR trains a head on cached features: drop --model-kind {kind} "
+            "(or --features)"
+        )
     patches = _patch_overrides(args, kind)
-    streamed = kind != "patches"
+    streamed = kind == "streaming"
     return {
         "model": {
-            "kind": flag("model_kind"),
+            "kind": flag("model_kind") or (None if features is None else "features"),
             "arch": args.arch,
             "weights": args.weights if streamed else None,
             "head": args.head,
@@ -230,7 +274,11 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "memory_budget": args.memory_budget if streamed else None,
         },
         "patches": patches,
-        "data": {"mpp": flag("mpp"), "num_workers": args.workers},
+        "data": {
+            "mpp": flag("mpp"),
+            "num_workers": args.workers,
+            "features_dir": None if features is None else str(features),
+        },
         "optim": {"lr": args.lr, "head_lr": args.head_lr},
         "train": {
             "epochs": args.epochs,

@@ -18,6 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_device(parser)
     common.add_workers(parser)
     common.add_progress(parser)
+    common.add_features(
+        parser,
+        "feature files DIR/<slide_id>.h5 of the slides, for a checkpoint trained on cached "
+        "features (default: those of its training run)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         num_workers=args.workers,
+        features_dir=args.features,
     )
     auc = metrics["auc"]
     print(

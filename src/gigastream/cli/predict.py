@@ -16,6 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_device(parser)
     common.add_workers(parser)
     common.add_progress(parser)
+    common.add_features(
+        parser,
+        "feature files DIR/<slide_id>.h5, for a checkpoint trained on cached features; a "
+        "SLIDE is named by its file's stem (the slide or its .h5 file)",
+    )
     common.add_slides(parser)
 
 
@@ -30,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         num_workers=args.workers,
+        features_dir=args.features,
     )
     rows = [
         {

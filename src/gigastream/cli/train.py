@@ -1,11 +1,15 @@
 """``gigastream train``: train a slide classifier on a manifest: a streamed trunk + MIL head
-over whole slides, or (``--model-kind patches``) a patch encoder + MIL head over the slides'
-tissue patches.
+over whole slides, (``--model-kind patches``) a patch encoder + MIL head over the slides'
+tissue patches, or (``--features DIR``) a MIL head on their cached patch features.
 
 Example (a patch-bag model on 32 px patches at 0.5 um/px)::
 
     gigastream train --manifest M.csv --out runs/patches --model-kind patches \
         --encoder small_cnn --patch-size 32 --mpp 0.5 --bag-strategy accumulate --head abmil
+
+Example (the two-stage baseline: features written by ``gigastream features``)::
+
+    gigastream train --manifest M.csv --out runs/abmil --features features/r18 --head abmil
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     common.add_training(parser)
     common.add_patches(parser)
+    common.add_features(
+        parser,
+        "train a MIL head on cached patch features DIR/<slide_id>.h5 (gigastream features, "
+        "CLAM or TRIDENT): model.kind features, data.features_dir",
+    )
 
 
 def _config(args: argparse.Namespace):

@@ -1,12 +1,19 @@
-"""How a MIL model sees a bag during training: the strategies ``baseline``, ``accumulate``
-and ``sample``, and :class:`BagClassifier`, the bag model the training engine trains.
+"""How a MIL model sees a bag during training: the strategies ``baseline``, ``accumulate``,
+``sample`` and ``frozen``, and :class:`BagClassifier`, the bag model the training engine
+trains.
 
 - ``baseline``: the encoder runs on the whole bag with an autograd graph (the ordinary,
   memory-hungry reference: activation memory grows with ``N``);
 - ``accumulate``: :class:`~gigastream.mil.chunked.ChunkedEncoder`, exact gradients with
   memory bounded by one chunk (Andersson et al., 2022);
 - ``sample``: the encoder and head see a random subset of ``sample_size`` instances per step
-  (Koriakina et al., 2021); cheap, but the bag label may not hold for the subset.
+  (Koriakina et al., 2021); cheap, but the bag label may not hold for the subset;
+- ``frozen``: the encoder does not train (no parameter of it gets a gradient; it stays in
+  eval mode, so dropout and BatchNorm act as at inference); a bag's features are computed
+  once, in chunks without a graph, and kept in memory for the next epochs when the bag
+  carries a ``cache_key`` (a hash of what its pixels depend on: the slide file, the patch
+  grid, the orientation), so only the head trains: the two-stage baseline of CLAM and
+  TRIDENT, inside the same run (``gigastream features`` writes the features to disk).
 
 A bag is a tensor ``(N, *instance_shape)`` or a lazy
 :class:`~gigastream.streaming.recompute.InputSource` (e.g. a slide's
@@ -22,6 +29,7 @@ slide model: one bag per step, gradient accumulation over bags with the ``Traine
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +39,7 @@ from gigastream.mil.base import MILHead, MILOutput
 from gigastream.mil.chunked import ChunkedEncoder
 from gigastream.streaming.recompute import InputSource
 
-STRATEGIES = ("baseline", "accumulate", "sample")
+STRATEGIES = ("baseline", "accumulate", "sample", "frozen")
 
 #: A bag: instances ``(N, *instance_shape)`` as a tensor or a lazy source.
 Bag = Tensor | InputSource
@@ -58,16 +66,25 @@ class StrategyConfig:
     """A training strategy.
 
     Attributes:
-        name: ``baseline``, ``accumulate`` or ``sample``.
-        chunk_size: instances per chunk (``accumulate``, and evaluation of every strategy).
+        name: ``baseline``, ``accumulate``, ``sample`` or ``frozen``.
+        chunk_size: instances per chunk (``accumulate``, ``frozen``, and evaluation of every
+            strategy).
         sample_size: instances per training step (``sample``).
         memory_budget_mib: ``accumulate`` only: memory for chunks that keep their graph.
+        cache_bags: ``frozen`` only: how many bags' features are kept in memory (the
+            least recently used are dropped first; 0: none, every step re-encodes).
     """
 
     name: str = "accumulate"
     chunk_size: int = 64
     sample_size: int = 64
     memory_budget_mib: float | None = None
+    cache_bags: int = 100_000
+
+    @property
+    def trains_encoder(self) -> bool:
+        """Whether the encoder gets gradients (every strategy but ``frozen``)."""
+        return self.name != "frozen"
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
@@ -80,6 +97,8 @@ class StrategyConfig:
             raise ValueError(f"sample_size must be >= 1, got {self.sample_size}")
         if self.memory_budget_mib is not None and self.memory_budget_mib < 0:
             raise ValueError(f"memory_budget_mib must be >= 0, got {self.memory_budget_mib}")
+        if self.cache_bags < 0:
+            raise ValueError(f"cache_bags must be >= 0, got {self.cache_bags}")
 
 
 class BagEncoder:
@@ -101,6 +120,8 @@ class BagEncoder:
         self.config = config
         self.chunked = ChunkedEncoder(encoder, config.chunk_size, config.memory_budget_mib)
         self.eval_chunked = ChunkedEncoder(encoder, config.chunk_size)
+        self.cache: OrderedDict[str, Tensor] = OrderedDict()  # frozen: cache_key -> (N, D)
+        self.encoded = 0  # frozen: bags encoded (not found in the cache)
 
     def train_features(self, bag: Bag, generator: torch.Generator | None = None) -> Tensor:
         """Features of a training bag, connected to the encoder for backward.
@@ -126,6 +147,8 @@ class BagEncoder:
             return self.encoder(read_bag(bag)), None
         if name == "accumulate":
             return self.chunked(bag), None
+        if name == "frozen":
+            return self.frozen_features(bag), None
         n = bag.shape[0]
         if n <= self.config.sample_size:
             return self.encoder(read_bag(bag)), None
@@ -136,6 +159,22 @@ class BagEncoder:
     def eval_features(self, bag: Bag) -> Tensor:
         """Features of every instance of a bag, in chunks, without a graph: ``(N, D)``."""
         return self.eval_chunked(bag)
+
+    def frozen_features(self, bag: Bag) -> Tensor:
+        """``frozen``: the bag's features without a graph, from the cache when its
+        ``cache_key`` was encoded before (on the bag's device; the cache is on the CPU)."""
+        key = getattr(bag, "cache_key", None)
+        cached = self.cache.get(key) if key is not None else None
+        if cached is not None:
+            self.cache.move_to_end(key)
+            return cached.to(bag.device)
+        features = self.eval_features(bag)
+        self.encoded += 1
+        if key is not None and self.config.cache_bags > 0:
+            self.cache[key] = features.detach().cpu()
+            while len(self.cache) > self.config.cache_bags:
+                self.cache.popitem(last=False)
+        return features
 
 
 class BagClassifier(nn.Module):
@@ -179,6 +218,22 @@ class BagClassifier(nn.Module):
         self.strategy = strategy
         self.generator = generator
         self._bags = BagEncoder(encoder, strategy)  # a plain object: no duplicate state_dict keys
+        if not strategy.trains_encoder:
+            encoder.requires_grad_(False)
+            encoder.eval()
+
+    @property
+    def augments_bags(self) -> bool:
+        """Whether training bags should be augmented (not for ``frozen``: its cached
+        features are of the bag as read)."""
+        return self.strategy.trains_encoder
+
+    def train(self, mode: bool = True) -> BagClassifier:
+        """As :meth:`torch.nn.Module.train`; a ``frozen`` encoder stays in eval mode."""
+        super().train(mode)
+        if not self.strategy.trains_encoder:
+            self.encoder.eval()
+        return self
 
     def features(self, bag: Bag) -> Tensor:
         """Instance features ``(N or sample_size, D)`` of one bag ``(N, *instance_shape)``."""
@@ -188,6 +243,8 @@ class BagClassifier(nn.Module):
         """:meth:`features` and the indices of their instances (``None``: all, in order)."""
         if self.training:
             return self._bags.train_instances(bag, self.generator)
+        if not self.strategy.trains_encoder:  # frozen: the same features as in training
+            return self._bags.frozen_features(bag), None
         return self._bags.eval_features(bag), None
 
     def forward(self, bag: Bag, label: Tensor | int | None = None) -> MILOutput:
@@ -199,8 +256,9 @@ class BagClassifier(nn.Module):
         return self.head.loss(out, label)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``trunk`` (the encoder) and ``head`` parameters."""
-        return {"trunk": list(self.encoder.parameters()), "head": list(self.head.parameters())}
+        """``trunk`` (the encoder's trainable parameters) and ``head`` parameters."""
+        trunk = [p for p in self.encoder.parameters() if p.requires_grad]
+        return {"trunk": trunk, "head": list(self.head.parameters())}
 
 
 __all__ = [

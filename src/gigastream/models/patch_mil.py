@@ -12,7 +12,11 @@ encoder trains end to end with one of the strategies of
 - ``accumulate``: exact gradients with memory bounded by one chunk of ``chunk_size``
   patches (:class:`~gigastream.mil.chunked.ChunkedEncoder`), any bag size;
 - ``baseline``: the whole bag in one graph (the memory-hungry reference);
-- ``sample``: ``sample_size`` random patches per training step (Koriakina et al., 2021).
+- ``sample``: ``sample_size`` random patches per training step (Koriakina et al., 2021);
+- ``frozen``: the encoder does not train; a bag's features are computed once (in chunks,
+  without a graph) and cached in memory, keyed by the slide file, the patch grid and the
+  orientation (training bags are not augmented), so each epoch after the first trains
+  only the head: the two-stage baseline inside one run.
 
 A bag is a tensor ``(N, 3, P, P)`` or a lazy :class:`~gigastream.wsi.patches.PatchBag`
 whose patches are read from the slide when they are encoded; a bag with a ``grid`` gets
@@ -65,7 +69,9 @@ class PatchConfig:
         min_tissue: keep a patch when at least this fraction of it is tissue (by the
             slide's tissue mask, ``data.tissue``).
         strategy: ``accumulate`` (exact, bounded memory), ``baseline`` (whole bag in
-            one graph) or ``sample`` (``sample_size`` random patches per step).
+            one graph), ``sample`` (``sample_size`` random patches per step) or ``frozen``
+            (the encoder does not train, whatever ``encoder.finetune`` says; each bag's
+            features are computed once and kept in memory, so only the head trains).
         chunk_size: patches per chunk (``accumulate``, and evaluation of every strategy).
         sample_size: patches per training step (``sample``).
         memory_budget_mib: ``accumulate`` only: memory (MiB) for chunks that keep their

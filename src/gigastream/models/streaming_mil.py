@@ -44,9 +44,10 @@ from gigastream.streaming.recompute import InputSource
 
 logger = logging.getLogger(__name__)
 
-#: The model kinds of a run (``model.kind``): this module's streamed model, or a patch-bag
-#: model (:class:`~gigastream.models.patch_mil.PatchMIL`).
-MODEL_KINDS = ("streaming", "patches")
+#: The model kinds of a run (``model.kind``): this module's streamed model, a patch-bag
+#: model (:class:`~gigastream.models.patch_mil.PatchMIL`) or a head on cached patch features
+#: (:class:`~gigastream.models.feature_mil.FeatureMIL`).
+MODEL_KINDS = ("streaming", "patches", "features")
 
 
 @dataclass
@@ -77,7 +78,9 @@ class StreamingMILConfig:
             :class:`~gigastream.models.patch_mil.PatchMIL` on the slide's tissue patches,
             which uses ``num_classes``, ``head`` and ``head_options`` from here and its
             patch settings from the run's ``patches:`` section (the trunk and streaming
-            fields do not apply).
+            fields do not apply); or ``features``: a
+            :class:`~gigastream.models.feature_mil.FeatureMIL` head on the cached patch
+            features of ``data.features_dir``.
     """
 
     arch: str = "vgg_small"
@@ -95,7 +98,7 @@ class StreamingMILConfig:
     def validate(self) -> None:
         """Raise ValueError on impossible settings."""
         if self.kind not in MODEL_KINDS:
-            raise ValueError(f"kind must be streaming or patches, got {self.kind!r}")
+            raise ValueError(f"kind must be streaming, patches or features, got {self.kind!r}")
         if self.arch not in list_trunks():
             raise ValueError(f"arch must be one of {', '.join(list_trunks())}, got {self.arch!r}")
         if self.num_classes < 2:

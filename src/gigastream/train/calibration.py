@@ -141,6 +141,8 @@ def calibrate_model(
     """Calibrate the BatchNorm of a run's model as ``train.bn_calibration`` says (``None``:
     8 slides for randomly initialised weights, else none); a model without BatchNorm is left
     alone. Returns the number of slides used."""
+    if config.model.kind == "features":  # a head on fixed features: nothing to calibrate
+        return 0
     patches = isinstance(model, PatchMIL)
     slides = config.train.bn_calibration
     if slides is None:  # auto: random initialisation only

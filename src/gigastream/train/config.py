@@ -11,6 +11,7 @@ defaults of its own, such as ``gigastream demo``, passes them as a ``base`` conf
     model: {arch: resnet34, head: clam_sb, tile_size: 2048}
     data: {mpp: 0.5, tissue: {mpp: 8.0}}
     patches: {encoder: {name: resnet18}, patch_size: 224}  # used by model.kind: patches
+    features: {feature_dim: null}  # model.kind: features (filled in from data.features_dir)
     optim: {lr: 1.0e-4, head_lr: 1.0e-3}
     train: {epochs: 20, precision: bf16-mixed}
 
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 
 from gigastream import precision as precisions
 from gigastream.mil.strategies import STRATEGIES as BAG_STRATEGIES
+from gigastream.models.feature_mil import FeatureConfig
 from gigastream.models.patch_mil import PatchConfig
 from gigastream.models.streaming_mil import StreamingMILConfig
 from gigastream.wsi.tissue import TissueMaskConfig
@@ -67,6 +69,9 @@ class DataConfig:
             process), so later epochs do not read them again.
         augment: train on a random flip/rotation by 90 degrees of every slide read whole
             (the 8 symmetries of the square; lazily read slides are not augmented).
+        features_dir: folder of cached patch features ``<slide_id>.h5`` (written by
+            ``gigastream features``, or CLAM/TRIDENT) that a ``model.kind: features`` run
+            trains on (``--features DIR``); only for that kind.
     """
 
     mpp: float = 1.0
@@ -79,6 +84,7 @@ class DataConfig:
     preload_pixels: int = 4096 * 4096
     cache_bytes: int = 2 * 2**30
     augment: bool = True
+    features_dir: str | None = None
 
     def validate(self) -> None:
         """Raise ConfigError on impossible settings."""
@@ -226,6 +232,9 @@ class RunConfig:
         patches: the patch bags and encoder of a ``model.kind: patches`` run
             (:class:`~gigastream.models.patch_mil.PatchConfig`; patches are read at
             ``data.mpp``).
+        features: the cached features of a ``model.kind: features`` run
+            (:class:`~gigastream.models.feature_mil.FeatureConfig`; the files are
+            ``data.features_dir``).
         data: how slides are read.
         optim: the optimiser.
         train: the loop.
@@ -237,6 +246,7 @@ class RunConfig:
     class_names: list[str] | None = None
     model: StreamingMILConfig = field(default_factory=StreamingMILConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -254,6 +264,7 @@ class RunConfig:
                 self.patches.validate()
             except ValueError as exc:
                 raise ConfigError(f"patches: {exc}") from None
+        self._validate_features()
         if self.splits is not None and self.fold is None:
             raise ConfigError("a splits file needs --fold K (or --folds all)")
         if self.fold is not None and self.fold < 0:
@@ -262,6 +273,23 @@ class RunConfig:
             raise ConfigError(
                 f"class_names needs at least 2 classes, got {self.class_names}: a binary task "
                 "has two classes (e.g. [negative, positive]) with a softmax over them"
+            )
+
+    def _validate_features(self) -> None:
+        """``model.kind: features`` and ``data.features_dir`` go together."""
+        try:
+            self.features.validate()
+        except ValueError as exc:
+            raise ConfigError(f"features: {exc}") from None
+        if self.model.kind == "features" and self.data.features_dir is None:
+            raise ConfigError(
+                "model.kind features trains on cached features: pass --features DIR (or set "
+                "data.features_dir), a folder written by gigastream features"
+            )
+        if self.model.kind != "features" and self.data.features_dir is not None:
+            raise ConfigError(
+                f"data.features_dir is for a head on cached features (model.kind features), "
+                f"not model.kind {self.model.kind}: set model.kind: features or drop it"
             )
 
 

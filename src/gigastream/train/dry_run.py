@@ -292,6 +292,10 @@ def dry_run(prepared: PreparedRun) -> DryRunReport | PatchDryRunReport:
 
     if prepared.config.model.kind == "patches":
         return patch_dry_run(prepared)
+    if prepared.config.model.kind == "features":
+        from gigastream.train.feature_data import feature_dry_run
+
+        return feature_dry_run(prepared.config, prepared.train_rows + prepared.val_rows)
     config = prepared.config
     precision = config.train.precision
     report = DryRunReport(precision, config.model.arch, config.data.mpp)

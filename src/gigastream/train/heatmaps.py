@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gigastream.train.config import DataConfig
+from gigastream.wsi.feature_files import read_attrs
 from gigastream.wsi.manifest import ManifestRow
 from gigastream.wsi.reader import SlideError, SlideReader
 
@@ -57,6 +58,20 @@ def instance_cell_um(slide: SlideReader, mpp: float, output_stride: int) -> floa
     slide's origin in cells of ``patch_size`` px at the read's exact mpp).
     """
     return output_stride * slide.resolution(mpp).mpp
+
+
+def feature_cell_um(slide: SlideReader, features_path: str | Path) -> float | None:
+    """Edge in microns of one patch of a feature file (a cell of a feature model's attention
+    map, laid from the file's level-0 coords): its level-0 patch edge x the slide's mpp;
+    ``None`` when the file does not give it (:func:`~gigastream.train.feature_data.level0_patch`)."""
+    from gigastream.train.feature_data import level0_patch
+    from gigastream.wsi.feature_files import read_features
+
+    attrs = read_attrs(features_path)
+    step = level0_patch(attrs)
+    if step is None:
+        step = level0_patch(attrs, read_features(features_path).coords)
+    return None if step is None else step * slide.require_mpp()
 
 
 def choose_slides(results: Sequence[dict[str, Any]], count: int | None) -> list[dict[str, Any]]:
@@ -146,13 +161,24 @@ def write_heatmaps(
     chosen = choose_slides(results, count)
     if chosen:
         out_dir.mkdir(parents=True, exist_ok=True)
-    stride = module.model.output_stride
+    features = getattr(data, "features_dir", None)  # a head on cached features
+    stride = None if features else module.model.output_stride
     paths = []
     for r in chosen:
         row = by_id[r["slide_id"]]
         lesions = lesion_mask_for(row.path, row.slide_id, lesion_dir)
-        with SlideReader.open(row.path, mpp=row.mpp, backend=data.backend) as slide:
-            cell_um = instance_cell_um(slide, data.mpp, stride)
+        try:
+            slide = SlideReader.open(row.path, mpp=row.mpp, backend=data.backend)
+        except SlideError as exc:
+            if not features:
+                raise
+            logger.warning("no heatmap of %s: its slide cannot be opened: %s", row.slide_id, exc)
+            continue  # features without their slide: nothing to draw on
+        with slide:
+            if features:
+                cell_um = feature_cell_um(slide, Path(features) / f"{row.slide_id}.h5")
+            else:
+                cell_um = instance_cell_um(slide, data.mpp, stride)
             path = out_dir / f"{r['slide_id']}.png"
             paths += slide_heatmap(slide, r, path, cell_um, module.class_names, lesions, tiff=tiff)
     return paths
@@ -160,6 +186,7 @@ def write_heatmaps(
 
 __all__ = [
     "choose_slides",
+    "feature_cell_um",
     "instance_cell_um",
     "lesion_mask_for",
     "slide_heatmap",

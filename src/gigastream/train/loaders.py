@@ -1,4 +1,5 @@
-"""The DataLoader of a run's slides: whole slides, or their patch bags for patch models.
+"""The DataLoader of a run's slides: whole slides, their patch bags for patch models, or
+their cached features for feature models (``data.features_dir``).
 
 Example:
     >>> loader = slide_loader(rows, ["benign", "malignant"], DataConfig(), seed=0)  # doctest: +SKIP
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from gigastream.models.patch_mil import PatchConfig
 from gigastream.train.config import DataConfig
 from gigastream.train.data import SlideExamples, example_loader
+from gigastream.train.feature_data import FeatureExamples
 from gigastream.train.patch_data import PatchExamples
 from gigastream.wsi.manifest import ManifestRow
 
@@ -27,11 +29,14 @@ def slide_loader(
     patches: PatchConfig | None = None,
 ) -> DataLoader:
     """A DataLoader of the slides in ``rows`` (workers as configured in ``data``): whole
-    slides (:class:`~gigastream.train.data.SlideExamples`), or with ``patches`` their patch bags
-    (:class:`~gigastream.train.patch_data.PatchExamples`)."""
+    slides (:class:`~gigastream.train.data.SlideExamples`), with ``patches`` their patch bags
+    (:class:`~gigastream.train.patch_data.PatchExamples`), or with ``data.features_dir``
+    their cached features (:class:`~gigastream.train.feature_data.FeatureExamples`)."""
     workers = min(data.num_workers, len(rows))
-    if patches is None:
-        dataset: Dataset = SlideExamples(rows, class_names, data)
+    if data.features_dir is not None:
+        dataset: Dataset = FeatureExamples(rows, class_names, data)
+    elif patches is None:
+        dataset = SlideExamples(rows, class_names, data)
     else:
         dataset = PatchExamples(rows, class_names, data, patches)
     return example_loader(dataset, workers, seed, shuffle, balanced)

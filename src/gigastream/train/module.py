@@ -151,7 +151,8 @@ class MILClassifier(L.LightningModule):
 
         self._close_input()
         opened = example.open(self.data, self.device)
-        if self.training and self.data.augment and hasattr(opened.x, "augmented"):
+        augments = getattr(self.model, "augments_bags", True)  # not a frozen encoder's bags
+        if self.training and self.data.augment and augments and hasattr(opened.x, "augmented"):
             opened.x = opened.x.augmented()  # seeded by the per-epoch RNG: resumable
         try:
             label = example.label

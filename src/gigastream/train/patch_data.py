@@ -25,9 +25,12 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -61,6 +64,17 @@ def slide_patch_grid(
     return patch_grid(slide, data.mpp, patches.patch_size, mask, patches.min_tissue)
 
 
+def slide_file_key(path: str | Path, mpp: float | None = None) -> str | None:
+    """What a slide's pixels depend on: its resolved path, size, modification time and the
+    manifest's mpp (``None`` when the file cannot be read: nothing is cached)."""
+    try:
+        resolved = Path(path).resolve()
+        stat = resolved.stat()
+    except OSError:
+        return None
+    return f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}|{mpp!r}"
+
+
 class PatchSource:
     """A slide's bag of patches ``(N, 3, P, P)`` uint8 as the model sees it: preloaded
     pixels or a lazy :class:`~gigastream.wsi.patches.PatchBag`, with its ``grid`` and an
@@ -70,18 +84,37 @@ class PatchSource:
         bag: the patches as a tensor, or the lazy bag.
         grid: the slide's patch grid.
         orientation: ``(k, flip)`` of :func:`~gigastream.wsi.source.orient_tensor`.
+        slide_key: what the slide's pixels depend on (:func:`slide_file_key`), or ``None``;
+            with the grid and the orientation it makes :attr:`cache_key`, the key of the
+            ``frozen`` strategy's feature cache.
     """
 
     def __init__(
-        self, bag: Tensor | PatchBag, grid: PatchGrid, orientation: tuple[int, bool] = (0, False)
+        self,
+        bag: Tensor | PatchBag,
+        grid: PatchGrid,
+        orientation: tuple[int, bool] = (0, False),
+        slide_key: str | None = None,
     ) -> None:
         self.bag = bag
         self.grid = grid
         self.orientation = orientation
+        self.slide_key = slide_key
         self.shape = bag.shape
         self.dtype = bag.dtype
         self.device = bag.device
         self.read_ahead = not isinstance(bag, Tensor)  # a slide read: overlap it with compute
+
+    @property
+    def cache_key(self) -> str | None:
+        """A hash of the slide file, the patch grid (coordinates, patch size, mpp) and the
+        orientation, or ``None`` without a ``slide_key``: equal keys, equal pixels."""
+        if self.slide_key is None:
+            return None
+        digest = hashlib.sha256(self.slide_key.encode())
+        digest.update(np.ascontiguousarray(self.grid.coords, dtype=np.int64).tobytes())
+        digest.update(f"{self.grid.patch_size}|{self.grid.mpp!r}|{self.orientation}".encode())
+        return digest.hexdigest()
 
     def _oriented(self, patches: Tensor) -> Tensor:
         k, flip = self.orientation
@@ -101,7 +134,7 @@ class PatchSource:
 
     def augmented(self, generator: torch.Generator | None = None) -> PatchSource:
         """The bag with a random one of the 8 flips/rotations of every patch."""
-        return PatchSource(self.bag, self.grid, draw_orientation(generator))
+        return PatchSource(self.bag, self.grid, draw_orientation(generator), self.slide_key)
 
 
 @dataclass
@@ -141,10 +174,12 @@ class PatchExample:
 
     def open(self, data: DataConfig, device: torch.device | str = "cpu") -> PatchInput:
         """The bag on ``device``: the preloaded patches or a lazy bag of the open slide."""
+        key = slide_file_key(self.path, self.slide_mpp)
         if self.pixels is not None:
-            return PatchInput(PatchSource(self.pixels.to(device), self.grid))
+            return PatchInput(PatchSource(self.pixels.to(device), self.grid, slide_key=key))
         reader = SlideReader.open(self.path, mpp=self.slide_mpp, backend=data.backend)
-        return PatchInput(PatchSource(PatchBag(reader, self.grid, device), self.grid), reader)
+        bag = PatchBag(reader, self.grid, device)
+        return PatchInput(PatchSource(bag, self.grid, slide_key=key), reader)
 
 
 class PatchExamples(SlideExamples):
@@ -182,4 +217,11 @@ class PatchExamples(SlideExamples):
         return example
 
 
-__all__ = ["PatchExample", "PatchExamples", "PatchInput", "PatchSource", "slide_patch_grid"]
+__all__ = [
+    "PatchExample",
+    "PatchExamples",
+    "PatchInput",
+    "PatchSource",
+    "slide_file_key",
+    "slide_patch_grid",
+]

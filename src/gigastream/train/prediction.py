@@ -8,7 +8,8 @@ neutral names (``auc``, ``accuracy``, ``loss``; :func:`prefixed` names them afte
 slides, e.g. ``val_auc``); :func:`write_predictions` writes ``predictions.csv``.
 :func:`evaluate_manifest` (``gigastream evaluate``) and :func:`predict_slide_files`
 (``gigastream predict`` and ``heatmap``) give the same probabilities as a run's validation
-for the same slide.
+for the same slide; for a checkpoint trained on cached features (``model.kind: features``)
+both take the slides' feature files from ``features_dir`` (default: the training run's).
 
 Example:
     >>> metrics = evaluate_manifest("RUN/checkpoints/best.ckpt", "test.csv", "eval")  # doctest: +SKIP
@@ -179,12 +180,32 @@ def _slide_rows(slides: Sequence[str | Path]) -> list[ManifestRow]:
     return rows
 
 
-def _prediction_config(config: RunConfig, device: str | None, workers: int | None) -> RunConfig:
+def _prediction_config(
+    config: RunConfig, device: str | None, workers: int | None, features_dir: str | Path | None
+) -> RunConfig:
     train = replace(config.train, device=device or "auto", devices=1, progress=False)
     data = config.data if workers is None else replace(config.data, num_workers=workers)
+    if features_dir is not None:
+        if config.model.kind != "features":
+            raise ConfigError(
+                f"--features {features_dir}: this checkpoint is a model.kind "
+                f"{config.model.kind} model, which reads slides; --features is for a "
+                "checkpoint trained on cached features (gigastream train --features DIR)"
+            )
+        data = replace(data, features_dir=str(features_dir))
     config = replace(config, train=train, data=data)
     resolve_device(config.train)  # validate before any output
     return config
+
+
+def _check_features(config: RunConfig, rows: Sequence[ManifestRow]) -> None:
+    """A feature model: every existing feature file of ``rows`` has the checkpoint's
+    dimension (FeatureFileError naming the file and both dimensions otherwise)."""
+    if config.model.kind == "features":
+        from gigastream.train.feature_data import check_feature_files
+
+        features = config.features
+        check_feature_files(config.data.features_dir, rows, features.feature_dim, features.encoder)
 
 
 def evaluate_manifest(
@@ -194,16 +215,27 @@ def evaluate_manifest(
     device: str | None = None,
     progress: bool = True,
     num_workers: int | None = None,
+    features_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on every slide of a manifest: ``metrics.json`` + ``predictions.csv``.
 
+    Args:
+        features_dir: the slides' feature files ``<slide_id>.h5``, for a checkpoint trained
+            on cached features (default: its training run's ``data.features_dir``).
+
     Returns:
         The metrics (``auc``, ``accuracy``, ``loss``, per-slide predictions, skipped slides).
+
+    Raises:
+        RunError: a missing or foreign checkpoint.
+        ConfigError: ``features_dir`` for a checkpoint that reads slides, or not a folder.
+        FeatureFileError: a feature file of another dimension than the checkpoint's model.
     """
     module, config = load_classifier(checkpoint)
-    config = _prediction_config(config, device, num_workers)
-    rows = read_manifest(manifest).rows
+    config = _prediction_config(config, device, num_workers, features_dir)
+    rows = read_manifest(manifest, check_files=config.model.kind != "features").rows
     check_labels([r.label for r in rows], module.class_names)
+    _check_features(config, rows)
     out = check_writable_folder(out)
     data = replace(config.data, mask_dir=str(out / "masks"))
     results = run_predictions(module, rows, config, data, progress=progress)
@@ -234,15 +266,26 @@ def predict_slide_files(
     tiff: bool = False,
     lesion_dir: str | Path | None = None,
     num_workers: int | None = None,
+    features_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Class probabilities (``predictions.csv``) and optionally heatmaps of slide files.
 
+    Args:
+        features_dir: for a checkpoint trained on cached features, the folder of the
+            slides' ``<slide_id>.h5`` (default: its training run's); a slide is named by
+            its file's stem, so ``slides`` may be the slide files or their ``.h5`` files.
+
     Returns:
         ``predictions``, ``skipped_slides`` and the written ``heatmaps``.
+
+    Raises:
+        ConfigError: a missing slide file; ``features_dir`` for a checkpoint that reads slides.
+        FeatureFileError: a feature file of another dimension than the checkpoint's model.
     """
     module, config = load_classifier(checkpoint)
-    config = _prediction_config(config, device, num_workers)
+    config = _prediction_config(config, device, num_workers, features_dir)
     rows = _slide_rows(slides)
+    _check_features(config, rows)
     out = check_writable_folder(out)
     data = replace(config.data, mask_dir=str(out / "masks"))
     results = run_predictions(module, rows, config, data, progress=progress)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gigastream.models.encoders import EncoderError
+from gigastream.models.feature_mil import FeatureMIL
 from gigastream.models.patch_mil import PatchMIL
 from gigastream.models.streaming_mil import StreamingMIL
 from gigastream.train.config import ConfigError, RunConfig
@@ -45,11 +46,23 @@ class PreparedRun:
     devices: int | list[int]
 
 
-def build_model(config: RunConfig, num_classes: int) -> StreamingMIL | PatchMIL:
-    """The slide classifier of a run (``model.kind``: a streamed :class:`StreamingMIL` or a
-    patch-bag :class:`~gigastream.models.patch_mil.PatchMIL`), its weights loaded as
-    configured."""
+def build_model(config: RunConfig, num_classes: int) -> StreamingMIL | PatchMIL | FeatureMIL:
+    """The slide classifier of a run (``model.kind``: a streamed :class:`StreamingMIL`, a
+    patch-bag :class:`~gigastream.models.patch_mil.PatchMIL` or a head on cached features,
+    :class:`~gigastream.models.feature_mil.FeatureMIL`), its weights loaded as configured.
+
+    Raises:
+        ConfigError: a bad encoder or trunk weights; a feature model whose
+            ``features.feature_dim`` is unknown (not prepared by :func:`prepare`).
+    """
     model = config.model
+    if model.kind == "features":
+        if config.features.feature_dim is None:
+            raise ConfigError(
+                "features.feature_dim is unknown: prepare the run (it is read from the first "
+                "feature file of data.features_dir) or set it"
+            )
+        return FeatureMIL(config.features.feature_dim, model.head, num_classes, model.head_options)
     if model.kind == "patches":
         try:
             return PatchMIL(config.patches, model.head, num_classes, model.head_options)
@@ -120,7 +133,9 @@ def prepare(config: RunConfig, check_plan: bool = True, check_device: bool = Tru
     """Validate a run without writing anything.
 
     ``check_device=False`` (``train --dry-run``) plans for the configured device even where
-    it is not present (a GPU run planned on a laptop).
+    it is not present (a GPU run planned on a laptop). A feature model (``model.kind:
+    features``) gets its ``features.feature_dim`` from the first feature file of the
+    manifest's slides (the returned ``config`` has it); its slide files need not exist.
 
     Raises:
         ConfigError: a bad setting, label, split or device (one line each).
@@ -135,21 +150,27 @@ def prepare(config: RunConfig, check_plan: bool = True, check_device: bool = Tru
     else:
         accelerator = "gpu" if str(config.train.device).startswith("cuda") else "cpu"
         devices = 1
-    manifest = read_manifest(config.manifest)
+    features = config.model.kind == "features"
+    manifest = read_manifest(config.manifest, check_files=not features)  # features: no slides
     class_names = check_labels([r.label for r in manifest.rows], config.class_names)
     manifest = Manifest(manifest.rows, class_names)
     train_rows, val_rows = split_rows(manifest, config)
+    if features:  # the feature dimension of the first file: the model's
+        from gigastream.train.feature_data import with_feature_dim
+
+        config = with_feature_dim(config, manifest.rows)
     if check_plan:
         model = build_model(config, len(class_names))
         if isinstance(model, PatchMIL):
             _check_patches(model, train_rows, config)
-        else:
+        elif isinstance(model, StreamingMIL):
             _check_plan(model, train_rows, config)
     return PreparedRun(config, manifest, class_names, train_rows, val_rows, accelerator, devices)
 
 
 def resolved_config(prepared: PreparedRun) -> RunConfig:
-    """The run's config with everything derived filled in (class names, paths absolute)."""
+    """The run's config with everything derived filled in (class names, paths absolute; a
+    feature model's ``features.feature_dim``, from :func:`prepare`)."""
     config = prepared.config
     return replace(
         config,
@@ -157,7 +178,12 @@ def resolved_config(prepared: PreparedRun) -> RunConfig:
         splits=str(Path(config.splits).resolve()) if config.splits else None,
         class_names=list(prepared.class_names),
         model=replace(config.model, num_classes=len(prepared.class_names)),
+        data=replace(config.data, features_dir=_absolute(config.data.features_dir)),
     )
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
 
 
 __all__ = ["PreparedRun", "build_model", "prepare", "resolved_config"]

@@ -5,8 +5,8 @@ A file holds the datasets ``features`` ``(N, D)`` float and ``coords`` ``(N, 2)`
 attributes (CLAM keeps ``patch_size``/``patch_level`` on ``coords``; TRIDENT keeps them on
 the file or on ``coords``; both are read). gigastream adds ``encoder``, ``weights_sha256``,
 ``mpp``, ``patch_size`` and ``key`` — a hash of everything the features depend on (slide file
-identity, encoder, weights, mpp, patch size, tissue settings), so a cached file is reused
-only for the same job, never by its slide id alone.
+identity, encoder, weights, mpp, patch size, tissue settings; :func:`feature_key` of them), so
+a cached file is reused only for the same job, never by its slide id alone.
 
 Example:
     >>> import numpy as np, tempfile, pathlib
@@ -21,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +104,7 @@ def write_features(
                 if value is None:
                     continue
                 f.attrs[key] = value
-                if key in ("patch_size", "patch_level", "level", "mpp"):
+                if key in ("patch_size", "patch_level", "level", "mpp", "patch_size_level0"):
                     dset.attrs[key] = value
         os.replace(tmp, path)
     except BaseException:
@@ -124,6 +126,60 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
             return attrs
     except (OSError, KeyError):
         return {}
+
+
+def feature_key(settings: dict[str, Any]) -> str:
+    """The ``key`` attribute of a feature file: sha256 of ``settings`` (everything its
+    features depend on) as canonical JSON (sorted keys), so equal settings give equal keys.
+
+    Example:
+        >>> feature_key({"mpp": 0.5, "patch_size": 224}) == feature_key({"patch_size": 224, "mpp": 0.5})
+        True
+    """
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _dimension_error(
+    path: Path, got: int, attrs: dict[str, Any], expected: int
+) -> FeatureFileError:
+    encoder = attrs.get("encoder", "an unknown encoder")
+    return FeatureFileError(
+        f"{path}: features of dimension {got} (from {encoder}), but the model expects "
+        f"{expected}; use feature files of the encoder the model was trained on"
+    )
+
+
+def read_feature_dim(path: str | Path, feature_dim: int | None = None) -> int:
+    """The feature dimension ``D`` of a feature file, reading only its header.
+
+    Args:
+        path: the ``.h5`` file.
+        feature_dim: the ``D`` a model expects (checked as by :func:`read_features`).
+
+    Raises:
+        FeatureFileError: a missing or unreadable file, no 2-D ``features`` dataset, or
+            another dimension than ``feature_dim`` (the message names both and the file).
+    """
+    h5py = _h5py()
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureFileError(f"{path}: feature file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            if "features" not in f:
+                raise FeatureFileError(f"{path}: no 'features' dataset (has {sorted(f.keys())})")
+            shape = tuple(f["features"].shape)
+            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+    except OSError as exc:
+        raise FeatureFileError(f"{path}: not a readable HDF5 file: {exc}") from None
+    if len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) != 2:
+        raise FeatureFileError(f"{path}: 'features' must be (N, D), got shape {shape}")
+    if feature_dim is not None and shape[1] != feature_dim:
+        raise _dimension_error(path, shape[1], attrs, feature_dim)
+    return int(shape[1])
 
 
 def read_features(path: str | Path, feature_dim: int | None = None) -> FeatureFile:
@@ -169,13 +225,16 @@ def read_features(path: str | Path, feature_dim: int | None = None) -> FeatureFi
     if coords.shape[0] != features.shape[0]:
         raise FeatureFileError(f"{path}: {features.shape[0]} features but {coords.shape[0]} coords")
     if feature_dim is not None and features.shape[1] != feature_dim:
-        encoder = attrs.get("encoder", "an unknown encoder")
-        raise FeatureFileError(
-            f"{path}: features of dimension {features.shape[1]} (from {encoder}), but the "
-            f"model expects {feature_dim}; use feature files of the encoder the model was "
-            "trained on"
-        )
+        raise _dimension_error(path, int(features.shape[1]), attrs, feature_dim)
     return FeatureFile(features, coords, attrs, path)
 
 
-__all__ = ["FeatureFile", "FeatureFileError", "read_attrs", "read_features", "write_features"]
+__all__ = [
+    "FeatureFile",
+    "FeatureFileError",
+    "feature_key",
+    "read_attrs",
+    "read_feature_dim",
+    "read_features",
+    "write_features",
+]

@@ -132,6 +132,52 @@ def patch_grid(
     )
 
 
+def coords_spacing(coords: np.ndarray) -> float | None:
+    """The smallest positive step between the level-0 ``x`` or ``y`` of ``coords`` ``(N, 2)``
+    (a grid's patch edge in level-0 px), or ``None`` when every patch has the same ``x``
+    and the same ``y`` (one patch)."""
+    steps = []
+    for axis in (0, 1):
+        values = np.unique(np.asarray(coords)[:, axis])
+        if len(values) > 1:
+            steps.append(float(np.diff(values).min()))
+    return min(steps) if steps else None
+
+
+def grid_from_coords(
+    coords: np.ndarray, level0_patch: float, patch_size: int = 0, mpp: float = float("nan")
+) -> PatchGrid:
+    """The :class:`PatchGrid` of patches given by their level-0 top-left ``coords`` ``(N, 2)``
+    ``(x, y)`` (a feature file's), with cells of ``level0_patch`` level-0 px from the origin.
+
+    A patch's cell is its corner divided by ``level0_patch``, rounded: exact for the grids
+    of :func:`patch_grid`, within half a patch for patches laid from another origin (CLAM's
+    contours); of patches that fall in one cell (overlapping patches) the last one is
+    shown by :meth:`PatchGrid.layout`.
+
+    Raises:
+        SlideError: ``level0_patch`` not positive, or ``coords`` not ``(N, 2)`` with N >= 1.
+    """
+    coords = np.asarray(coords, dtype=np.int64)
+    if coords.ndim != 2 or coords.shape[1] != 2 or len(coords) == 0:
+        raise SlideError(f"coords must be (N, 2) with N >= 1, got shape {coords.shape}")
+    if not level0_patch > 0:
+        raise SlideError(f"the level-0 patch edge must be positive, got {level0_patch}")
+    cols = np.floor(coords[:, 0] / level0_patch + 0.5).astype(np.int64)
+    rows = np.floor(coords[:, 1] / level0_patch + 0.5).astype(np.int64)
+    cells = np.stack([rows, cols], axis=1).clip(min=0)
+    grid_shape = (int(cells[:, 0].max()) + 1, int(cells[:, 1].max()) + 1)
+    return PatchGrid(
+        coords=coords,
+        cells=cells,
+        grid_shape=grid_shape,
+        patch_size=int(patch_size),
+        mpp=float(mpp),
+        level0_patch=float(level0_patch),
+        tissue=np.ones(len(coords), dtype=np.float32),
+    )
+
+
 def read_patches(slide: SlideReader, grid: PatchGrid, indices) -> np.ndarray:
     """The patches ``indices`` of ``grid`` as uint8 ``(n, patch_size, patch_size, 3)``.
 
@@ -207,4 +253,12 @@ class PatchBag:
         return f"PatchBag({self.slide.name}, {tuple(self.shape)})"
 
 
-__all__ = ["NoTissueError", "PatchBag", "PatchGrid", "patch_grid", "read_patches"]
+__all__ = [
+    "NoTissueError",
+    "PatchBag",
+    "PatchGrid",
+    "coords_spacing",
+    "grid_from_coords",
+    "patch_grid",
+    "read_patches",
+]
