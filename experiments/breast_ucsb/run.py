@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -74,6 +75,8 @@ CONFIGS: dict[str, tuple[str, str, str]] = {
     "gated-baseline": ("baseline", "gated_abmil", "small_cnn"),
     "abmil-sample": ("sample", "abmil", "small_cnn"),
     "gated-sample": ("sample", "gated_abmil", "small_cnn"),
+    "abmil-frozen": ("frozen", "abmil", "small_cnn"),
+    "gated-frozen": ("frozen", "gated_abmil", "small_cnn"),
     "streaming": ("streaming", "gated_abmil", "vgg_small"),
 }
 #: accumulate vs baseline pairs checked for equality in summary.md.
@@ -96,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=HERE, help="results.json, summary.md, heatmaps/")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--repeats", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument(
+        "--plan",
+        nargs="+",
+        metavar="CONFIG=R,R,...",
+        help="configurations with their own repeats, trained in this order in one queue "
+        "(e.g. gated-accumulate=0,1,2,3,4 gated-baseline=0); replaces --configs/--repeats",
+    )
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--num-folds", type=int, default=4)
     p.add_argument("--epochs", type=int, default=10)
@@ -232,10 +242,24 @@ def run_folder(out: Path, name: str, repeat: int, fold: int) -> Path:
     return out / "runs" / name / f"repeat_{repeat}" / f"fold_{fold}"
 
 
-def is_done(folder: Path) -> bool:
+def run_key(config: Path, splits: Path, fold: int, seed: int) -> str:
+    """What a run depends on: its settings, its split file, fold and seed (a finished run is
+    reused only when they are unchanged, never by its folder name alone)."""
+    digest = hashlib.sha256(config.read_bytes())
+    digest.update(splits.read_bytes())
+    digest.update(f"|{fold}|{seed}".encode())
+    return digest.hexdigest()
+
+
+def is_done(folder: Path, key: str | None = None) -> bool:
+    """A completed run (``metrics.json`` status), of the same ``key`` when one is given."""
     path = folder / "metrics.json"
     if not path.is_file():
         return False
+    if key is not None:
+        stored = folder / "run_key.txt"
+        if not stored.is_file() or stored.read_text().strip() != key:
+            return False
     return json.loads(path.read_text()).get("status") == "completed"
 
 
@@ -249,6 +273,7 @@ def launch(
     folder: Path,
 ) -> subprocess.Popen:
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run_key.txt").unlink(missing_ok=True)  # written back when the run finishes
     command = [
         *gigastream(),
         "train",
@@ -279,20 +304,39 @@ def launch(
     proc.log = log  # type: ignore[attr-defined]
     proc.started = time.perf_counter()  # type: ignore[attr-defined]
     proc.folder = folder  # type: ignore[attr-defined]
+    proc.key = run_key(config, splits, fold, seed)  # type: ignore[attr-defined]
     return proc
+
+
+def parse_plan(args: argparse.Namespace) -> list[tuple[str, list[int], int]]:
+    """``[(config, repeats, epochs)]`` of ``--plan`` (``CONFIG=R,R[@EPOCHS]``), or every
+    ``--configs`` with ``--repeats`` and ``--epochs``."""
+    if not args.plan:
+        return [(name, list(args.repeats), args.epochs) for name in args.configs]
+    plan = []
+    for item in args.plan:
+        name, _, rest = item.partition("=")
+        repeats, _, epochs = rest.partition("@")
+        if name not in CONFIGS or not repeats:
+            raise SystemExit(
+                f"--plan {item!r}: use CONFIG=R,R,...[@EPOCHS] with CONFIG one of {list(CONFIGS)}"
+            )
+        plan.append((name, [int(r) for r in repeats.split(",")], int(epochs or args.epochs)))
+    return plan
 
 
 def run_all(args: argparse.Namespace, manifest: Path) -> None:
     jobs = []
     (args.out / "configs").mkdir(parents=True, exist_ok=True)
-    for name in args.configs:
+    for name, repeats, epochs in parse_plan(args):
         config = args.out / "configs" / f"{name}.yaml"
-        config.write_text(yaml.safe_dump(run_config(args, name), sort_keys=False))
-        for repeat in args.repeats:
+        settings = run_config(argparse.Namespace(**{**vars(args), "epochs": epochs}), name)
+        config.write_text(yaml.safe_dump(settings, sort_keys=False))
+        for repeat in repeats:
             splits = write_splits(manifest, args.out, repeat, args.num_folds)
             for fold in args.folds:
                 folder = run_folder(args.out, name, repeat, fold)
-                if args.overwrite or not is_done(folder):
+                if args.overwrite or not is_done(folder, run_key(config, splits, fold, repeat)):
                     jobs.append((name, config, splits, repeat, fold, folder))
     print(f"{len(jobs)} run(s) to train, {args.parallel} at a time", flush=True)
     running: list[subprocess.Popen] = []
@@ -307,6 +351,8 @@ def run_all(args: argparse.Namespace, manifest: Path) -> None:
             proc.log.close()
             wall = time.perf_counter() - proc.started
             (proc.folder / "wall_seconds.json").write_text(json.dumps({"seconds": wall}))
+            if proc.returncode == 0:
+                (proc.folder / "run_key.txt").write_text(proc.key + "\n")
             status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
             rel = proc.folder.relative_to(args.out)
             print(f"{rel}: {status} in {wall:.0f} s; {summary_line(proc.folder)}", flush=True)
@@ -330,9 +376,14 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
     for name in CONFIGS:
         strategy, head, model = CONFIGS[name]
         base = args.out / "runs" / name
-        for folder in sorted(base.glob("repeat_*/fold_*")):
-            if not is_done(folder):
+        config = args.out / "configs" / f"{name}.yaml"
+        for folder in sorted(f for f in base.glob("repeat_*/fold_*") if f.is_dir()):
+            repeat, fold = int(folder.parent.name.split("_")[1]), int(folder.name.split("_")[1])
+            splits = args.out / "splits" / f"repeat_{repeat}.csv"
+            if not (config.is_file() and splits.is_file()):
                 continue
+            if not is_done(folder, run_key(config, splits, fold, repeat)):
+                continue  # unfinished, or trained with other settings than the current ones
             metrics = json.loads((folder / "metrics.json").read_text())
             last = metrics["epochs"][-1]
             wall = folder / "wall_seconds.json"
@@ -405,9 +456,9 @@ def equality(rows: list[dict[str, Any]]) -> list[str]:
 
 def summary_markdown(rows: list[dict[str, Any]], out: Path) -> str:
     lines = [
-        "| configuration | strategy | head | model | repeats × folds | test AUC | accuracy | "
-        "seconds per run | (best-epoch AUC, selected on the test fold) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| configuration | strategy | head | model | epochs | repeats × folds | test AUC | "
+        "accuracy | seconds per run | (best-epoch AUC, selected on the test fold) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in CONFIGS:
         runs = [r for r in rows if r["config"] == name]
@@ -418,8 +469,9 @@ def summary_markdown(rows: list[dict[str, Any]], out: Path) -> str:
         folds_per = len(runs) / len(repeats)
         shape = f"{len(repeats)} × {folds_per:g}" if folds_per.is_integer() else f"{len(runs)} runs"
         seconds = [r["seconds"] for r in runs if r["seconds"] is not None]
+        epochs = "/".join(str(e) for e in sorted({r["epochs"] for r in runs}))
         lines.append(
-            f"| {name} | {strategy} | {head} | {model} | {shape} | "
+            f"| {name} | {strategy} | {head} | {model} | {epochs} | {shape} | "
             f"{mean_sd([r['test_auc'] for r in runs])} | {mean_sd([r['accuracy'] for r in runs])} | "
             f"{statistics.fmean(seconds):.0f} | {mean_sd([r['best_epoch_auc'] for r in runs])} |"
         )
