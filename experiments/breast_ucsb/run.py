@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attn-dim", type=int, default=64, help="attention hidden size")
     p.add_argument("--chunk-size", type=int, default=256, help="patches per chunk (accumulate)")
     p.add_argument("--sample-size", type=int, default=64, help="patches per step (sample)")
+    p.add_argument(
+        "--streaming-mpp",
+        type=float,
+        default=MPP,
+        help="resolution the streamed model reads the images at (default: the patches' 0.5)",
+    )
     p.add_argument("--tile-size", type=int, default=512, help="streamed model's tile edge")
     p.add_argument("--white", type=int, default=200, help="a pixel is white when R,G,B >= this")
     p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads per run")
@@ -125,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per run")
     p.add_argument("--overwrite", action="store_true", help="retrain finished runs")
     p.add_argument("--collect-only", action="store_true", help="train nothing; collect results")
-    p.add_argument("--heatmap-config", default=None, help="config whose heatmaps are copied")
+    p.add_argument(
+        "--heatmap-config", nargs="+", default=None, help="configs whose heatmaps are copied"
+    )
     return p
 
 
@@ -209,6 +217,7 @@ def run_config(args: argparse.Namespace, name: str) -> dict[str, Any]:
     }
     head_options = {"attn_dim": args.attn_dim}
     if model == "vgg_small":
+        values["data"]["mpp"] = args.streaming_mpp
         values["model"] = {
             "kind": "streaming",
             "arch": "vgg_small",
@@ -494,26 +503,25 @@ def summary_markdown(rows: list[dict[str, Any]], out: Path) -> str:
 
 
 def copy_heatmaps(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[Path]:
-    """4 test-image heatmaps (2 benign, 2 malignant when possible) of one configuration."""
-    name = args.heatmap_config or next((r["config"] for r in rows), None)
-    runs = [r for r in rows if r["config"] == name]
-    if not runs:
-        return []
+    """4 test-image heatmaps (2 benign, 2 malignant when possible) of each configuration of
+    ``--heatmap-config`` (default: the first with results), from its first runs."""
     target = args.results / "heatmaps"
     target.mkdir(parents=True, exist_ok=True)
     for old in target.glob("*.png"):
         old.unlink()
-    found: dict[str, list[Path]] = {label: [] for label in CLASS_NAMES}
-    for r in sorted(runs, key=lambda r: (r["repeat"], r["fold"])):
-        for png in sorted((args.out / r["run"] / "heatmaps").glob("*.png")):
-            label = "malignant" if "malignant" in png.stem else "benign"
-            found[label].append(png)
-    chosen = found["benign"][:2] + found["malignant"][:2]
+    names = args.heatmap_config or [next((r["config"] for r in rows), None)]
     copied = []
-    for png in chosen:
-        dest = target / f"{name}_{png.stem}.png"
-        shutil.copyfile(png, dest)
-        copied.append(dest)
+    for name in names:
+        runs = [r for r in rows if r["config"] == name]
+        found: dict[str, list[Path]] = {label: [] for label in CLASS_NAMES}
+        for r in sorted(runs, key=lambda r: (r["repeat"], r["fold"])):
+            for png in sorted((args.out / r["run"] / "heatmaps").glob("*.png")):
+                label = "malignant" if "malignant" in png.stem else "benign"
+                found[label].append(png)
+        for png in found["benign"][:2] + found["malignant"][:2]:
+            dest = target / f"{name}_{png.stem}.png"
+            shutil.copyfile(png, dest)
+            copied.append(dest)
     return copied
 
 
