@@ -200,6 +200,9 @@ class PatchDryRunReport:
         elif self.strategy == "sample":
             graph = min(patches, self.sample_size)
             what = f"{graph} sampled patches"
+        elif self.strategy == "frozen":
+            graph = 0
+            what = f"the head only (features: {chunks} chunks without a graph, once, then cached)"
         else:
             graph, what = patches, "the whole bag in one graph"
         pixels = patches * size * size
