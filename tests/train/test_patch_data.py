@@ -214,3 +214,40 @@ def test_a_random_encoders_batchnorm_is_calibrated_on_patches(pngs):
         patches=replace(config.patches, encoder=replace(config.patches.encoder, name="small_cnn")),
     )
     assert calibrate_model(PatchMIL(small.patches), small, dataset, DATA) == 0  # no BatchNorm
+
+
+def test_unreadable_and_corrupt_slides_are_skipped_with_the_default_workers(manifest, tmp_path):
+    """A patch run the way it fails for users: the default DataLoader workers, a file that is
+    no slide (fails in a worker) and a slide whose tile cannot be decoded (fails in the
+    training step, read lazily patch chunk by chunk): both skipped and listed, the run ends."""
+    import shutil
+
+    from gigastream.train.config import DataConfig as Defaults
+    from gigastream.train.fitting import fit
+    from tests.train.test_fitting import _corrupt_level0_tile
+
+    garbage, victim = tmp_path / "garbage.tif", tmp_path / "corrupt.tif"
+    garbage.write_bytes(b"not a slide at all")
+    shutil.copy(manifest.parent / "slides" / "synth_001.tif", victim)
+    _corrupt_level0_tile(victim)
+
+    def use_bad(rows):
+        rows = rows[:6]
+        rows[1] = {**rows[1], "slide_id": "corrupt", "path": str(victim), "case_id": "c"}
+        rows[2] = {**rows[2], "slide_id": "garbage", "path": str(garbage), "case_id": "g"}
+        return rows
+
+    bad = copy_manifest(manifest, tmp_path / "manifest.csv", use_bad)
+    patches = {"encoder": SMALL, "patch_size": 32, "strategy": "accumulate", "chunk_size": 16}
+    config = tiny_config(
+        bad,
+        model=MODEL,
+        patches=patches,
+        data={"mpp": 0.5, "preload_pixels": 0, "num_workers": Defaults().num_workers},
+        train={"epochs": 1, "heatmaps": 0, "val_fraction": 0.5},
+    )
+    assert config.data.num_workers == 2  # the default
+    metrics = fit(config, tmp_path / "run")
+    assert metrics["status"] == "completed"
+    assert sorted(metrics["skipped_slides"]) == ["corrupt", "garbage"]
+    assert "garbage.tif" in metrics["skipped_slides"]["garbage"]
