@@ -41,7 +41,7 @@ from gigastream import precision as precisions
 from gigastream.mil.encoders import SmallCNN
 from gigastream.mil.heads import create_mil_head
 from gigastream.mil.strategies import BagClassifier, StrategyConfig
-from gigastream.streaming.memory import current_rss_mib, peak_rss_mib
+from gigastream.streaming.memory import current_rss_mib, peak_rss_mib, reset_peak_rss
 from gigastream.train.config import ConfigError, OptimConfig, TrainConfig
 from gigastream.train.config_files import to_dict
 from gigastream.train.data import example_loader
@@ -275,19 +275,6 @@ class MnistBagsConfig:
     def bags(self) -> BagsConfig:
         """How the bags are made."""
         return BagsConfig(bag_size=self.bag_size, key_fraction=self.key_fraction)
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (Linux ``/proc/self/clear_refs``); ``False`` if unsupported.
-
-    After the reset, :func:`peak_rss_mib` measures the peak from now on, so a phase of the
-    run (training) can be measured apart from the fixed cost of importing torch.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 def build_bag_model(config: MnistBagsConfig) -> BagClassifier:

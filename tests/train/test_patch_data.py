@@ -191,7 +191,7 @@ def test_the_frozen_cache_key_follows_the_slide_file_grid_and_orientation(pngs, 
     source = example.open(DATA).x
     key = source.cache_key
     assert key is not None and example.open(DATA).x.cache_key == key  # the same bag
-    turned = PatchSource(source.bag, source.grid, (1, False), source.slide_key)
+    turned = PatchSource(source.bag, source.grid, (1, False), source.slide)
     assert turned.cache_key != key
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file changed

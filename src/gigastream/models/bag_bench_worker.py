@@ -23,14 +23,18 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from gigastream import precision as precisions
 from gigastream.mil.chunked import activation_bytes
-from gigastream.streaming.memory import current_rss_mib, peak_rss_mib
+from gigastream.streaming.memory import (
+    current_rss_mib,
+    high_water_rss_mib,
+    peak_rss_mib,
+    reset_peak_rss,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -136,7 +140,7 @@ def run_worker(
     label = 1
 
     peak_before = peak_rss_mib()  # imports and the model's construction
-    reset = _reset_peak_rss()  # from here on ru_maxrss is the peak since the bag
+    reset = reset_peak_rss()  # from here on ru_maxrss is the peak since the bag
     rss_before = current_rss_mib() or peak_before
     cuda_before = None
     if dev.type == "cuda":
@@ -162,7 +166,7 @@ def run_worker(
     times = _time_steps(step, dev, warmup, repeats)
     # after the reset the peak is VmHWM (ru_maxrss also keeps the peak of exited threads);
     # ru_maxrss lags /proc's VmRSS by a page or so: the peak is at least either reading
-    peak = (_high_water_mib() if reset else None) or max(peak_rss_mib(), peak_before)
+    peak = (high_water_rss_mib() if reset else None) or max(peak_rss_mib(), peak_before)
     peak = max(peak, current_rss_mib() or 0.0, rss_before)
     result = {
         "seconds": [round(t, 4) for t in times],
@@ -195,29 +199,6 @@ def run_worker(
         cached = _time_steps(cached_step, dev, warmup, repeats)
         result["seconds_per_step_cached"] = statistics.median(cached)
     return result
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak resident set (``VmHWM``) to the current one (Linux >= 4.0:
-    ``5`` written to ``/proc/self/clear_refs``); whether it was reset. ``ru_maxrss`` is not
-    always reset with it: it also holds the peak of every thread that has exited."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def _high_water_mib() -> float | None:
-    """This process's peak resident set since the last reset, MiB (``VmHWM``; Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10
-    except OSError:
-        return None
-    return None
 
 
 def _time_steps(

@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -385,8 +386,8 @@ def worker_outcome(returncode: int, stdout: str, stderr: str) -> dict:
     if returncode in (0, 3) and lines:
         try:
             return json.loads(lines[-1])
-        except json.JSONDecodeError:
-            pass
+        except json.JSONDecodeError:  # no JSON line: classified by the exit status below
+            lines = []
     if returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
         return {"status": "oom", "error": "worker killed by SIGKILL (out of memory?)"}
     tail = stderr.strip().splitlines()
@@ -467,12 +468,10 @@ def machine_info(dev: torch.device) -> dict:
 
 
 def _cpu_model() -> str:
-    try:
+    with contextlib.suppress(OSError):  # no /proc (not Linux): the platform's name
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 

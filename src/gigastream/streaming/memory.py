@@ -22,15 +22,38 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def current_rss_mib() -> float | None:
-    """Current resident set size of this process, MiB (Linux ``/proc``; ``None`` elsewhere)."""
+def _status_mib(field: str) -> float | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB; ``None`` off Linux."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 2**10
     except OSError:
         return None
     return None
+
+
+def current_rss_mib() -> float | None:
+    """Current resident set size of this process, MiB (Linux ``/proc``; ``None`` elsewhere)."""
+    return _status_mib("VmRSS")
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (``VmHWM``) to the current one (Linux >= 4.0:
+    ``5`` written to ``/proc/self/clear_refs``); whether it was reset. ``ru_maxrss``
+    (:func:`peak_rss_mib`) is not always reset with it: it also keeps the peak of exited
+    threads, so read the peak since the reset with :func:`high_water_rss_mib`."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def high_water_rss_mib() -> float | None:
+    """This process's peak resident set since the last :func:`reset_peak_rss`, MiB
+    (``VmHWM``; ``None`` off Linux)."""
+    return _status_mib("VmHWM")
 
 
 _ALLOCATOR_TUNED = False

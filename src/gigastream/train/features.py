@@ -51,7 +51,7 @@ from gigastream import precision as precisions
 from gigastream.models.encoders import EncoderError, PatchEncoder, build_encoder
 from gigastream.models.patch_mil import PatchConfig
 from gigastream.train.config import ConfigError, DataConfig
-from gigastream.train.files import atomic_write_text, write_json
+from gigastream.train.files import atomic_write_text, file_identity, write_json
 from gigastream.train.patch_data import slide_patch_grid
 from gigastream.wsi.feature_files import feature_key, read_attrs, write_features
 from gigastream.wsi.manifest import ManifestRow
@@ -106,12 +106,6 @@ def weights_sha256(weights: str | None) -> str:
     return digest.hexdigest()
 
 
-def _file_identity(path: Path) -> dict[str, Any]:
-    """Resolved path, size and mtime of a file (OSError when it is missing)."""
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def job_settings(data: DataConfig, patches: PatchConfig, weights_hash: str) -> dict[str, Any]:
     """Everything the features of every slide depend on, but the slide itself."""
     encoder = patches.encoder_config()
@@ -140,10 +134,10 @@ def slide_key(row: ManifestRow, data: DataConfig, job: dict[str, Any]) -> str:
     Raises:
         OSError: the slide file does not exist.
     """
-    settings = {**job, "slide": _file_identity(Path(row.path)), "slide_mpp": row.mpp}
+    settings = {**job, "slide": file_identity(row.path), "slide_mpp": row.mpp}
     if data.mask_dir is not None:
         mask = Path(data.mask_dir) / f"{row.slide_id}.png"
-        settings["mask"] = _file_identity(mask) if mask.is_file() else None
+        settings["mask"] = file_identity(mask) if mask.is_file() else None
     return feature_key(settings)
 
 

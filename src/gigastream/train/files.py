@@ -66,6 +66,14 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """What a file's contents are keyed by: its resolved path, size and modification time
+    (ns). Raises OSError when it is missing."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return {"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def jsonable(value: Any) -> Any:
     """Plain JSON types: NaN/inf become ``None``, numpy scalars and paths are converted."""
     if isinstance(value, dict):
@@ -203,6 +211,7 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
+    "file_identity",
     "RunError",
     "RunRecord",
     "atomic_save",

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +36,7 @@ from torch import Tensor
 from gigastream.models.patch_mil import PatchConfig
 from gigastream.train.config import DataConfig
 from gigastream.train.data import SlideExamples, slide_tissue_mask
+from gigastream.train.files import file_identity
 from gigastream.wsi.manifest import ManifestRow
 from gigastream.wsi.patches import PatchBag, PatchGrid, patch_grid
 from gigastream.wsi.reader import SlideError, SlideReader
@@ -64,17 +64,6 @@ def slide_patch_grid(
     return patch_grid(slide, data.mpp, patches.patch_size, mask, patches.min_tissue)
 
 
-def slide_file_key(path: str | Path, mpp: float | None = None) -> str | None:
-    """What a slide's pixels depend on: its resolved path, size, modification time and the
-    manifest's mpp (``None`` when the file cannot be read: nothing is cached)."""
-    try:
-        resolved = Path(path).resolve()
-        stat = resolved.stat()
-    except OSError:
-        return None
-    return f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}|{mpp!r}"
-
-
 class PatchSource:
     """A slide's bag of patches ``(N, 3, P, P)`` uint8 as the model sees it: preloaded
     pixels or a lazy :class:`~gigastream.wsi.patches.PatchBag`, with its ``grid`` and an
@@ -84,9 +73,9 @@ class PatchSource:
         bag: the patches as a tensor, or the lazy bag.
         grid: the slide's patch grid.
         orientation: ``(k, flip)`` of :func:`~gigastream.wsi.source.orient_tensor`.
-        slide_key: what the slide's pixels depend on (:func:`slide_file_key`), or ``None``;
-            with the grid and the orientation it makes :attr:`cache_key`, the key of the
-            ``frozen`` strategy's feature cache.
+        slide: ``(path, mpp)`` of the slide file the patches are read from (the manifest's
+            mpp, or ``None``), or ``None``; with the grid and the orientation it makes
+            :attr:`cache_key`, the key of the ``frozen`` strategy's feature cache.
     """
 
     def __init__(
@@ -94,12 +83,12 @@ class PatchSource:
         bag: Tensor | PatchBag,
         grid: PatchGrid,
         orientation: tuple[int, bool] = (0, False),
-        slide_key: str | None = None,
+        slide: tuple[str, float | None] | None = None,
     ) -> None:
         self.bag = bag
         self.grid = grid
         self.orientation = orientation
-        self.slide_key = slide_key
+        self.slide = slide
         self.shape = bag.shape
         self.dtype = bag.dtype
         self.device = bag.device
@@ -107,11 +96,18 @@ class PatchSource:
 
     @property
     def cache_key(self) -> str | None:
-        """A hash of the slide file, the patch grid (coordinates, patch size, mpp) and the
-        orientation, or ``None`` without a ``slide_key``: equal keys, equal pixels."""
-        if self.slide_key is None:
+        """A hash of the slide file (:func:`~gigastream.train.files.file_identity` and the
+        manifest's mpp), the patch grid (coordinates, patch size, mpp) and the orientation;
+        ``None`` without a slide or when its file cannot be read: equal keys, equal pixels.
+        Computed when asked (only the ``frozen`` strategy asks)."""
+        if self.slide is None:
             return None
-        digest = hashlib.sha256(self.slide_key.encode())
+        path, mpp = self.slide
+        try:
+            identity = file_identity(path)
+        except OSError:
+            return None
+        digest = hashlib.sha256(f"{identity}|{mpp!r}".encode())
         digest.update(np.ascontiguousarray(self.grid.coords, dtype=np.int64).tobytes())
         digest.update(f"{self.grid.patch_size}|{self.grid.mpp!r}|{self.orientation}".encode())
         return digest.hexdigest()
@@ -134,7 +130,7 @@ class PatchSource:
 
     def augmented(self, generator: torch.Generator | None = None) -> PatchSource:
         """The bag with a random one of the 8 flips/rotations of every patch."""
-        return PatchSource(self.bag, self.grid, draw_orientation(generator), self.slide_key)
+        return PatchSource(self.bag, self.grid, draw_orientation(generator), self.slide)
 
 
 @dataclass
@@ -174,12 +170,12 @@ class PatchExample:
 
     def open(self, data: DataConfig, device: torch.device | str = "cpu") -> PatchInput:
         """The bag on ``device``: the preloaded patches or a lazy bag of the open slide."""
-        key = slide_file_key(self.path, self.slide_mpp)
+        slide = (self.path, self.slide_mpp)
         if self.pixels is not None:
-            return PatchInput(PatchSource(self.pixels.to(device), self.grid, slide_key=key))
+            return PatchInput(PatchSource(self.pixels.to(device), self.grid, slide=slide))
         reader = SlideReader.open(self.path, mpp=self.slide_mpp, backend=data.backend)
         bag = PatchBag(reader, self.grid, device)
-        return PatchInput(PatchSource(bag, self.grid, slide_key=key), reader)
+        return PatchInput(PatchSource(bag, self.grid, slide=slide), reader)
 
 
 class PatchExamples(SlideExamples):
@@ -222,6 +218,5 @@ __all__ = [
     "PatchExamples",
     "PatchInput",
     "PatchSource",
-    "slide_file_key",
     "slide_patch_grid",
 ]

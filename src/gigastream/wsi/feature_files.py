@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,16 +115,22 @@ def write_features(
     return path
 
 
+def _attrs(f: Any) -> dict[str, Any]:
+    """An open file's attributes, then those of its ``coords`` not already there (CLAM keeps
+    ``patch_size``/``patch_level`` on ``coords``)."""
+    attrs = {k: _plain(v) for k, v in f.attrs.items()}
+    if "coords" in f:
+        for k, v in f["coords"].attrs.items():
+            attrs.setdefault(k, _plain(v))
+    return attrs
+
+
 def read_attrs(path: str | Path) -> dict[str, Any]:
     """The attributes of a feature file without reading its arrays (``{}`` if unreadable)."""
     h5py = _h5py()
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
-            if "coords" in f:
-                for k, v in f["coords"].attrs.items():
-                    attrs.setdefault(k, _plain(v))
-            return attrs
+            return _attrs(f)
     except (OSError, KeyError):
         return {}
 
@@ -150,6 +157,36 @@ def _dimension_error(
     )
 
 
+@contextlib.contextmanager
+def _open_features(path: Path) -> Iterator[Any]:
+    """The open HDF5 file of a feature file that has a ``features`` dataset; a missing,
+    unreadable or foreign file is a :class:`FeatureFileError` naming it."""
+    h5py = _h5py()
+    if not path.is_file():
+        raise FeatureFileError(f"{path}: feature file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            if "features" not in f:
+                raise FeatureFileError(
+                    f"{path}: no 'features' dataset (has {sorted(f.keys())}); expected the "
+                    "CLAM/TRIDENT layout: features (N, D) and coords (N, 2)"
+                )
+            yield f
+    except OSError as exc:
+        raise FeatureFileError(
+            f"{path}: not a readable HDF5 file (corrupt or truncated?): {exc}"
+        ) from None
+
+
+def _feature_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(N, D)`` of a ``features`` dataset of ``shape`` (some tools keep a batch axis of 1)."""
+    if len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) != 2:
+        raise FeatureFileError(f"{path}: 'features' must be (N, D), got shape {shape}")
+    return int(shape[0]), int(shape[1])
+
+
 def read_feature_dim(path: str | Path, feature_dim: int | None = None) -> int:
     """The feature dimension ``D`` of a feature file, reading only its header.
 
@@ -161,25 +198,14 @@ def read_feature_dim(path: str | Path, feature_dim: int | None = None) -> int:
         FeatureFileError: a missing or unreadable file, no 2-D ``features`` dataset, or
             another dimension than ``feature_dim`` (the message names both and the file).
     """
-    h5py = _h5py()
     path = Path(path)
-    if not path.is_file():
-        raise FeatureFileError(f"{path}: feature file not found")
-    try:
-        with h5py.File(path, "r") as f:
-            if "features" not in f:
-                raise FeatureFileError(f"{path}: no 'features' dataset (has {sorted(f.keys())})")
-            shape = tuple(f["features"].shape)
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
-    except OSError as exc:
-        raise FeatureFileError(f"{path}: not a readable HDF5 file: {exc}") from None
-    if len(shape) == 3 and shape[0] == 1:
-        shape = shape[1:]
-    if len(shape) != 2:
-        raise FeatureFileError(f"{path}: 'features' must be (N, D), got shape {shape}")
-    if feature_dim is not None and shape[1] != feature_dim:
-        raise _dimension_error(path, shape[1], attrs, feature_dim)
-    return int(shape[1])
+    with _open_features(path) as f:
+        shape = tuple(f["features"].shape)
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+    _, dim = _feature_shape(path, shape)
+    if feature_dim is not None and dim != feature_dim:
+        raise _dimension_error(path, dim, attrs, feature_dim)
+    return dim
 
 
 def read_features(path: str | Path, feature_dim: int | None = None) -> FeatureFile:
@@ -194,31 +220,12 @@ def read_features(path: str | Path, feature_dim: int | None = None) -> FeatureFi
         FeatureFileError: a missing or corrupt file, no ``features`` dataset, features and
             coords of different lengths, or the wrong feature dimension.
     """
-    h5py = _h5py()
     path = Path(path)
-    if not path.is_file():
-        raise FeatureFileError(f"{path}: feature file not found")
-    try:
-        with h5py.File(path, "r") as f:
-            if "features" not in f:
-                raise FeatureFileError(
-                    f"{path}: no 'features' dataset (has {sorted(f.keys())}); expected the "
-                    "CLAM/TRIDENT layout: features (N, D) and coords (N, 2)"
-                )
-            features = np.asarray(f["features"][()], dtype=np.float32)
-            coords = np.asarray(f["coords"][()]) if "coords" in f else None
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
-            if "coords" in f:
-                for k, v in f["coords"].attrs.items():
-                    attrs.setdefault(k, _plain(v))
-    except OSError as exc:
-        raise FeatureFileError(
-            f"{path}: not a readable HDF5 file (corrupt or truncated?): {exc}"
-        ) from None
-    if features.ndim == 3 and features.shape[0] == 1:  # some tools keep a batch axis
-        features = features[0]
-    if features.ndim != 2:
-        raise FeatureFileError(f"{path}: 'features' must be (N, D), got shape {features.shape}")
+    with _open_features(path) as f:
+        features = np.asarray(f["features"][()], dtype=np.float32)
+        coords = np.asarray(f["coords"][()]) if "coords" in f else None
+        attrs = _attrs(f)
+    features = features.reshape(_feature_shape(path, features.shape))
     if coords is None:
         coords = np.zeros((features.shape[0], 2), dtype=np.int64)
     coords = coords.reshape(-1, 2).astype(np.int64)
