@@ -1,8 +1,9 @@
 """Where the time of exact gradient accumulation goes, for the MNIST-bags encoder on CPU.
 
 Measures, for one bag of N uint8 MNIST-sized images, the median over repeats of one step of
-:class:`~gigastream.mil.strategies.BagClassifier` (the model the training engine runs
-in ``experiments/mnist_bags/run.py``: forward with the label, loss, backward):
+:class:`~gigastream.models.patch_mil.PatchMIL` with the 1-channel ``small_cnn`` of
+``experiments/mnist_bags`` (the model the training engine runs there: forward with the
+label, loss, backward):
 - ``forward_nograd``: the model in eval mode (encoder over the bag in chunks, no graph);
 - ``forward_backward``: the ``baseline`` strategy (whole-bag forward + backward);
 - ``chunked``: the ``accumulate`` strategy (ChunkedEncoder, every chunk recomputed), and
@@ -22,9 +23,17 @@ from pathlib import Path
 
 import torch
 
-from gigastream import create_mil_head
-from gigastream.mil.encoders import SmallCNN
-from gigastream.mil.strategies import BagClassifier, StrategyConfig
+from gigastream.models.encoders import EncoderConfig
+from gigastream.models.patch_mil import PatchConfig, PatchMIL
+
+#: the MNIST-bags experiment's digit encoder (experiments/mnist_bags/config.yaml)
+DIGITS = EncoderConfig(
+    "small_cnn",
+    normalize="none",
+    mean=[0.1307],
+    std=[0.3081],
+    options={"in_channels": 1, "image_size": 28, "out_dim": 64, "width": 8},
+)
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -38,15 +47,14 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def measure(bag_size: int, chunk_size: int, budget_mib: float, repeats: int) -> dict:
-    torch.manual_seed(0)
-    encoder = SmallCNN()
-    head = create_mil_head("gated_abmil", 64, 2, attn_dim=64)
     bag = torch.randint(0, 256, (bag_size, 1, 28, 28), dtype=torch.uint8)
 
-    def model(strategy: str, budget: float | None = None) -> BagClassifier:
-        return BagClassifier(encoder, head, StrategyConfig(strategy, chunk_size, 64, budget))
+    def model(strategy: str, budget: float | None = None) -> PatchMIL:
+        torch.manual_seed(0)  # the same weights for every strategy
+        config = PatchConfig(DIGITS, 28, 0.0, strategy, chunk_size, 64, budget)
+        return PatchMIL(config, "gated_abmil", 2, {"attn_dim": 64})
 
-    def step(bags: BagClassifier) -> None:
+    def step(bags: PatchMIL) -> None:
         bags.loss(bags(bag, label=1), 1).backward()
 
     def nograd() -> None:

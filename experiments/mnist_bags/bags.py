@@ -1,11 +1,14 @@
 """The MNIST-bags experiment (the QMNIST experiment of Andersson et al., 2022) on the engine.
 
-A :class:`~gigastream.mil.encoders.SmallCNN` encoder and a MIL head (gated attention by
-default) are trained end to end on bags of MNIST digits (positive: contains nines) with one
-of the strategies ``baseline``, ``accumulate`` or ``sample``
-(:class:`~gigastream.mil.strategies.BagClassifier`). Training runs on the project's
-one engine: :class:`~gigastream.train.module.MILClassifier` in the ``Trainer`` of
-:func:`~gigastream.train.trainer.build_trainer`, one bag per step, ``train.
+The bag model is the project's one patch-bag model, :class:`~gigastream.models.patch_mil.
+PatchMIL` (``model.kind: patches``), configured for digits: a ``small_cnn`` encoder on
+1-channel 28 px "patches" (uint8 pixels, MNIST's mean and std) and a MIL head (gated
+attention by default), trained end to end on bags of MNIST digits (positive: contains
+nines) with one of the strategies ``baseline``, ``accumulate`` or ``sample``. The model is
+built by the engine's :func:`~gigastream.train.preparation.build_model` from the
+config's ``model`` and ``patches`` sections, the same sections as a slide run's. Training
+runs on the project's one engine: :class:`~gigastream.train.module.MILClassifier` in the
+``Trainer`` of :func:`~gigastream.train.trainer.build_trainer`, one bag per step, ``train.
 accumulate_grad_batches`` bags per optimiser step. The best checkpoint
 (:func:`~gigastream.train.trainer.checkpoint_callbacks`: the best validation AUC, ties to the
 lower validation loss) is evaluated on the test bags. A run folder holds
@@ -38,11 +41,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from gigastream import precision as precisions
-from gigastream.mil.encoders import SmallCNN
-from gigastream.mil.heads import create_mil_head
-from gigastream.mil.strategies import BagClassifier, StrategyConfig
+from gigastream.models.encoders import EncoderConfig
+from gigastream.models.patch_mil import PatchConfig, PatchMIL
+from gigastream.models.streaming_mil import StreamingMILConfig
 from gigastream.streaming.memory import current_rss_mib, peak_rss_mib, reset_peak_rss
-from gigastream.train.config import ConfigError, OptimConfig, TrainConfig
+from gigastream.train.config import ConfigError, OptimConfig, RunConfig, TrainConfig
 from gigastream.train.config_files import to_dict
 from gigastream.train.data import example_loader
 from gigastream.train.files import RunRecord, check_writable_folder, load_checkpoint_file
@@ -55,6 +58,9 @@ from gigastream.train.trainer import build_trainer, checkpoint_callbacks, resolv
 logger = logging.getLogger("experiments.mnist_bags")
 
 CLASS_NAMES = ("negative", "positive")
+
+#: mean and standard deviation of MNIST pixel values scaled to [0, 1]
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 # ----------------------------------------------------------------------------- examples
@@ -141,7 +147,7 @@ class BagRun:
 
 
 def train_bags(
-    model: BagClassifier,
+    model: PatchMIL,
     train_set: Sequence[tuple[Tensor, int]],
     val_set: Sequence[tuple[Tensor, int]],
     *,
@@ -221,6 +227,26 @@ def _train() -> TrainConfig:
     return TrainConfig(epochs=5, device="cpu", precision="32", accumulate_grad_batches=1)
 
 
+def _model() -> StreamingMILConfig:
+    return StreamingMILConfig(kind="patches", head="gated_abmil", head_options={"attn_dim": 64})
+
+
+def digit_encoder(out_dim: int = 64, width: int = 8) -> EncoderConfig:
+    """The ``small_cnn`` encoder of 1-channel 28 px digits (uint8 pixels standardised by
+    MNIST's mean and std); ``width`` channels in the first conv, ``out_dim`` features."""
+    return EncoderConfig(
+        "small_cnn",
+        normalize="none",
+        mean=[MNIST_MEAN],
+        std=[MNIST_STD],
+        options={"in_channels": 1, "image_size": 28, "out_dim": out_dim, "width": width},
+    )
+
+
+def _patches() -> PatchConfig:
+    return PatchConfig(encoder=digit_encoder(), patch_size=28, min_tissue=0.0)
+
+
 @dataclass
 class MnistBagsConfig:
     """Configuration of one MNIST-bags run (defaults < YAML file < command-line flags).
@@ -233,13 +259,16 @@ class MnistBagsConfig:
         val_bags: validation bags (the best checkpoint).
         test_bags: test bags.
         key_fraction: fraction of nines in a positive bag (at least one nine).
-        head: registered MIL head name.
-        feature_dim: encoder output size ``D``.
-        attn_dim: attention hidden size.
-        strategy: the training strategy: ``name`` (``--strategy``: ``baseline``,
-            ``accumulate`` or ``sample``), ``chunk_size`` (``accumulate`` and evaluation),
-            ``sample_size`` (``sample``), ``memory_budget_mib`` (``accumulate``: memory for
-            chunks that keep their graph).
+        model: the run's ``model`` section, as in a slide run: ``kind: patches`` (the
+            only kind here), ``head`` (a registered MIL head, ``--head``; default
+            ``gated_abmil``) and ``head_options`` (default ``attn_dim: 64``).
+        patches: the run's ``patches`` section, as in a slide run
+            (:class:`~gigastream.models.patch_mil.PatchConfig`): ``encoder`` (default
+            :func:`digit_encoder`), ``patch_size`` (28, a digit), ``strategy``
+            (``--strategy``: ``baseline``, ``accumulate`` or ``sample``), ``chunk_size``
+            (``accumulate`` and evaluation), ``sample_size`` (``sample``),
+            ``memory_budget_mib`` (``accumulate``: memory for chunks that keep their graph).
+            ``min_tissue`` is not used (digits are not cut from a slide).
         optim: AdamW with a constant learning rate (default 5e-4, weight decay 1e-4).
         train: the loop: ``epochs`` (default 5), ``seed`` (of the bags, the initialisation,
             the bag order and the sampling), ``device`` (default ``cpu``), ``precision``
@@ -255,20 +284,32 @@ class MnistBagsConfig:
     val_bags: int = 40
     test_bags: int = 100
     key_fraction: float = 0.1
-    head: str = "gated_abmil"
-    feature_dim: int = 64
-    attn_dim: int = 64
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    model: StreamingMILConfig = field(default_factory=_model)
+    patches: PatchConfig = field(default_factory=_patches)
     optim: OptimConfig = field(default_factory=_optim)
     train: TrainConfig = field(default_factory=_train)
 
     def validate(self) -> None:
         """Raise ConfigError (a ValueError) on impossible settings."""
-        for name in ("bag_size", "train_bags", "val_bags", "test_bags", "feature_dim", "attn_dim"):
+        for name in ("bag_size", "train_bags", "val_bags", "test_bags"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.key_fraction <= 1:
             raise ConfigError(f"key_fraction must be in (0, 1], got {self.key_fraction}")
+        if self.model.kind != "patches":
+            raise ConfigError(
+                f"model.kind must be patches (a bag of digits is a bag of patches), got "
+                f"{self.model.kind!r}"
+            )
+        if self.patches.strategy == "frozen":
+            raise ConfigError(
+                "patches.strategy frozen caches slide features; use baseline, accumulate or "
+                "sample for digit bags"
+            )
+        try:
+            self.patches.validate()
+        except ValueError as exc:
+            raise ConfigError(f"patches: {exc}") from None
         self.optim.validate()
         self.train.validate()
 
@@ -277,14 +318,17 @@ class MnistBagsConfig:
         return BagsConfig(bag_size=self.bag_size, key_fraction=self.key_fraction)
 
 
-def build_bag_model(config: MnistBagsConfig) -> BagClassifier:
-    """SmallCNN + the configured head in the precision's parameter dtype, seeded by
-    ``config.train.seed``."""
+def build_bag_model(config: MnistBagsConfig) -> PatchMIL:
+    """The run's :class:`~gigastream.models.patch_mil.PatchMIL` (2 classes), built by the
+    engine's :func:`~gigastream.train.preparation.build_model` from ``config.model`` and
+    ``config.patches``, in the precision's parameter dtype, seeded by ``config.train.seed``."""
+    from gigastream.train.preparation import build_model
+
     dtype = precisions.param_dtype(config.train.precision)
     torch.manual_seed(config.train.seed)
-    encoder = SmallCNN(out_dim=config.feature_dim).to(dtype)
-    head = create_mil_head(config.head, config.feature_dim, 2, attn_dim=config.attn_dim).to(dtype)
-    return BagClassifier(encoder, head, config.strategy)
+    run = RunConfig(model=config.model, patches=config.patches)
+    model = build_model(run, num_classes=len(CLASS_NAMES))
+    return model.to(dtype)
 
 
 def _failure(exc: BaseException) -> str:

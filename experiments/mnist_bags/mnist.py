@@ -205,7 +205,7 @@ def bag_tensor(images: np.ndarray, indices: np.ndarray, dtype: torch.dtype | Non
     """The image tensor of one bag.
 
     Bags stay uint8 by default (a quarter of float32's memory) and are converted by the
-    encoder (:class:`~gigastream.mil.encoders.SmallCNN` normalises its input), so a chunked
+    encoder (:class:`~gigastream.models.encoders.PatchEncoder` normalises its input), so a chunked
     encoder only ever holds one chunk in floating point.
 
     Args:

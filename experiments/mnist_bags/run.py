@@ -28,7 +28,7 @@ HELP = "MIL on bags of MNIST digits (positive: holds nines) with a chosen traini
 
 # flag -> (config path, type, help): every flag sets one MnistBagsConfig field
 _FLAGS = {
-    "strategy": (("strategy", "name"), str, "baseline (whole bag), accumulate or sample"),
+    "strategy": (("patches", "strategy"), str, "baseline (whole bag), accumulate or sample"),
     "bag_size": (("bag_size",), int, "digits per bag N"),
     "train_bags": (("train_bags",), int, "training bags"),
     "val_bags": (("val_bags",), int, "validation bags (best checkpoint)"),
@@ -36,11 +36,11 @@ _FLAGS = {
     "epochs": (("train", "epochs"), int, "passes over the training bags"),
     "seed": (("train", "seed"), int, "seed of bags, initialisation and sampling"),
     "key_fraction": (("key_fraction",), float, "fraction of nines in a positive bag"),
-    "head": (("head",), str, "MIL head name (see gigastream.list_mil_heads())"),
-    "chunk_size": (("strategy", "chunk_size"), int, "instances per chunk (accumulate, eval)"),
-    "sample_size": (("strategy", "sample_size"), int, "instances per step (sample)"),
+    "head": (("model", "head"), str, "MIL head name (see gigastream.list_mil_heads())"),
+    "chunk_size": (("patches", "chunk_size"), int, "instances per chunk (accumulate, eval)"),
+    "sample_size": (("patches", "sample_size"), int, "instances per step (sample)"),
     "memory_budget_mib": (
-        ("strategy", "memory_budget_mib"),
+        ("patches", "memory_budget_mib"),
         float,
         "accumulate: MiB for chunks that keep their graph",
     ),

@@ -152,7 +152,7 @@ def plot() -> Path | None:
         ax.set_ylabel("MiB")
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.suptitle("MNIST bags, SmallCNN + gated attention, chunk size 64, CPU, 1 thread")
+    fig.suptitle("MNIST bags, small_cnn + gated attention, chunk size 64, CPU, 1 thread")
     fig.tight_layout()
     out = HERE / "peak_memory.png" if RESULTS == HERE / "results" else RESULTS / "peak_memory.png"
     fig.savefig(out, dpi=120)

@@ -98,3 +98,13 @@ def test_bad_patch_flags_are_one_line_before_writing(tmp_path, manifest, capsys,
     assert code == 1 and len(lines) == 1 and lines[0].startswith("gigastream: error: "), err
     assert message in lines[0], lines[0]
     assert not out.exists()
+
+
+def test_an_encoder_of_other_than_rgb_patches_is_refused_for_slides(tmp_path, manifest, capsys):
+    """A 1-channel encoder (the MNIST-bags configuration) cannot take slide patches."""
+    out = tmp_path / "run"
+    encoder = {"name": "small_cnn", "normalize": "none", "options": {"in_channels": 1}}
+    config = write_tiny_yaml(tmp_path / "t.yaml", patches={"encoder": encoder})
+    code, _, err = _cli(capsys, *_train(manifest, out, config, *PATCH_FLAGS))
+    assert code == 1 and "takes 1-channel patches; slide patches are RGB" in err, err
+    assert not out.exists()

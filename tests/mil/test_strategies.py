@@ -10,20 +10,33 @@ import pytest
 import torch
 
 from gigastream import create_mil_head
-from gigastream.mil.encoders import SmallCNN
 from gigastream.mil.strategies import BagClassifier, StrategyConfig
 from gigastream.train.module import MILModel
 
 
 def _bags(n_bags: int, n: int, dtype=torch.float64):
-    """Bags of images in [0, 1] (SmallCNN's float input), alternating labels."""
+    """Bags of images in [0, 1] (the digit encoder's float input), alternating labels."""
     g = torch.Generator().manual_seed(0)
     return [(torch.rand(n, 1, 28, 28, generator=g, dtype=dtype), b % 2) for b in range(n_bags)]
 
 
+def _digit_encoder(out_dim: int = 8, width: int = 4):
+    """The MNIST-bags experiment's ``small_cnn`` on 1-channel 28 px digits, float64."""
+    from gigastream.models.encoders import EncoderConfig, build_encoder
+
+    config = EncoderConfig(
+        "small_cnn",
+        normalize="none",
+        mean=[0.1307],
+        std=[0.3081],
+        options={"in_channels": 1, "out_dim": out_dim, "width": width, "image_size": 28},
+    )
+    return build_encoder(config).double()
+
+
 def _model(strategy: str, **kw) -> BagClassifier:
     torch.manual_seed(0)
-    encoder = SmallCNN(out_dim=8, width=4).double()
+    encoder = _digit_encoder()
     head = create_mil_head("gated_abmil", 8, 2, attn_dim=8).double()
     return BagClassifier(encoder, head, StrategyConfig(strategy, chunk_size=7, **kw))
 

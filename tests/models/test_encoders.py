@@ -9,7 +9,6 @@ from gigastream.mil.chunked import ChunkedEncoder
 from gigastream.models.encoders import (
     EncoderConfig,
     EncoderError,
-    LoRALinear,
     build_encoder,
 )
 from gigastream.models.trunks import list_trunks
@@ -136,7 +135,21 @@ def test_finetune_modes_choose_the_trainable_parameters():
     assert "backbone.blocks.1.attn.qkv.weight" in last
     lora, encoder = trainable(EncoderConfig(**{**_vit().__dict__, "finetune": "lora"}))
     assert lora and all(".lora_" in n for n in lora)
-    assert any(isinstance(m, LoRALinear) for m in encoder.modules())
+    from peft.tuners.lora import LoraLayer
+
+    adapted = [m for m in encoder.modules() if isinstance(m, LoraLayer)]
+    base_blocks = build_encoder(_vit()).backbone.blocks  # the same ViT without adapters
+    linear = sum(isinstance(m, torch.nn.Linear) for m in base_blocks.modules())
+    assert linear and len(adapted) == linear  # every linear layer of the blocks is adapted
+    assert {type(m.base_layer) for m in adapted} == {torch.nn.Linear}
+
+
+def test_lora_without_peft_names_the_package(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft raises ModuleNotFoundError
+    with pytest.raises(EncoderError, match="needs the peft package: pip install peft"):
+        build_encoder(EncoderConfig(**{**_vit().__dict__, "finetune": "lora"}))
 
 
 def test_lora_starts_as_the_base_model_and_stays_exact_when_chunked():
@@ -149,9 +162,11 @@ def test_lora_starts_as_the_base_model_and_stays_exact_when_chunked():
     assert apply_finetune(lora, "lora", rank=4) > 0
     x = torch.rand(4, 3, 32, 32, dtype=torch.float64)
     torch.testing.assert_close(lora(x), base(x), rtol=0, atol=0)  # B = 0: the base model
+    from peft.tuners.lora import LoraLayer
+
     for module in lora.modules():
-        if isinstance(module, LoRALinear):
-            torch.nn.init.normal_(module.lora_b)  # a trained adapter
+        if isinstance(module, LoraLayer):
+            torch.nn.init.normal_(module.lora_B["default"].weight)  # a trained adapter
     assert not torch.allclose(lora(x), base(x))
     _compare(lora.train(), x, 2, lora)
 

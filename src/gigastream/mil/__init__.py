@@ -5,7 +5,8 @@
 - :mod:`gigastream.mil.chunked`: :class:`~gigastream.mil.chunked.ChunkedEncoder`, exact
   gradient accumulation over the instances of a bag, and ``freeze_batchnorm``;
 - :mod:`gigastream.mil.strategies`: how a bag is seen in training (``baseline``,
-  ``accumulate``, ``sample``) and :class:`~gigastream.mil.strategies.BagClassifier`, an
-  encoder + head trained end to end on bags;
-- :mod:`gigastream.mil.encoders`: a small CNN instance encoder.
+  ``accumulate``, ``sample``, ``frozen``) and :class:`~gigastream.mil.strategies.BagClassifier`,
+  an encoder + head + strategy, the base of the patch-bag model
+  (:class:`~gigastream.models.patch_mil.PatchMIL`; its encoders are in
+  :mod:`gigastream.models.encoders`).
 """

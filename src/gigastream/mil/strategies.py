@@ -197,10 +197,10 @@ class BagClassifier(nn.Module):
 
     Example:
         >>> from gigastream import create_mil_head
-        >>> from gigastream.mil.encoders import SmallCNN
-        >>> model = BagClassifier(SmallCNN(out_dim=8), create_mil_head("gated_abmil", 8, 2),
+        >>> encoder = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 8), nn.ReLU())
+        >>> model = BagClassifier(encoder, create_mil_head("gated_abmil", 8, 2),
         ...                       StrategyConfig("accumulate", chunk_size=16))
-        >>> out = model(torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8), label=1)
+        >>> out = model(torch.rand(40, 1, 28, 28), label=1)
         >>> out.logits.shape, out.attention.shape
         (torch.Size([2]), torch.Size([40]))
     """

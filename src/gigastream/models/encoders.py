@@ -14,8 +14,8 @@ makes one from an :class:`EncoderConfig`:
   foundation-model weights (UNI, Virchow, H-optimus, GigaPath's tile encoder are timm
   ViTs) are used this way. Nothing is downloaded: a hub name fails at once.
 - ``finetune``: ``full`` (every parameter trains), ``frozen`` (none), ``last:N`` (only the
-  last ``N`` blocks and what follows them) or ``lora`` (low-rank adapters on the attention
-  and MLP linear layers of a ViT; the base weights stay frozen).
+  last ``N`` blocks and what follows them) or ``lora`` (low-rank adapters from the peft
+  package on the attention and MLP linear layers of a ViT; the base weights stay frozen).
 
 Chunked gradient accumulation is exact for an encoder whose forward does not couple the
 patches of a chunk: ViTs, LayerNorm and eval-mode BatchNorm are fine; train-mode BatchNorm
@@ -72,10 +72,13 @@ class EncoderConfig:
         lora_rank: rank of the LoRA adapters (``finetune: lora``).
         lora_alpha: LoRA scale numerator (the update is ``alpha / rank * B @ A``).
         normalize: ``imagenet`` (subtract ImageNet mean, divide by std after scaling to
-            [0, 1]) or ``none`` (pixels in [0, 1]).
+            [0, 1]) or ``none`` (pixels in [0, 1]); ``mean`` and ``std`` replace either.
+        mean: per-channel means of pixels in [0, 1] (one value per input channel, or one
+            for all), e.g. ``[0.1307]`` for MNIST digits; ``None``: ``normalize``'s.
+        std: per-channel standard deviations (with ``mean``), e.g. ``[0.3081]``.
         options: keyword arguments of the model constructor (timm: ``img_size``,
-            ``patch_size``, ``drop_path_rate``, ...; ``small_cnn``: ``out_dim``, ``width``,
-            ``image_size``, ``dropout``).
+            ``patch_size``, ``in_chans``, ``drop_path_rate``, ...; ``small_cnn``:
+            ``out_dim``, ``width``, ``image_size``, ``dropout``, ``in_channels``).
     """
 
     name: str = "resnet18"
@@ -84,7 +87,23 @@ class EncoderConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     normalize: str = "imagenet"
+    mean: list[float] | None = None
+    std: list[float] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the patches the encoder takes (``options``' ``in_channels`` or timm's
+        ``in_chans``; 3 by default)."""
+        return int(self.options.get("in_channels", self.options.get("in_chans", 3)))
+
+    def statistics(self) -> tuple[list[float], list[float]]:
+        """``(mean, std)`` subtracted from and divided into pixels scaled to [0, 1]."""
+        if self.mean is not None and self.std is not None:
+            return [float(v) for v in self.mean], [float(v) for v in self.std]
+        if self.normalize == "imagenet":
+            return list(IMAGENET_MEAN), list(IMAGENET_STD)
+        return [0.0], [1.0]
 
     def validate(self) -> None:
         """Raise EncoderError on impossible settings (before any model is built)."""
@@ -106,6 +125,23 @@ class EncoderConfig:
         if self.normalize not in ("imagenet", "none"):
             raise EncoderError(
                 f"encoder.normalize must be imagenet or none, got {self.normalize!r}"
+            )
+        if (self.mean is None) != (self.std is None):
+            raise EncoderError("encoder.mean and encoder.std go together: give both or neither")
+        if self.mean is not None and self.std is not None:
+            channels = self.in_channels
+            for name, values in (("mean", self.mean), ("std", self.std)):
+                if len(values) not in (1, channels):
+                    raise EncoderError(
+                        f"encoder.{name} has {len(values)} values; give 1 or one per input "
+                        f"channel ({channels})"
+                    )
+            if not all(math.isfinite(v) and v > 0 for v in self.std):
+                raise EncoderError(f"encoder.std must be positive numbers, got {self.std}")
+        if self.normalize == "imagenet" and self.mean is None and self.in_channels != 3:
+            raise EncoderError(
+                f"encoder.normalize imagenet is for 3-channel patches, the encoder takes "
+                f"{self.in_channels}; set normalize: none or give encoder.mean and encoder.std"
             )
         weights = self.weights
         if weights not in (None, "imagenet"):
@@ -137,7 +173,7 @@ def finetune_modes(finetune: str) -> tuple[str, int]:
 
 
 class PatchEncoder(nn.Module):
-    """A backbone with its input normalisation: ``(n, 3, H, W)`` -> ``(n, out_dim)``.
+    """A backbone with its input normalisation: ``(n, C, H, W)`` -> ``(n, out_dim)``.
 
     Integer patches (uint8 pixels) are scaled to [0, 1] in the backbone's dtype first, so
     a chunked encoder holds only one chunk in floating point.
@@ -155,16 +191,18 @@ class PatchEncoder(nn.Module):
         self.backbone = backbone
         self.out_dim = int(out_dim)
         self.config = config or EncoderConfig()
-        use = self.config.normalize == "imagenet"
-        mean = torch.tensor(IMAGENET_MEAN if use else (0.0, 0.0, 0.0)).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD if use else (1.0, 1.0, 1.0)).view(1, 3, 1, 1)
-        self.register_buffer("mean", mean, persistent=False)
-        self.register_buffer("std", std, persistent=False)
+        # float64 statistics, cast to the input's dtype in forward (exact in float64 runs);
+        # the probe follows the model's dtype (the dtype integer patches are scaled into)
+        mean, std = self.config.statistics()
+        for name, values in (("mean", mean), ("std", std)):
+            tensor = torch.tensor(values, dtype=torch.float64).view(1, -1, 1, 1)
+            self.register_buffer(name, tensor, persistent=False)
+        self.register_buffer("_dtype_probe", torch.zeros(()), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Encode patches ``(n, 3, H, W)`` (uint8, or floats in [0, 1]) into ``(n, out_dim)``."""
+        """Encode patches ``(n, C, H, W)`` (uint8, or floats in [0, 1]) into ``(n, out_dim)``."""
         if not x.is_floating_point():
-            x = x.to(self.mean.dtype) / 255.0
+            x = x.to(self._dtype_probe.dtype) / 255.0
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         out = self.backbone(x)
         if out.ndim != 2:
@@ -310,28 +348,6 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, name: str) -> N
 
 
 # ----------------------------------------------------------------------------- fine-tuning
-class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable low-rank update (Hu et al. 2021, LoRA).
-
-    ``y = base(x) + (alpha / rank) * x @ A^T @ B^T``; ``B`` starts at zero, so the wrapped
-    layer first computes exactly what the base layer does.
-    """
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
-        super().__init__()
-        self.base = base
-        for p in self.base.parameters():
-            p.requires_grad_(False)
-        factory = {"dtype": base.weight.dtype, "device": base.weight.device}
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, **factory))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
-        self.scale = alpha / rank
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scale
-
-
 def _blocks(backbone: nn.Module) -> list[nn.Module]:
     """The backbone's ordered blocks: timm's ``blocks``/``stages``/``layers`` or a
     Sequential's children that hold parameters."""
@@ -345,6 +361,37 @@ def _blocks(backbone: nn.Module) -> list[nn.Module]:
     ):
         module = module[0]  # a trunk wrapped as Sequential(trunk, pool, flatten)
     return [m for m in module.children() if any(True for _ in m.parameters())]
+
+
+def _inject_lora(encoder: PatchEncoder, rank: int, alpha: float) -> None:
+    """LoRA adapters (peft; Hu et al. 2021) on every linear layer of the backbone's blocks;
+    every other backbone parameter is frozen. ``B`` starts at zero, so the adapted encoder
+    first computes exactly what the base encoder does; no adapter dropout (the chunked
+    recompute would replay it, but it is off, as in most pathology recipes)."""
+    backbone = encoder.backbone
+    linear = {
+        id(m) for block in _blocks(backbone) for m in block.modules() if isinstance(m, nn.Linear)
+    }
+    targets = [name for name, module in backbone.named_modules() if id(module) in linear]
+    if not targets:
+        raise EncoderError(
+            f"encoder.finetune lora: {encoder.config.name} has no linear layers in its "
+            "blocks (LoRA is for ViTs); use full, frozen or last:N"
+        )
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ModuleNotFoundError:
+        raise EncoderError(
+            "encoder.finetune lora needs the peft package: pip install peft "
+            "(or pip install 'gigastream[lora]')"
+        ) from None
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=targets
+    )
+    backbone.requires_grad_(False)
+    inject_adapter_in_model(config, backbone)
+    for name, p in backbone.named_parameters():
+        p.requires_grad_(".lora_" in name)
 
 
 def apply_finetune(encoder: PatchEncoder, finetune: str, rank: int = 8, alpha: float = 16.0) -> int:
@@ -375,19 +422,7 @@ def apply_finetune(encoder: PatchEncoder, finetune: str, rank: int = 8, alpha: f
                 for p in module.parameters(recurse=False):
                     p.requires_grad_(True)
     elif mode == "lora":
-        backbone.requires_grad_(False)
-        wrapped = 0
-        for block in _blocks(backbone):
-            for child in list(block.modules()):
-                for attr, sub in list(child.named_children()):
-                    if isinstance(sub, nn.Linear):
-                        setattr(child, attr, LoRALinear(sub, rank, alpha))
-                        wrapped += 1
-        if not wrapped:
-            raise EncoderError(
-                f"encoder.finetune lora: {encoder.config.name} has no linear layers in its "
-                "blocks (LoRA is for ViTs); use full, frozen or last:N"
-            )
+        _inject_lora(encoder, rank, alpha)
     return sum(p.numel() for p in encoder.parameters() if p.requires_grad)
 
 
@@ -427,7 +462,6 @@ def build_encoder(config: EncoderConfig) -> PatchEncoder:
 __all__ = [
     "EncoderConfig",
     "EncoderError",
-    "LoRALinear",
     "PatchEncoder",
     "apply_finetune",
     "build_encoder",

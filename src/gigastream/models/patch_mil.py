@@ -18,9 +18,11 @@ encoder trains end to end with one of the strategies of
   orientation (training bags are not augmented), so each epoch after the first trains
   only the head: the two-stage baseline inside one run.
 
-A bag is a tensor ``(N, 3, P, P)`` or a lazy :class:`~gigastream.wsi.patches.PatchBag`
-whose patches are read from the slide when they are encoded; a bag with a ``grid`` gets
-its attention laid out on the patch grid (``attention_map``), for heatmaps.
+A bag is a tensor ``(N, 3, P, P)`` (``(N, C, P, P)`` for an encoder of ``C`` input
+channels, e.g. the MNIST-bags experiment's 1-channel digits) or a lazy
+:class:`~gigastream.wsi.patches.PatchBag` whose patches are read from the slide when they
+are encoded; a bag with a ``grid`` gets its attention laid out on the patch grid
+(``attention_map``), for heatmaps.
 
 In a run (``gigastream train``) the model is ``model: {kind: patches, head: ...,
 head_options: ...}`` and its patch settings are the run's ``patches:`` section
@@ -196,12 +198,14 @@ class PatchMIL(BagClassifier):
         return {"trunk": trunk, "head": list(self.head.parameters())}
 
     def forward(self, bag: Bag, label: Tensor | int | None = None) -> PatchOutput:
-        """Classify one bag of patches ``(N, 3, P, P)`` (a tensor or a lazy source with an
-        optional ``grid``); ``label`` as for the head."""
-        size = self.config.patch_size
-        if tuple(bag.shape[1:]) != (3, size, size):
+        """Classify one bag of patches ``(N, C, P, P)`` (``C``: the encoder's
+        ``in_channels``, 3 for slides; a tensor or a lazy source with an optional ``grid``);
+        ``label`` as for the head."""
+        size, channels = self.config.patch_size, self.config.encoder.in_channels
+        if tuple(bag.shape[1:]) != (channels, size, size):
             raise ValueError(
-                f"PatchMIL takes a bag of (N, 3, {size}, {size}) patches, got {tuple(bag.shape)}"
+                f"PatchMIL takes a bag of (N, {channels}, {size}, {size}) patches, got "
+                f"{tuple(bag.shape)}"
             )
         features, kept = self.encode(bag)  # (n, D)
         out = self.head(features, label=label)

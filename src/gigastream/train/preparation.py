@@ -99,6 +99,12 @@ def _check_patches(model: PatchMIL, rows: Sequence[ManifestRow], config: RunConf
 
     from gigastream.train.patch_data import slide_patch_grid
 
+    channels = config.patches.encoder.in_channels
+    if channels != 3:
+        raise ConfigError(
+            f"patches.encoder takes {channels}-channel patches; slide patches are RGB: remove "
+            "its in_channels/in_chans option (or set it to 3)"
+        )
     errors = []
     for row in rows[:3]:
         try:

@@ -10,9 +10,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from sklearn.metrics import roc_auc_score
 
-from gigastream import create_mil_head
-from gigastream.mil.encoders import SmallCNN
-from gigastream.mil.strategies import BagClassifier, StrategyConfig
+from gigastream.models.patch_mil import PatchConfig, PatchMIL
+from gigastream.models.streaming_mil import StreamingMILConfig
 from gigastream.train.config import ConfigError, OptimConfig, TrainConfig
 from gigastream.train.files import load_checkpoint_file
 from tests.experiments.conftest import experiment_module
@@ -22,19 +21,28 @@ OPTIM = OptimConfig(lr=1e-2, weight_decay=0.0, schedule="constant")
 
 
 def _bags(n_bags: int, n: int, dtype=torch.float64):
-    """Bags of images in [0, 1] (SmallCNN's float input), alternating labels."""
+    """Bags of images in [0, 1] (the digit encoder's float input), alternating labels."""
     g = torch.Generator().manual_seed(0)
     return [(torch.rand(n, 1, 28, 28, generator=g, dtype=dtype), b % 2) for b in range(n_bags)]
 
 
-def _model(strategy: str, **kw) -> BagClassifier:
-    torch.manual_seed(0)
-    encoder = SmallCNN(out_dim=8, width=4).double()
-    head = create_mil_head("gated_abmil", 8, 2, attn_dim=8).double()
-    return BagClassifier(encoder, head, StrategyConfig(strategy, chunk_size=7, **kw))
+def _model(strategy: str, **kw) -> PatchMIL:
+    """The experiment's model (PatchMIL built by the engine), small and in float64."""
+    config = bags.MnistBagsConfig(
+        model=StreamingMILConfig(kind="patches", head="gated_abmil", head_options={"attn_dim": 8}),
+        patches=PatchConfig(
+            bags.digit_encoder(out_dim=8, width=4),
+            patch_size=28,
+            strategy=strategy,
+            chunk_size=7,
+            **kw,
+        ),
+        train=TrainConfig(seed=0, precision="64"),
+    )
+    return bags.build_bag_model(config)
 
 
-def _weights(model: BagClassifier) -> list[torch.Tensor]:
+def _weights(model: PatchMIL) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
@@ -148,7 +156,15 @@ def test_bag_examples():
 def test_run_config_sections_and_precision():
     config = bags.MnistBagsConfig(train=TrainConfig(precision="64", epochs=1, device="cpu"))
     config.validate()
-    assert bags.build_bag_model(config).encoder.fc[0].weight.dtype == torch.float64
+    model = bags.build_bag_model(config)
+    assert isinstance(model, PatchMIL) and model.config.patch_size == 28
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    with pytest.raises(ConfigError, match="model.kind must be patches"):
+        bags.MnistBagsConfig(model=StreamingMILConfig(kind="streaming")).validate()
+    with pytest.raises(ConfigError, match="frozen"):
+        bags.MnistBagsConfig(
+            patches=PatchConfig(bags.digit_encoder(), 28, strategy="frozen")
+        ).validate()
     defaults = bags.MnistBagsConfig()
     assert (defaults.optim.lr, defaults.optim.schedule, defaults.train.epochs) == (
         5e-4,

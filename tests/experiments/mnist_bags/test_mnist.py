@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from gigastream.mil.encoders import SmallCNN
+from gigastream.models.encoders import build_encoder
 from tests.experiments.conftest import MNIST, experiment_module
 
 mnist = experiment_module("mnist_bags", "mnist")
+bags = experiment_module("mnist_bags", "bags")
 BagsConfig, BagSet, bag_tensor = mnist.BagsConfig, mnist.BagSet, mnist.bag_tensor
 load_digits, make_bags, read_idx, split_pools = (
     mnist.load_digits, mnist.make_bags, mnist.read_idx, mnist.split_pools
@@ -120,7 +121,7 @@ def test_real_mnist_test_set():
 
 def test_small_cnn_takes_uint8_or_unit_floats():
     images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8).numpy()
-    encoder = SmallCNN(out_dim=4).double()
+    encoder = build_encoder(bags.digit_encoder(out_dim=4)).double()
     raw = bag_tensor(images, [0, 2, 4])
     assert raw.dtype == torch.uint8 and raw.shape == (3, 1, 28, 28)
     torch.testing.assert_close(encoder(raw), encoder(bag_tensor(images, [0, 2, 4], torch.float64)))

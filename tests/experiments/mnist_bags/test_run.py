@@ -55,7 +55,7 @@ def test_writes_results(tmp_path, monkeypatch, strategy, capsys):
     assert result["test_auc"] == pytest.approx(_csv_auc(out / "test_predictions.csv"), abs=1e-12)
     assert result["peak_rss_mib"] > 0 and result["best_epoch"] == 1
     assert result["engine"] == "lightning" and len(result["history"]) == 1
-    assert result["config"]["strategy"]["name"] == strategy and result["config"]["bag_size"] == 6
+    assert result["config"]["patches"]["strategy"] == strategy and result["config"]["bag_size"] == 6
     assert "test_auc" in json.loads(capsys.readouterr().out)
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert written == ["run/checkpoints/best.ckpt", "run/metrics.json", "run/test_predictions.csv"]
@@ -65,7 +65,7 @@ def test_writes_results(tmp_path, monkeypatch, strategy, capsys):
 def test_yaml_config_with_flags_taking_precedence(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(
-        "strategy: {name: sample}\nbag_size: 5\noptim: {lr: 0.002}\n"
+        "patches: {strategy: sample}\nbag_size: 5\noptim: {lr: 0.002}\n"
         "train: {accumulate_grad_batches: 2}\n"
     )
     out = tmp_path / "run"
@@ -73,7 +73,7 @@ def test_yaml_config_with_flags_taking_precedence(tmp_path):
             "--data", str(MNIST), "--out", str(out), *TINY[2:]]  # fmt: skip
     assert main(argv) == 0
     resolved = json.loads((out / "metrics.json").read_text())["config"]
-    assert (resolved["strategy"]["name"], resolved["bag_size"]) == ("sample", 7)
+    assert (resolved["patches"]["strategy"], resolved["bag_size"]) == ("sample", 7)
     assert resolved["optim"]["lr"] == 0.002
     assert resolved["train"]["accumulate_grad_batches"] == 2
     config.write_text("bag_sise: 5\n")
