@@ -127,3 +127,27 @@ def test_errors(tmp_path):
     model = _model()
     with pytest.raises(ValueError, match="takes one slide"):
         model(torch.randn(2, 3, 64, 64, dtype=torch.float64))
+
+
+def test_folded_batchnorm_model_equals_the_unfolded_one_float64():
+    """``fold_batchnorm``: the same logits, loss and every parameter gradient (streamed)."""
+    plain, folded = _model(), _model(fold_batchnorm=True)
+    assert folded.trunk.folded_batchnorms == 20 and plain.trunk.folded_batchnorms == 0
+    assert list(folded.state_dict()) == list(plain.state_dict())  # checkpoints are the same
+    x = torch.randn(1, 3, 192, 160, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    runs = []
+    for model in (plain, folded):
+        model.train()
+        out = _slide_fn(model, 1, stream=True)(x)
+        out["loss"].backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        runs.append((out, grads))
+    (a, ga), (b, gb) = runs
+    for key in ("logits", "attention", "loss"):
+        assert_close(b[key], a[key], rtol=1e-10, atol=1e-12)
+    assert ga.keys() == gb.keys() and any(".bn" in n for n in ga)
+    for name, grad in ga.items():
+        scale = max(1.0, grad.abs().max().item())
+        assert_close(
+            gb[name], grad, rtol=1e-10, atol=1e-12 * scale, msg=lambda m, n=name: f"{n}: {m}"
+        )

@@ -74,6 +74,10 @@ class StreamingMILConfig:
         tissue_instances: use only feature positions on tissue as instances (when the
             input is a :class:`~gigastream.wsi.source.SlideSource` with a tissue mask).
         progress: show a progress bar over streaming tiles.
+        fold_batchnorm: fold the trunk's (frozen) BatchNorms into the convolutions before
+            them (:mod:`gigastream.streaming.folding`): the same model and gradients (to
+            rounding), without the BatchNorms' own forward and backward cost; checkpoints
+            are the same either way.
         kind: ``streaming`` (this model) or ``patches``: a
             :class:`~gigastream.models.patch_mil.PatchMIL` on the slide's tissue patches,
             which uses ``num_classes``, ``head`` and ``head_options`` from here and its
@@ -93,6 +97,7 @@ class StreamingMILConfig:
     pool: int = 1
     tissue_instances: bool = True
     progress: bool = False
+    fold_batchnorm: bool = False
     kind: str = "streaming"
 
     def validate(self) -> None:
@@ -186,6 +191,7 @@ class StreamingMIL(nn.Module):
             tile_size=config.tile_size,
             memory_budget=config.memory_budget,
             freeze_batchnorm=True,
+            fold_batchnorm=config.fold_batchnorm,
             progress=config.progress,
         )
         self.pool = nn.MaxPool2d(config.pool, config.pool, ceil_mode=True)

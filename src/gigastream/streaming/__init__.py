@@ -1,10 +1,13 @@
 """Streaming: the piecewise-recompute primitive, analytic tile geometry, planner, StreamingModule.
 
 Also :func:`~gigastream.streaming.batchnorm.freeze_batchnorm`, the one way to freeze
-BatchNorm so that streaming (and chunked bag encoding) stays exact.
+BatchNorm so that streaming (and chunked bag encoding) stays exact, and
+:func:`~gigastream.streaming.folding.fold_batchnorm`, which folds frozen BatchNorms into the
+convolutions before them (``StreamingModule(..., fold_batchnorm=True)``).
 """
 
 from gigastream.streaming.batchnorm import FrozenBatchNorm, freeze_batchnorm
+from gigastream.streaming.folding import fold_batchnorm
 from gigastream.streaming.geometry import (
     AxisGeometry,
     Geometry,
@@ -27,6 +30,7 @@ __all__ = [
     "StreamingModule",
     "StreamingPlan",
     "describe",
+    "fold_batchnorm",
     "freeze_batchnorm",
     "piecewise_recompute",
     "register_geometry",

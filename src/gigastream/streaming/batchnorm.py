@@ -84,6 +84,10 @@ class FrozenBatchNorm(nn.Module):
         Only inside :func:`calibrate_batchnorm` it normalises with the batch's statistics
         and accumulates them into the running ones, as a BatchNorm in train mode would.
         """
+        return self.normalize(x)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """What :meth:`forward` computes (also when the layer is folded into a conv)."""
         if self.calibrating:  # cumulative average over the calibration batches
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked)

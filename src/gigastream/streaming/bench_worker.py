@@ -65,6 +65,10 @@ def build_trunk(arch: str, seed: int) -> nn.Sequential:
     return trunk.eval()
 
 
+#: the modes that stream the trunk (``streaming-folded``: BatchNorm folded into the convs)
+STREAMED = ("streaming", "streaming-folded")
+
+
 def run_worker(
     mode: str,
     arch: str,
@@ -96,11 +100,11 @@ def run_worker(
     precision = _configure_worker(dev, precision, tf32, tune_allocator, cudnn_benchmark)
     param_dtype = precisions.param_dtype(precision)
     trunk, image = _worker_inputs(
-        arch, size, seed, dev, param_dtype, channels_last, lazy_image=lazy and mode == "streaming"
+        arch, size, seed, dev, param_dtype, channels_last, lazy_image=lazy and mode in STREAMED
     )
     model: nn.Module = trunk
     plan = None
-    if mode == "streaming":
+    if mode in STREAMED:
         model, plan = _worker_streaming_model(
             trunk,
             image,
@@ -113,6 +117,7 @@ def run_worker(
             channels_last=channels_last,
             host_memory_budget=host_memory_budget,
             release_memory=release_memory,
+            fold=mode == "streaming-folded",
         )
     step = _training_step(mode, trunk, model, image, seed, dev, precision)
     times, peak_cuda = _time_steps(step, dev, warmup, repeats)
@@ -172,12 +177,16 @@ def _worker_streaming_model(
     channels_last: bool,
     host_memory_budget: str | None,
     release_memory: bool | None,
+    fold: bool = False,
 ) -> tuple[nn.Module, StreamingPlan]:
-    """``trunk`` wrapped in a :class:`StreamingModule`, and its plan for ``image``."""
+    """``trunk`` wrapped in a :class:`StreamingModule`, and its plan for ``image``; ``fold``:
+    its (eval-mode) BatchNorms frozen and folded into the convolutions before them."""
     from gigastream.streaming.module import StreamingModule
 
     model = StreamingModule(
         trunk,
+        freeze_batchnorm=fold,
+        fold_batchnorm=fold,
         tile_size=tile_size,
         memory_budget=memory_budget,
         tune_allocator=tune_allocator,

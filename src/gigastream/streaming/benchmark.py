@@ -6,7 +6,9 @@ seeded trunk (torchvision random initialisation, BatchNorm in eval mode), input 
 (default) or a CUDA device, at one of Lightning's precisions (:mod:`gigastream.precision`:
 ``32``, ``64``, ``bf16-mixed``, ``16-mixed`` on CUDA), with or without TF32 (CUDA).
 ``checkpoint`` wraps each stage of the trunk (``split_segments(trunk, "stages")``) in
-``torch.utils.checkpoint``. Gradients of every parameter are compared with the
+``torch.utils.checkpoint``; ``streaming-folded`` streams with every BatchNorm frozen and
+folded into the convolution before it (:mod:`gigastream.streaming.folding`; the
+``conventional`` reference stays the plain trunk). Gradients of every parameter are compared with the
 conventional run's: ``max_rel_grad_error`` is the worst over parameters of
 ``max|g - g_ref| / max|g_ref|``. Memory: peak RSS of the process, and on CUDA
 ``torch.cuda.max_memory_allocated``. With ``lazy`` (automatic when the conventional
@@ -47,7 +49,7 @@ from gigastream.streaming.bench_worker import build_trunk, check_precision, run_
 
 logger = logging.getLogger(__name__)
 
-MODES = ("conventional", "checkpoint", "streaming")
+MODES = ("conventional", "checkpoint", "streaming", "streaming-folded")
 
 
 def _mem_available() -> int:
@@ -256,6 +258,7 @@ def _estimates(plan: StreamingPlan) -> dict[str, int]:
         "conventional": plan.conventional_bytes,
         "checkpoint": plan.checkpoint_bytes,
         "streaming": plan.est_peak_bytes,
+        "streaming-folded": plan.est_peak_bytes,
     }
 
 

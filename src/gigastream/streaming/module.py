@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from gigastream.streaming import memory
 from gigastream.streaming.batchnorm import freeze_batchnorm as _freeze_batchnorm
 from gigastream.streaming.batchnorm import training_batchnorms
+from gigastream.streaming.folding import fold_batchnorm as _fold_batchnorm
 from gigastream.streaming.geometry import Geometry, StreamingError, describe
 from gigastream.streaming.memory import AUTO_TUNE_BYTES, available_memory, tune_cpu_allocator
 from gigastream.streaming.planner import (
@@ -65,6 +66,12 @@ class StreamingModule(nn.Module):
             (:func:`gigastream.streaming.batchnorm.freeze_batchnorm`: running statistics
             whatever the mode, trainable affine parameters, same ``state_dict`` keys);
             otherwise a train-mode BatchNorm raises an error (it cannot stream exactly).
+        fold_batchnorm: fold every frozen BatchNorm that follows a convolution into it
+            (:func:`gigastream.streaming.folding.fold_batchnorm`: one convolution with
+            ``w' = w·γ/σ``, ``b' = β − μ·γ/σ`` computed at every call and differentiated by
+            autograd, so every parameter's gradient stays that of the unfolded trunk to
+            rounding; the BatchNorm's own forward and backward pass disappear), in place,
+            after ``freeze_batchnorm``. Checkpoint keys do not change.
         progress: show a progress bar over tiles.
         tune_allocator: on CPU, fix glibc's mmap threshold so freed tile buffers leave
             the resident set (see :func:`tune_cpu_allocator`): ``"auto"`` for inputs whose
@@ -107,6 +114,7 @@ class StreamingModule(nn.Module):
         *,
         segments: str | Sequence[str] | None = "auto",
         freeze_batchnorm: bool = False,
+        fold_batchnorm: bool = False,
         progress: bool = False,
         tune_allocator: bool | str = "auto",
         offload: bool | str = "auto",
@@ -132,6 +140,7 @@ class StreamingModule(nn.Module):
             raise StreamingError(f"offload must be True, False or 'auto', got {offload!r}")
         if freeze_batchnorm:
             trunk = _freeze_batchnorm(trunk)
+        self.folded_batchnorms = _fold_batchnorm(trunk) if fold_batchnorm else 0
         self.trunk = trunk
         self.tile_size = int(tile_size) if tile_size is not None else None
         self.memory_budget = memory_budget
