@@ -234,14 +234,21 @@ class _TensorSource:
         return self._x[index].clone()
 
 
-def test_lazy_input_source_matches_tensor():
+@pytest.mark.parametrize("cache", ["auto", 0])
+def test_lazy_input_source_matches_tensor(cache):
+    """A lazy input streams exactly; it is decoded once per step (the forward pass keeps
+    what it read for the recompute) unless the cache is off (then read in both passes)."""
     net = residual_net().double()
     x = torch.randn(1, 3, 90, 90, dtype=torch.float64)
     src = _TensorSource(x)
-    streamed = StreamingModule(net, tile_size=38)
+    src.cache_reads = True  # a source that asks for its reads to be kept
+    streamed = StreamingModule(net, tile_size=38, input_cache=cache)
     assert_same_gradients(net, lambda _: streamed(src), x, net, input_grad=False)
-    assert streamed.last_plan.segments[0].mode == "stream"
-    assert (
-        src.reads
-        >= 2 * streamed.last_plan.segments[0].tiles[0] * streamed.last_plan.segments[0].tiles[1]
+    first = streamed.last_plan.segments[0]
+    assert first.mode == "stream"
+    tiles = first.tiles[0] * first.tiles[1]
+    assert src.reads == (tiles if cache == "auto" else 2 * tiles)
+    stats = streamed.last_input_stats
+    assert stats.pieces == tiles and stats.pixels_backward == (
+        0 if cache == "auto" else stats.pixels_forward
     )

@@ -82,13 +82,46 @@ def test_streaming_a_slide_equals_the_whole_image(tiff_slide):
         out = streamed(source)
         reference = trunk(_full(source))
         torch.testing.assert_close(out, reference, rtol=1e-10, atol=1e-10)
-        out.square().sum().backward()  # recomputes tiles: reads the slide again
+        reads = source.reads
+        out.square().sum().backward()  # recomputes tiles from the pixels kept in forward
+        stats = streamed.last_input_stats
     grads = [p.grad.clone() for p in trunk.parameters()]
     trunk.zero_grad()
     reference.square().sum().backward()
     for got, want in zip(grads, (p.grad for p in trunk.parameters()), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    assert source.reads > 1
+    # decoded once per step: the backward pass read nothing (uint8 pixels were kept)
+    assert reads > 1 and source.reads == reads and stats.compact
+    assert stats.pixels_backward == 0 and stats.cached_pieces == stats.pieces > 1
+    assert stats.cached_bytes == 3 * stats.pixels_forward
+
+
+@pytest.mark.parametrize(("k", "flip"), [(0, False), (1, True)])
+def test_compact_reads_expand_to_the_same_tensor(image_factory, k, flip):
+    """read() == expand(read_compact()) bit for bit: tissue, background, partly tissue."""
+    image = image_factory(256, 256)
+    slide = SlideReader.from_array(image, mpp=1.0)
+    mask = TissueMask(np.zeros((16, 16), bool), mpp=16.0)
+    mask.mask[4:8, 4:12] = True
+    plain = SlideSource(slide, mpp=2.0, tissue_mask=mask, normalize=IMAGENET)
+    source = plain
+    if k or flip:
+        from gigastream.wsi.source import OrientedSource
+
+        source = OrientedSource(plain, k, flip)
+    for rows, cols in [
+        (slice(0, 20), slice(0, 30)),
+        (slice(30, 70), slice(20, 100)),
+        (slice(None), slice(None)),
+    ]:
+        index = (slice(None), slice(None), rows, cols)
+        compact = source.read_compact(index)
+        torch.testing.assert_close(source.expand(compact), source.read(index), rtol=0, atol=0)
+    region = plain.read_compact((slice(None), slice(None), slice(0, 20), slice(0, 30)))
+    assert region.rgb is None and region.nbytes == 0  # no tissue: nothing decoded or kept
+    region = plain.read_compact((slice(None), slice(None), slice(30, 70), slice(20, 100)))
+    assert region.rgb.dtype == torch.uint8 and region.tissue is not None
+    assert region.nbytes == 40 * 80 * 3 + 40 * 80  # pixels and the partial tissue mask
 
 
 def test_errors():

@@ -40,7 +40,7 @@ from gigastream.streaming.planner import (
     plan_trunk,
     split_segments,
 )
-from gigastream.streaming.recompute import InputSource, piecewise_recompute
+from gigastream.streaming.recompute import InputSource, InputStats, piecewise_recompute
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,11 @@ class StreamingModule(nn.Module):
             maps and their gradient accumulators may take (``plan.est_host_bytes``); the
             planner only chooses plans within it. ``None``: the memory available on the
             machine when the plan is made (``MemAvailable``).
+        input_cache: a lazy input (a slide) is decoded once per step: what the forward
+            pass read is kept for the backward recompute, up to this many bytes (e.g.
+            ``"2GiB"``; ``0``: read every tile again in backward); ``"auto"``: a quarter of
+            the host memory available at each step. A ``SlideSource`` keeps uint8 pixels
+            (3 bytes per position); :attr:`last_input_stats` says what was read.
 
     Example:
         >>> import torchvision
@@ -121,6 +126,7 @@ class StreamingModule(nn.Module):
         channels_last: bool = False,
         host_memory_budget: int | str | None = None,
         release_memory: bool | str = "auto",
+        input_cache: int | str = "auto",
     ) -> None:
         super().__init__()
         if tile_size is None and memory_budget is None:
@@ -150,6 +156,11 @@ class StreamingModule(nn.Module):
         self.offload = offload
         self.channels_last = channels_last
         self.release_memory = release_memory
+        if input_cache != "auto":
+            parse_bytes(input_cache)  # validate early
+        self.input_cache = input_cache
+        #: what the last forward read from a lazy input (InputStats; None: a tensor input)
+        self.last_input_stats: InputStats | None = None
         # units: the trunk's top-level children (a non-Sequential trunk is one unit); the
         # segments built from them reference the trunk's own modules (no copies)
         if isinstance(trunk, nn.Sequential):
@@ -313,6 +324,9 @@ class StreamingModule(nn.Module):
                     geometry, seg_plan.in_shape[-2:], seg_plan.out_shape[-2:], seg_plan.tiles
                 )
                 out_offloaded = any(s.offload_input and s.span[0] == stop for s in plan.segments)
+                source = not isinstance(h, Tensor)
+                if source:
+                    self.last_input_stats = InputStats()
                 h = piecewise_recompute(
                     module if not self.channels_last else (lambda t, m=module: m(self._format(t))),
                     h,
@@ -325,12 +339,21 @@ class StreamingModule(nn.Module):
                     offload_input=seg_plan.offload_input,
                     offload_output=out_offloaded,
                     release_memory=release,
+                    input_cache_bytes=self._input_cache_bytes() if source else 0,
+                    stats=self.last_input_stats if source else None,
                 )
         finally:
             if bar is not None:
                 bar.close()
         assert isinstance(h, Tensor)
         return h
+
+    def _input_cache_bytes(self) -> int:
+        """The budget of the lazy input's cache (``input_cache``): ``"auto"`` is a
+        quarter of the host memory available now."""
+        if self.input_cache == "auto":
+            return (available_memory(torch.device("cpu")) or 0) // 4
+        return parse_bytes(self.input_cache)
 
     def _format(self, t: Tensor) -> Tensor:
         if self.channels_last and t.dim() == 4:

@@ -17,6 +17,12 @@ autograd function's inputs), so ``DistributedDataParallel`` hooks fire once per 
 
 Pieces may instead *keep* their graph from the forward pass (no recomputation), which
 trades memory for time; a planner decides which.
+
+A lazy input (an :class:`InputSource`, e.g. a slide decoded tile by tile) is read once per
+step when ``input_cache_bytes`` allows: the forward pass keeps what it read for the backward
+recompute (the source's compact form, e.g. uint8 pixels, when it has
+``read_compact``/``expand``; else the tensors), up to that many bytes; pieces beyond the
+budget are read again. :class:`InputStats` counts the pixels read in both passes.
 """
 
 from __future__ import annotations
@@ -61,6 +67,11 @@ class InputSource(Protocol):
 
     ``shape``, ``dtype`` and ``device`` describe the full input; ``read(index)`` returns
     ``full_input[index]`` as a tensor. No gradient flows into a source.
+
+    A source may also offer a compact form of what it reads, for the input cache of
+    :func:`piecewise_recompute`: ``read_compact(index)`` returns an object with ``nbytes``
+    (e.g. the uint8 pixels) and ``expand(compact)`` the tensor that ``read(index)`` returns,
+    bit for bit.
     """
 
     shape: torch.Size
@@ -74,6 +85,67 @@ def _read(x: Tensor | InputSource, index: Index) -> Tensor:
     if isinstance(x, Tensor):
         return x[index]
     return x.read(index)
+
+
+def _pixels(source: Tensor | InputSource, index: Index) -> int:
+    """Spatial positions (``H x W`` of one image) that ``source[index]`` covers."""
+    size = 1
+    for axis, dim in ((-2, len(source.shape) - 2), (-1, len(source.shape) - 1)):
+        sl = index[axis] if len(index) > dim else slice(None)
+        start, stop, _ = sl.indices(source.shape[dim])
+        size *= max(0, stop - start)
+    return size
+
+
+@dataclass
+class InputStats:
+    """What one step read from a lazy input (:func:`piecewise_recompute` with a source).
+
+    Attributes:
+        pieces: pieces of the input.
+        pixels_forward: spatial positions read in the forward pass (tile margins included).
+        pixels_backward: positions read again in the backward recompute (0 when every
+            piece was cached or kept its graph).
+        cached_pieces: pieces kept from the forward pass for the backward one.
+        cached_bytes: the most bytes the kept pieces held at once.
+        budget_bytes: the cache budget of the step.
+        compact: whether pieces were kept in the source's compact form (e.g. uint8).
+    """
+
+    pieces: int = 0
+    pixels_forward: int = 0
+    pixels_backward: int = 0
+    cached_pieces: int = 0
+    cached_bytes: int = 0
+    budget_bytes: int = 0
+    compact: bool = False
+
+    @property
+    def pixels_read(self) -> int:
+        """Positions decoded in the step (forward + backward)."""
+        return self.pixels_forward + self.pixels_backward
+
+
+def _compact_reader(source: Any) -> tuple[Callable[[Index], Any], Callable[[Any], Tensor]] | None:
+    """``(read_compact, expand)`` of a source that offers a compact form, else ``None``."""
+    read_compact = getattr(source, "read_compact", None)
+    expand = getattr(source, "expand", None)
+    if callable(read_compact) and callable(expand):
+        return read_compact, expand
+    return None
+
+
+def _cacheable(source: Any) -> bool:
+    """Whether a lazy input's reads are worth keeping for the recompute: it offers a
+    compact form (a slide's uint8 pixels) or says so with ``cache_reads = True``. A
+    source that generates its pixels cheaply (``ProceduralSource``) is read again."""
+    return _compact_reader(source) is not None or bool(getattr(source, "cache_reads", False))
+
+
+def _nbytes(item: Any) -> int:
+    if isinstance(item, Tensor):
+        return item.numel() * item.element_size()
+    return int(item.nbytes)
 
 
 def _is_stochastic(m: nn.Module) -> bool:
@@ -211,7 +283,11 @@ class _Transfer:
                 host.copy_(staging)
 
 
-def _reads_ahead(source: Tensor | InputSource, indices: Sequence[Index]) -> Iterator[Tensor]:
+def _reads_ahead(
+    source: Tensor | InputSource,
+    indices: Sequence[Index],
+    read: Callable[[Index], Any] | None = None,
+) -> Iterator[Any]:
     """``source[index]`` for each index in order; a lazy source read on the host (a slide:
     decoding on the CPU) is read on a background thread, ahead of its use, so reading
     overlaps the compute.
@@ -220,20 +296,23 @@ def _reads_ahead(source: Tensor | InputSource, indices: Sequence[Index]) -> Iter
     without the attribute, sources on the CPU are read ahead. One thread reads, in order, so
     a source is never read by two threads at once. A tensor, or a source that generates its
     pixels on an accelerator (``ProceduralSource`` on CUDA), is read in the caller's thread:
-    its reads are queued device work already."""
+    its reads are queued device work already. ``read``: what to call per index instead of
+    ``source.read`` (e.g. a read that also keeps the compact form)."""
     ahead = not isinstance(source, Tensor) and getattr(
         source, "read_ahead", torch.device(source.device).type == "cpu"
     )
+    if read is None:
+        read = (lambda index: _read(source, index)) if isinstance(source, Tensor) else source.read
     if not ahead or len(indices) < 2:
         for index in indices:
-            yield _read(source, index)
+            yield read(index)
         return
     with ThreadPoolExecutor(1, thread_name_prefix="gigastream-read") as pool:
-        pending = pool.submit(source.read, indices[0])
+        pending = pool.submit(read, indices[0])
         for k in range(len(indices)):
             current = pending.result()
             if k + 1 < len(indices):
-                pending = pool.submit(source.read, indices[k + 1])
+                pending = pool.submit(read, indices[k + 1])
             yield current
 
 
@@ -262,9 +341,14 @@ class _Runner:
         offload_output: bool,
         source: InputSource | None,
         release_memory: bool = False,
+        input_cache_bytes: int = 0,
+        stats: InputStats | None = None,
     ) -> None:
         self.fn = fn
         self.release_memory = release_memory
+        self.input_cache_bytes = max(0, int(input_cache_bytes))
+        self.stats = stats if stats is not None else InputStats()
+        self.cache: dict[int, Any] = {}  # piece -> what the forward read (compact or tensor)
         self.device = device  # where fn runs (None: where the input lives)
         self.offload_input = offload_input
         self.offload_output = offload_output
@@ -291,10 +375,42 @@ class _PiecewiseFunction(torch.autograd.Function):
             _Transfer(device) if (runner.offload_input or runner.offload_output) else None
         )
 
-        reads = _reads_ahead(source, [piece.in_index for piece in runner.pieces])
+        lazy = x is None
+        compact = _compact_reader(source) if lazy else None
+        stats = runner.stats
+        budget = runner.input_cache_bytes if lazy and _cacheable(source) else 0
+        if lazy:
+            stats.pieces = len(runner.pieces)
+            stats.budget_bytes = budget
+            stats.compact = compact is not None
+
+        def read_piece(index: Index) -> tuple[Tensor, Any]:
+            if compact is None:
+                return source.read(index), None
+            item = compact[0](index)
+            return compact[1](item), item
+
+        reads = _reads_ahead(
+            source, [piece.in_index for piece in runner.pieces], read_piece if lazy else None
+        )
+        cached_bytes = 0
+        position = 0  # pieces load in order
 
         def load(piece: Piece) -> Any:
-            xin = next(reads)
+            nonlocal cached_bytes, position
+            i, position = position, position + 1
+            if not lazy:
+                xin = next(reads)
+                return xfer.start_load(xin) if runner.offload_input else xin
+            xin, item = next(reads)
+            stats.pixels_forward += _pixels(source, piece.in_index)
+            keep = item if item is not None else xin
+            size = _nbytes(keep)
+            # a kept graph is not recomputed: its input is not needed again
+            if not piece.keep_graph and cached_bytes + size <= budget:
+                # a tensor is kept in host memory, as a copy (fn may change its input)
+                runner.cache[i] = keep if item is not None else xin.to("cpu", copy=True)
+                cached_bytes += size
             return xfer.start_load(xin) if runner.offload_input else xin
 
         out: Tensor | None = None
@@ -337,6 +453,8 @@ class _PiecewiseFunction(torch.autograd.Function):
             if runner.progress is not None:
                 runner.progress(1)
         assert out is not None, "piecewise_recompute needs at least one piece"
+        if lazy:
+            stats.cached_pieces, stats.cached_bytes = len(runner.cache), cached_bytes
         if xfer is not None:
             xfer.drain()
         if runner.release_memory:
@@ -357,6 +475,7 @@ class _PiecewiseFunction(torch.autograd.Function):
         params = [p for p, w in zip(runner.params, want_p, strict=True) if w]
         if not want_x and not params:
             runner.kept.clear()
+            runner.cache.clear()
             return (None, None, *([None] * len(want_p)))
         device = runner.device if runner.device is not None else source.device
         xfer = runner.transfer
@@ -366,9 +485,17 @@ class _PiecewiseFunction(torch.autograd.Function):
             grad_x = None
         grad_p: list[Tensor | None] = [None] * len(params)
 
-        reads = _reads_ahead(
-            source, [p.in_index for i, p in enumerate(runner.pieces) if i not in runner.kept]
-        )
+        lazy = not ctx.has_input
+        compact = _compact_reader(source) if lazy else None
+        cache = runner.cache
+        reread = [
+            p.in_index
+            for i, p in enumerate(runner.pieces)
+            if i not in runner.kept and i not in cache
+        ]
+        reads = _reads_ahead(source, reread)
+        if lazy:
+            runner.stats.pixels_backward += sum(_pixels(source, index) for index in reread)
 
         def load(item: tuple[int, Piece]) -> Any:
             i, piece = item
@@ -376,7 +503,11 @@ class _PiecewiseFunction(torch.autograd.Function):
             g = xfer.start_load(g) if runner.offload_output else g
             if i in runner.kept:
                 return g, None
-            xin = next(reads)
+            if i in cache:  # decoded in the forward pass: expanded, not read again
+                kept = cache.pop(i)
+                xin = compact[1](kept) if compact is not None else kept
+            else:
+                xin = next(reads)
             return g, (xfer.start_load(xin) if runner.offload_input else xin)
 
         for i, (g, loaded) in _prefetched(list(enumerate(runner.pieces)), load):
@@ -415,6 +546,7 @@ class _PiecewiseFunction(torch.autograd.Function):
         if xfer is not None:
             xfer.drain()
         runner.kept.clear()
+        runner.cache.clear()
         if runner.release_memory:
             release_free_memory()
         it = iter(grad_p)
@@ -435,6 +567,8 @@ def piecewise_recompute(
     offload_input: bool = False,
     offload_output: bool = False,
     release_memory: bool = False,
+    input_cache_bytes: int = 0,
+    stats: InputStats | None = None,
 ) -> Tensor:
     """Apply ``fn`` piece by piece, exactly and in bounded memory (see the module docstring).
 
@@ -457,6 +591,12 @@ def piecewise_recompute(
         release_memory: after the forward and after the backward pass over all pieces,
             return the heap's free memory to the OS
             (:func:`~gigastream.streaming.memory.release_free_memory`; for CPU tensors).
+        input_cache_bytes: a lazy ``x`` only: bytes of what the forward pass read that are
+            kept for the backward recompute, so those pieces are decoded once per step (the
+            source's ``read_compact`` form when it has one with ``expand``; else, for a
+            source with ``cache_reads = True``, copies of the read tensors in host memory;
+            other sources are read again); 0: every piece is read again in backward.
+        stats: filled with what a lazy ``x`` cost to read (:class:`InputStats`).
 
     Returns:
         The full output, identical to ``fn(x)`` (pieces must be chosen so that it is),
@@ -484,5 +624,7 @@ def piecewise_recompute(
         offload_output,
         None if isinstance(x, Tensor) else x,
         release_memory,
+        input_cache_bytes,
+        stats,
     )
     return _PiecewiseFunction.apply(runner, x if isinstance(x, Tensor) else None, *params)

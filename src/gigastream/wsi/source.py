@@ -9,6 +9,11 @@ with every pixel outside tissue set to the background colour, and regions withou
 are returned without touching the file. Memory is one tile's pixels, whatever the slide
 size.
 
+:func:`check_input_size` refuses, before any pixel is read, a slide whose input at the
+target mpp is smaller than one pixel or larger than the machine can hold (a wrong mpp in
+the manifest or the slide's metadata, or a target mpp far finer than the slide):
+resampling such an input would need terabytes.
+
 Example:
     >>> import numpy as np
     >>> from gigastream import SlideReader
@@ -26,7 +31,9 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,6 +56,124 @@ class Normalization:
 
 #: The ImageNet statistics torchvision's pretrained models expect.
 IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+#: Bytes per pixel of an input held as 8-bit RGB: what :func:`check_input_size` counts.
+RGB_BYTES = 3
+
+
+class InputSizeError(SlideError):
+    """A slide's input at the target mpp is under one pixel or over the size limit (a wrong
+    mpp?); the message names the slide, its mpp, the planned size and the fix."""
+
+
+def machine_memory() -> int | None:
+    """This machine's memory in bytes (physical, or the cgroup's limit when lower), or
+    ``None`` where it cannot be known."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        total = None
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and (total is None or int(limit) < total):
+            total = int(limit)
+        break
+    return total
+
+
+def default_max_input_pixels() -> int | None:
+    """The input-size limit when none is configured: as many 8-bit RGB pixels as this
+    machine's memory holds (``None``: unknown, no limit)."""
+    memory = machine_memory()
+    return None if memory is None else memory // RGB_BYTES
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"  # pragma: no cover
+
+
+def check_input_size(
+    reader: SlideReader, mpp: float, max_pixels: int | None = None, name: str | None = None
+) -> tuple[int, int]:
+    """The ``(width, height)`` of a slide's input at ``mpp``, after checking that it is
+    at least one pixel and at most ``max_pixels`` pixels; nothing is read.
+
+    Args:
+        reader: the slide.
+        mpp: the target microns per pixel (the run's).
+        max_pixels: the most input pixels allowed (``None``:
+            :func:`default_max_input_pixels`, what this machine's memory holds as 8-bit RGB).
+        name: how the message names the slide (default: its file).
+
+    Raises:
+        InputSizeError: the input would be under one pixel or over ``max_pixels``; the
+            message names the slide, its mpp, the planned size and the fix.
+
+    Example:
+        >>> import numpy as np
+        >>> slide = SlideReader.from_array(np.zeros((512, 512, 3), np.uint8), mpp=0.5)
+        >>> check_input_size(slide, 1.0)
+        (256, 256)
+    """
+    name = name or reader.name
+    slide_mpp = reader.require_mpp()
+    width0, height0 = reader.dimensions
+    fix = "check the mpp column of the manifest (or the slide's metadata) and the run's --mpp"
+    exact = (width0 * slide_mpp / mpp, height0 * slide_mpp / mpp)  # unrounded target pixels
+    if min(exact) < 1:
+        raise InputSizeError(
+            f"{name}: at the run's {mpp:g} um/px its input would be {exact[0]:.3g} x "
+            f"{exact[1]:.3g} px, under one pixel: at its {slide_mpp:g} um/px the slide is only "
+            f"{width0 * slide_mpp:.3g} x {height0 * slide_mpp:.3g} um; {fix}"
+        )
+    width, height = reader.resolution(mpp).dimensions
+    limit = default_max_input_pixels() if max_pixels is None else max_pixels
+    pixels = width * height
+    if limit is not None and pixels > limit:
+        why = (
+            "data.max_input_pixels"
+            if max_pixels is not None
+            else f"what this machine's {_bytes(limit * RGB_BYTES)} of memory holds as 8-bit RGB; "
+            "data.max_input_pixels sets it"
+        )
+        raise InputSizeError(
+            f"{name}: at the run's {mpp:g} um/px its input would be {width:,} x {height:,} px "
+            f"({pixels:.3g} pixels, {_bytes(pixels * RGB_BYTES)} as 8-bit RGB) from its "
+            f"{slide_mpp:g} um/px, over the limit of {limit:,} pixels ({why}); {fix}"
+        )
+    return width, height
+
+
+@dataclass
+class RegionPixels:
+    """One region as :meth:`SlideSource.read_compact` decoded it, before conversion.
+
+    Attributes:
+        shape: ``(b, c, h, w)`` of the tensor :meth:`SlideSource.expand` makes of it.
+        channels: the channels asked for.
+        rgb: ``(h, w, 3)`` uint8 pixels; ``None`` for a region without tissue (background).
+        tissue: ``(h, w)`` bool, the positions on tissue, where the region is only partly
+            tissue; ``None``: all of it.
+        empty: a region of zero size.
+    """
+
+    shape: tuple[int, int, int, int]
+    channels: slice
+    rgb: Tensor | None
+    tissue: Tensor | None
+    empty: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (the uint8 pixels and the mask)."""
+        return sum(t.numel() * t.element_size() for t in (self.rgb, self.tissue) if t is not None)
 
 
 class SlideSource:
@@ -163,31 +288,52 @@ class SlideSource:
                 tile); the message names the file, the region and the fix. Streaming
                 passes it on unchanged, so a trainer can skip the slide.
         """
+        return self.expand(self.read_compact(index))
+
+    def read_compact(self, index: tuple[slice, ...]) -> RegionPixels:
+        """The decoded region of ``index`` as uint8 pixels (3 bytes per position, plus a
+        tissue mask where the region is partly background): what streaming keeps from the
+        forward pass for the backward recompute, so a slide is decoded once per step.
+        :meth:`expand` turns it into :meth:`read`'s tensor, bit for bit.
+
+        Raises:
+            SlideReadError: as :meth:`read`.
+        """
         (b0, b1), (c0, c1), (y0, y1), (x0, x1) = self._bounds(index)
         height, width = y1 - y0, x1 - x0
+        shape = (b1 - b0, c1 - c0, height, width)
         if height == 0 or width == 0 or b1 == b0 or c1 == c0:
-            return torch.zeros(
-                (b1 - b0, c1 - c0, height, width), dtype=self.dtype, device=self.device
-            )
+            return RegionPixels(shape, slice(c0, c1), None, None, empty=True)
         tissue = self._tissue(x0, y0, width, height) if self.tissue_mask is not None else True
-        channels = slice(c0, c1)
-        out = torch.empty((c1 - c0, height, width), dtype=self.dtype)  # (c, h, w)
         if tissue is None:
             self.skipped += 1
+            return RegionPixels(shape, slice(c0, c1), None, None)
+        self.reads += 1
+        rgb = self._read_rgb(x0, y0, width, height)  # (h, w, 3) uint8
+        if not rgb.flags.writeable:  # backends may hand out read-only buffers
+            rgb = rgb.copy()
+        mask = None if tissue is True else torch.from_numpy(tissue)
+        return RegionPixels(shape, slice(c0, c1), torch.from_numpy(rgb), mask)
+
+    def expand(self, region: RegionPixels) -> Tensor:
+        """:meth:`read`'s tensor of a region from :meth:`read_compact`: normalised, the
+        background outside tissue filled, on :attr:`device`."""
+        b, c, height, width = region.shape
+        if region.empty:
+            return torch.zeros(region.shape, dtype=self.dtype, device=self.device)
+        channels = region.channels
+        out = torch.empty((c, height, width), dtype=self.dtype)  # (c, h, w)
+        if region.rgb is None:  # no tissue: the background value
             out.copy_(self._background_normalized[channels].expand_as(out))
         else:
-            self.reads += 1
-            rgb = self._read_rgb(x0, y0, width, height)  # (h, w, 3) uint8
-            if not rgb.flags.writeable:  # backends may hand out read-only buffers
-                rgb = rgb.copy()
-            out.copy_(torch.from_numpy(rgb).permute(2, 0, 1)[channels])  # to dtype, contiguous
+            out.copy_(region.rgb.permute(2, 0, 1)[channels])  # to dtype, contiguous
             out.mul_(self._scale[channels]).add_(self._shift[channels])
-            if tissue is not True:
+            if region.tissue is not None:
                 background = self._background_normalized[channels]
-                out = torch.where(torch.from_numpy(tissue), out, background)
+                out = torch.where(region.tissue, out, background)
         batch = out.unsqueeze(0)
-        if b1 - b0 != 1:
-            batch = batch.expand(b1 - b0, -1, -1, -1)
+        if b != 1:
+            batch = batch.expand(b, -1, -1, -1)
         return batch.to(self.device)
 
     def augmented(self, generator: torch.Generator | None = None) -> OrientedSource:
@@ -262,6 +408,8 @@ class OrientedSource:
         self.read_ahead = getattr(source, "read_ahead", None)
         if self.read_ahead is None:
             del self.read_ahead  # no opinion: streaming decides by the device
+        if callable(getattr(source, "read_compact", None)):  # decoded once per step too
+            self.read_compact, self.expand = self._read_compact, self._expand
 
     @property
     def device(self) -> torch.device:
@@ -273,6 +421,18 @@ class OrientedSource:
 
     def read(self, index: tuple[slice, ...]) -> Tensor:
         """The window ``index`` of the oriented input."""
+        return orient_tensor(self.source.read(self._window(index)), self.k, self.flip).contiguous()
+
+    def _read_compact(self, index: tuple[slice, ...]) -> Any:
+        """The source's compact form of the window (when it has one); see :meth:`_expand`."""
+        return self.source.read_compact(self._window(index))
+
+    def _expand(self, compact: Any) -> Tensor:
+        """:meth:`read`'s tensor of a window read with :meth:`_read_compact`."""
+        return orient_tensor(self.source.expand(compact), self.k, self.flip).contiguous()
+
+    def _window(self, index: tuple[slice, ...]) -> tuple[slice, ...]:
+        """The window of the underlying source that the oriented ``index`` shows."""
         index = tuple(index) + (slice(None),) * (4 - len(index))
         (b, c, rows, cols) = index
         h, w = self.shape[2], self.shape[3]
@@ -284,8 +444,7 @@ class OrientedSource:
         if self._rev_cols:
             c0, c1 = w - c1, w - c0
         rows_in, cols_in = slice(r0, r1), slice(c0, c1)
-        window = (b, c, cols_in, rows_in) if self._swapped else (b, c, rows_in, cols_in)
-        return orient_tensor(self.source.read(window), self.k, self.flip).contiguous()
+        return (b, c, cols_in, rows_in) if self._swapped else (b, c, rows_in, cols_in)
 
     def augmented(self, generator: torch.Generator | None = None) -> OrientedSource:
         """Another random orientation of the underlying source (not composed)."""
