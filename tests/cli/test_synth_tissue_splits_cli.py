@@ -1,8 +1,10 @@
-"""``gigastream tissue`` and ``gigastream splits`` (thin wrappers over gigastream.wsi)."""
+"""``gigastream tissue`` (masks and their overlays on the slide) and ``gigastream splits``
+(thin wrappers over gigastream.wsi and gigastream.viz)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from gigastream.cli.main import main
@@ -34,6 +36,35 @@ def test_tissue_cli_flags_empty_slides(tmp_path, capsys):
     assert (tmp_path / "masks" / "tissue.tissue.png").is_file()
     assert main(["tissue", str(tmp_path / "absent.svs"), "--out", str(tmp_path)]) == 1
     assert "file not found" in capsys.readouterr().out
+
+
+def test_tissue_cli_writes_an_overlay_of_the_mask_on_the_thumbnail(tmp_path, capsys):
+    from gigastream.viz.tissue import TISSUE_COLOUR
+
+    image = np.full((256, 320, 3), 245, np.uint8)
+    image[64:192, 96:256] = (190, 100, 170)  # tissue: 512x640 um at 4 um/px
+    Image.fromarray(image).save(tmp_path / "s1.png")
+    out = tmp_path / "masks"
+    flags = ["--out", str(out), "--slide-mpp", "4", "--mpp", "8"]
+    assert main(["tissue", str(tmp_path / "s1.png"), *flags]) == 0
+    printed = capsys.readouterr().out
+    overlay = out / "s1_overlay.png"
+    assert f"overlay {overlay}" in printed and (out / "s1.tissue.png").is_file()
+    with Image.open(overlay) as img:
+        assert img.format == "PNG" and img.size == (320, 256)  # the thumbnail (max 1024 px)
+        picture = np.asarray(img.convert("RGB"))
+    changed = (picture != image).any(axis=-1)
+    assert (picture[changed] == TISSUE_COLOUR).all()  # the outline, opaque
+    ys, xs = np.nonzero(changed)  # on the tissue's inner border (the mask is 2 px a pixel)
+    assert 64 <= ys.min() <= 66 and 189 <= ys.max() <= 191
+    assert 96 <= xs.min() <= 98 and 253 <= xs.max() <= 255
+    assert not changed[72:184, 104:248].any()  # inside the tissue: the slide's own pixels
+    np.testing.assert_array_equal(picture[:60], image[:60])  # outside it: likewise
+    for side in (changed[:, :100], changed[:, 250:], changed[:70], changed[186:]):
+        assert side.sum() > 100  # outlined on all four sides
+    with pytest.raises(SystemExit):
+        main(["tissue", "--help"])
+    assert "<slide>_overlay.png" in capsys.readouterr().out
 
 
 def test_splits_cli(tmp_path, capsys):

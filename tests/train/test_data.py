@@ -11,7 +11,7 @@ from gigastream.train.config import ConfigError, DataConfig, RunConfig
 from gigastream.train.config_files import load_config
 from gigastream.train.data import EpochSampler, SlideExamples, check_labels, split_rows
 from gigastream.wsi.manifest import Manifest, read_manifest, write_splits
-from gigastream.wsi.tissue import TissueMaskConfig
+from gigastream.wsi.tissue import TissueMask, TissueMaskConfig
 
 
 @pytest.fixture
@@ -178,3 +178,126 @@ def test_lazy_slides_are_augmented_like_preloaded_ones(manifest):
             atol=1e-6,
             rtol=1e-5,
         )
+
+
+# ----------------------------------------------------------------------------- faults (issue 15)
+def _tissue_image(left: bool) -> np.ndarray:
+    image = np.full((512, 512, 3), 244, np.uint8)
+    columns = slice(32, 224) if left else slice(288, 480)
+    image[96:416, columns] = (190, 100, 170)
+    return image
+
+
+def _one_slide(tmp_path, name: str, image: np.ndarray, slide_id: str = "s") -> Manifest:
+    Image.fromarray(image).save(tmp_path / f"{name}.png")
+    csv = tmp_path / f"{name}.csv"
+    csv.write_text(f"slide_id,path,label,mpp\n{slide_id},{name}.png,tumor,2.0\n")
+    return read_manifest(csv)
+
+
+def _mask_of(manifest: Manifest, data: DataConfig) -> np.ndarray:
+    example = SlideExamples(manifest.rows, ["normal", "tumor"], data)[0]
+    assert example.error is None, example.error
+    return example.tissue_mask.mask
+
+
+def test_cached_mask_of_another_file_with_the_same_slide_id_is_recomputed(tmp_path):
+    data = DataConfig(**{**DATA.__dict__, "mask_dir": str(tmp_path / "masks")})
+    left = _mask_of(_one_slide(tmp_path, "left", _tissue_image(left=True)), data)
+    right = _mask_of(_one_slide(tmp_path, "right", _tissue_image(left=False)), data)  # same id
+    assert left[:, : left.shape[1] // 2].any() and not left[:, left.shape[1] // 2 :].any()
+    assert right[:, right.shape[1] // 2 :].any() and not right[:, : right.shape[1] // 2].any()
+    again = _mask_of(_one_slide(tmp_path, "right", _tissue_image(left=False)), data)
+    assert np.array_equal(again, right)  # rewritten file: a new identity, the same mask
+
+
+def test_cached_mask_is_recomputed_when_the_tissue_settings_change(tmp_path):
+    manifest = _one_slide(tmp_path, "left", _tissue_image(left=True))
+    data = DataConfig(**{**DATA.__dict__, "mask_dir": str(tmp_path / "masks")})
+    coarse = _mask_of(manifest, data)
+    finer = DataConfig(**{**data.__dict__, "tissue": TissueMaskConfig(mpp=2.0)})
+    fine = _mask_of(manifest, finer)
+    assert fine.shape == (512, 512) and coarse.shape == (256, 256)
+    assert _mask_of(manifest, data).shape == (256, 256)  # and back
+
+
+def test_truncated_cached_mask_is_recomputed_and_the_slide_used(manifest, tmp_path):
+    data = DataConfig(**{**DATA.__dict__, "mask_dir": str(tmp_path / "masks")})
+    first = _mask_of(manifest, data)
+    cached = tmp_path / "masks" / "tissue.png"
+    cached.write_bytes(cached.read_bytes()[: cached.stat().st_size // 2])
+    assert np.array_equal(_mask_of(manifest, data), first)
+    assert np.array_equal(TissueMask.load(cached).mask, first)  # rewritten whole
+    names = sorted(p.name for p in (tmp_path / "masks").iterdir())
+    assert names == ["tissue.png", "tissue.png.json"]  # the mask, its key; no temporaries
+
+
+def test_unknown_split_values_are_one_error_with_the_closest_valid_one(tmp_path):
+    splits = {"a": "trian", "b": "validaton", "c": "train", "d": "val", "e": "test", "f": "Trian"}
+    lines = ["slide_id,path,label,split"]
+    for i, (slide_id, split) in enumerate(splits.items()):
+        _one_slide(tmp_path, slide_id, _tissue_image(left=i % 2 == 0))
+        lines.append(f"{slide_id},{slide_id}.png,{'tumor' if i % 2 else 'normal'},{split}")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    manifest = read_manifest(tmp_path / "m.csv")
+    with pytest.raises(ConfigError) as info:
+        split_rows(manifest, RunConfig(manifest=str(tmp_path / "m.csv")))
+    text = str(info.value)
+    assert "\n" not in text and str(tmp_path / "m.csv") in text
+    assert "'trian' (a; did you mean 'train'?)" in text
+    assert "'validaton' (b; did you mean 'validation'?)" in text
+    assert "'Trian' (f; did you mean 'train'?)" in text
+    assert "'test'" not in text  # test rows are left out on purpose
+
+
+def test_the_same_file_in_training_and_validation_is_refused(tmp_path):
+    _one_slide(tmp_path, "a", _tissue_image(left=True))
+    _one_slide(tmp_path, "b", _tissue_image(left=False))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "m.csv").write_text(
+        "slide_id,path,label,split\n"
+        "a,a.png,tumor,train\nb,b.png,normal,train\n"
+        "a_again,sub/../a.png,tumor,val\nb2,b.png,normal,train\n"
+    )
+    manifest = read_manifest(tmp_path / "m.csv")
+    with pytest.raises(ConfigError) as info:
+        split_rows(manifest, RunConfig(manifest=str(tmp_path / "m.csv")))
+    text = str(info.value)
+    assert "'a' (training) and 'a_again' (validation)" in text
+    assert str((tmp_path / "a.png").resolve()) in text
+    assert "'b'" not in text  # the same file twice within training is no leak
+
+
+@pytest.mark.parametrize(
+    ("slide_mpp", "run_mpp", "needles"),
+    [
+        (1000.0, 0.25, ["1000 um/px", "2,048,000 x 2,048,000 px", "over the limit"]),
+        (2.0, 1e-4, ["2 um/px", "10,240,000 x 10,240,000 px", "over the limit"]),
+        (1e-9, 4.0, ["1e-09 um/px", "under one pixel"]),
+    ],
+    ids=["coarse-slide-mpp", "fine-run-mpp", "tiny-slide-mpp"],
+)
+def test_a_slide_whose_input_at_the_run_mpp_is_absurd_is_skipped(
+    tmp_path, slide_mpp, run_mpp, needles
+):
+    Image.fromarray(_tissue_image(left=True)).save(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text(f"slide_id,path,label,mpp\nodd,a.png,tumor,{slide_mpp!r}\n")
+    rows = read_manifest(tmp_path / "m.csv").rows
+    data = DataConfig(**{**DATA.__dict__, "mpp": run_mpp, "mask_dir": str(tmp_path / "masks")})
+    example = SlideExamples(rows, ["normal", "tumor"], data)[0]
+    assert example.error is not None and example.error.startswith("odd (")
+    for needle in needles:
+        assert needle in example.error, example.error
+    assert "mpp" in example.error and not any((tmp_path / "masks").iterdir())  # nothing read
+
+
+def test_the_input_size_limit_is_a_setting():
+    from gigastream.wsi.reader import SlideReader
+    from gigastream.wsi.source import InputSizeError, check_input_size
+
+    slide = SlideReader.from_array(np.zeros((512, 512, 3), np.uint8), mpp=0.5)
+    assert check_input_size(slide, 1.0, max_pixels=256 * 256) == (256, 256)
+    with pytest.raises(InputSizeError, match=r"256 x 256 px .*over the limit of 65,535 pixels"):
+        check_input_size(slide, 1.0, max_pixels=256 * 256 - 1)
+    with pytest.raises(ConfigError, match="data.max_input_pixels must be a positive"):
+        DataConfig(max_input_pixels=0).validate()

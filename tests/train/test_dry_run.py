@@ -26,11 +26,12 @@ def test_report_plans_largest_and_median_slide(manifest):
 
 
 def test_report_without_readable_slides(tmp_path, manifest):
-    garbage = tmp_path / "garbage.tif"
-    garbage.write_bytes(b"not a slide" * 100)
-
-    def unreadable(rows):
-        return [{**r, "path": str(garbage)} for r in rows]
+    def unreadable(rows):  # one garbage file each (one file in both splits would be a leak)
+        for row in rows:
+            garbage = tmp_path / f"{row['slide_id']}.tif"
+            garbage.write_bytes(b"not a slide" * 100)
+            row["path"] = str(garbage)
+        return rows
 
     bad = copy_manifest(manifest, tmp_path / "manifest.csv", unreadable)
     report = dry_run(prepare(tiny_config(bad), check_plan=False, check_device=False))

@@ -61,3 +61,29 @@ def test_one_class_is_refused(tmp_path, manifest):
         fit(tiny_config(one), tmp_path / "run")
     assert not (tmp_path / "run").exists()
     assert os.listdir(tmp_path) == ["manifest.csv"]
+
+
+def _with_split(rows, garbage, unreadable: str):
+    """Rows 0-5 training and 6-7 validation; the ``unreadable`` side's files are garbage."""
+    out = []
+    for i, row in enumerate(rows):
+        split = "train" if i < 6 else "val"
+        if split == unreadable:
+            row = {**row, "path": str(garbage)}
+        out.append({**row, "split": split})
+    return out
+
+
+@pytest.mark.parametrize(("unreadable", "count"), [("train", 6), ("val", 2)])
+def test_no_readable_training_or_validation_slide_is_refused(tmp_path, manifest, unreadable, count):
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"\x00not a slide" * 100)
+    bad = copy_manifest(
+        manifest, tmp_path / "manifest.csv", lambda rows: _with_split(rows, garbage, unreadable)
+    )
+    with pytest.raises(ConfigError) as info:
+        prepare(tiny_config(bad))
+    text = str(info.value)
+    side = "training" if unreadable == "train" else "validation"
+    assert f"none of the {count} {side} slides can be used" in text and "\n" not in text
+    assert "synth_00" in text and "garbage.tif" in text

@@ -1,4 +1,5 @@
-"""Heatmaps: PNG overlay with colour bar, full-resolution pyramidal TIFF overlay, errors."""
+"""Heatmaps: PNG overlay with colour bar and scale bar, full-resolution pyramidal TIFF
+overlay, tissue-only tinting, opacity, titles, errors."""
 
 from __future__ import annotations
 
@@ -9,16 +10,22 @@ from PIL import Image
 from gigastream import SlideReader
 from gigastream.viz.heatmap import (
     ATTENTION_LABEL,
+    ATTENTION_OPACITY,
     CONTOUR_COLOUR,
+    SCALE_BAR_COLOUR,
     HeatmapStyle,
     attention_heatmap_png,
     attention_heatmap_tiff,
     attention_times_n,
+    check_opacity,
     colorize,
     contour_lines,
+    heatmap_figure,
     heatmap_png,
     heatmap_tiff,
     overlay,
+    scale_bar_length,
+    scale_bar_text,
     slide_title,
 )
 from gigastream.wsi.tissue import TissueMask
@@ -235,3 +242,141 @@ def test_attention_tiff_uses_the_attention_scale(slide, lesion, tmp_path):
         image = viewer.read_level(0, 0, 0, 800, 600).astype(int)
     assert np.abs(image[:100, :100] - neutral).max() <= 3  # flat neutral colour (JPEG)
     assert _green(image[160:320, 200:400]).any()
+
+
+# ------------------------------------------------------------------ issue 16: pictures
+def _scale_bar(fig):
+    (bar,) = [a for a in fig.axes[0].get_children() if a.get_gid() == "scale_bar"]
+    return bar
+
+
+@pytest.mark.parametrize("width_um", [3.0, 40.0, 400.0, 999.0, 2000.0, 4000.0, 9e3, 25e3, 1e5])
+def test_scale_bar_length_is_round_and_a_tenth_to_a_quarter_of_the_width(width_um):
+    length = scale_bar_length(width_um)
+    mantissa = length / 10 ** np.floor(np.log10(length))
+    assert mantissa == pytest.approx(1) or mantissa == pytest.approx(2) or mantissa == 5
+    assert 0.1 <= length / width_um <= 0.25
+
+
+def test_scale_bar_lengths_and_labels():
+    assert [scale_bar_length(w) for w in (400.0, 2000.0, 4000.0, 25_000.0)] == [
+        100.0,
+        500.0,
+        1000.0,
+        5000.0,
+    ]
+    assert [scale_bar_text(x) for x in (100.0, 500.0, 1000.0, 5000.0, 0.5)] == [
+        "100 µm",
+        "500 µm",
+        "1 mm",
+        "5 mm",
+        "0.5 µm",
+    ]
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="positive number of microns"):
+            scale_bar_length(bad)
+
+
+def test_png_has_a_scale_bar_of_the_bar_colour_and_length(tmp_path):
+    grey = SlideReader.from_array(np.full((600, 800, 3), 200, np.uint8), mpp=0.5)  # 400 um wide
+    clear = HeatmapStyle(alpha=0.0)
+    fig = heatmap_figure(grey, np.ones((3, 4)), style=clear, max_size=400)  # 1 um per thumb px
+    assert _scale_bar(fig).txt_label.get_text() == "100 µm"  # 25% of 400 um
+    path = heatmap_png(grey, np.ones((3, 4)), tmp_path / "bar.png", style=clear, max_size=400)
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB")).astype(int)
+    thumb = (np.abs(rgb - 200) <= 1).all(axis=-1)
+    (y0, y1), (x0, x1) = (_first_run(thumb.sum(axis=a) > 100) for a in (1, 0))
+    px = (x1 - x0) / 400  # PNG pixels per micron
+    bar = (rgb == SCALE_BAR_COLOUR).all(axis=-1)
+    assert not bar[y0:y1, x0:x1].any()  # under the thumbnail, hiding no tissue
+    rows = np.flatnonzero(bar[y1 : y1 + 20, x0 : x1 + 2].sum(axis=1) > 50 * px) + y1
+    assert len(rows) >= 2  # a bar a few pixels thick ...
+    for row in rows:
+        cols = np.flatnonzero(bar[row, x0 : x1 + 2])
+        assert len(cols) == pytest.approx(100 * px, abs=2)  # ... 100 um long ...
+        assert cols[-1] + x0 == pytest.approx(x1 - 1, abs=2)  # ... at the right edge
+    bare = heatmap_png(
+        grey, np.ones((3, 4)), tmp_path / "bare.png", style=clear, max_size=400, scale_bar=False
+    )
+    no_mpp = SlideReader.from_array(np.full((600, 800, 3), 200, np.uint8), mpp=None)
+    unknown = heatmap_png(
+        no_mpp, np.ones((3, 4)), tmp_path / "nompp.png", style=clear, max_size=400
+    )
+    for other in (bare, unknown):
+        with Image.open(other) as img:
+            black = (np.asarray(img.convert("RGB")) == SCALE_BAR_COLOUR).all(axis=-1)
+        assert black.sum(axis=1).max() < 50 * px  # no bar (microns unknown without mpp)
+
+
+def test_scale_bar_follows_the_thumbnail_microns():
+    big = SlideReader.from_array(np.full((1000, 2000, 3), 200, np.uint8), mpp=2.0)  # 4 mm wide
+    fig = heatmap_figure(big, np.ones((2, 2)), max_size=500)  # 8 um per thumbnail pixel
+    bar = _scale_bar(fig)
+    assert bar.txt_label.get_text() == "1 mm"
+    (rectangle,) = bar.size_bar.get_children()
+    assert rectangle.get_width() == pytest.approx(1000 / 8)  # thumbnail pixels
+
+
+@pytest.fixture
+def half_tissue():
+    """A tissue mask (4 um/px) over the 800x600 px (400x300 um) slide: the left half, x < 200 um."""
+    mask = np.zeros((75, 100), bool)
+    mask[:, :50] = True
+    return TissueMask(mask, mpp=4.0)
+
+
+def test_overlay_leaves_the_thumbnail_untinted_off_tissue(slide, half_tissue):
+    image = np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    style = HeatmapStyle(alpha=0.8)
+    scores = np.random.default_rng(2).random((3, 4))  # every cell finite
+    out = overlay(slide, scores, image, style=style, tissue=half_tissue)
+    np.testing.assert_array_equal(out[:, 200:], image[:, 200:])  # off tissue: the thumbnail
+    np.testing.assert_array_equal(out[:, :200], overlay(slide, scores, image, style=style)[:, :200])
+    assert (out[:, :200] != image[:, :200]).any(axis=-1).mean() > 0.9  # on tissue: tinted
+
+
+def test_png_and_tiff_are_untinted_off_tissue(slide, half_tissue, tmp_path):
+    scores, hot = np.ones((3, 4)), HeatmapStyle(cmap="Reds", alpha=1.0, vmin=0.0, vmax=1.0)
+    path = heatmap_png(
+        slide, scores, tmp_path / "t.png", style=hot, max_size=400, tissue=half_tissue
+    )
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB")).astype(int)
+    (red,) = colorize(np.ones((1, 1)), hot)[0][0].astype(int)[None]
+    is_red = (np.abs(rgb - red) <= 1).all(axis=-1)
+    is_slide = (rgb == 235).all(axis=-1)  # the slide's own grey
+    y0, y1 = _first_run(is_slide.sum(axis=1) > 100)
+    (r0, r1), (s0, s1) = (_first_run(flags.sum(axis=0) > 100) for flags in (is_red, is_slide))
+    assert r1 - r0 == pytest.approx(s1 - s0, abs=2) and 0 <= s0 - r1 <= 2  # two halves
+    assert is_red[y0 + 1 : y1 - 1, r0 + 1 : r1 - 1].all()  # tissue: tinted
+    assert is_slide[y0 + 1 : y1 - 1, s0 + 1 : s1 - 1].all()  # background: the slide's pixels
+    tiff = heatmap_tiff(slide, scores, tmp_path / "t.tif", style=hot, tissue=half_tissue)
+    with SlideReader.open(tiff) as viewer:
+        image = viewer.read_level(0, 0, 0, 800, 600).astype(int)
+    inner = image[:584]  # JPEG: red next to the white padding of the last tile row bleeds
+    assert np.abs(inner[:, 404:] - 235).max() <= 3  # background: the slide's pixels
+    assert np.abs(inner[:, :396] - red).max() <= 6  # tissue: tinted
+
+
+def test_opacity_is_checked_and_sets_the_blend(slide):
+    assert HeatmapStyle.for_attention().alpha == ATTENTION_OPACITY == 0.55  # the usual look
+    assert check_opacity(0) == 0.0 and check_opacity(1) == 1.0
+    for bad in (-0.1, 1.5, float("nan"), "much"):
+        with pytest.raises(ValueError, match="opacity must be a number from 0 .* to 1"):
+            HeatmapStyle(alpha=bad)
+    with pytest.raises(ValueError, match="--opacity must be a number from 0"):
+        check_opacity(2, "--opacity")
+    image = np.full((300, 400, 3), 100, np.uint8)
+    white = HeatmapStyle(cmap="gray", vmin=0.0, vmax=1.0, alpha=0.25)
+    out = overlay(slide, np.ones((3, 4)), image, style=white)
+    assert (out == round(100 * 0.75 + 255 * 0.25)).all()
+
+
+def test_title_is_on_the_figure_and_in_the_png(slide, tmp_path):
+    title = slide_title("s1", "positive", 0.93)
+    fig = heatmap_figure(slide, np.ones((3, 4)), title=title, max_size=256)
+    assert fig.axes[0].get_title() == title
+    path = attention_heatmap_png(slide, np.ones((3, 4)), tmp_path / "t.png", title=title)
+    with Image.open(path) as img:
+        assert img.text["Title"] == title

@@ -152,3 +152,67 @@ def test_fold_errors():
         stratified_folds(_manifest(5), folds=1)
     with pytest.raises(ValueError, match="4 cases cannot fill 5 folds"):
         stratified_folds(_manifest(4), folds=5)
+
+
+# ----------------------------------------------------------------------------- faults (issue 15)
+def test_slide_ids_that_are_not_safe_file_names_are_refused(tmp_path):
+    _touch(tmp_path, "a.svs")
+    path = _write(
+        tmp_path / "m.csv",
+        [
+            "slide_id,path,label",
+            "../../x,a.svs,tumor",
+            "a/b,a.svs,tumor",
+            ".hidden,a.svs,normal",
+            "with space,a.svs,normal",
+            "TCGA-01.2_A,a.svs,normal",  # letters, digits and . _ - are fine
+        ],
+    )
+    with pytest.raises(ManifestError) as info:
+        read_manifest(path)
+    assert len(info.value.errors) == 4
+    text = str(info.value)
+    for bad in ("'../../x'", "'a/b'", "'.hidden'", "'with space'"):
+        assert f"slide_id {bad}" in text
+    assert "TCGA-01.2_A" not in text
+    assert "letters, digits, '.', '_' and '-'" in text and "not start with '.'" in text
+
+
+@pytest.mark.parametrize("mpp", ["0", "-0.5", "inf", "nan"])
+def test_non_positive_or_non_finite_mpp_is_refused(tmp_path, mpp):
+    _touch(tmp_path, "a.svs")
+    path = _write(tmp_path / "m.csv", ["slide_id,path,label,mpp", f"a,a.svs,x,{mpp}"])
+    with pytest.raises(ManifestError, match="line 2 \\(a\\): mpp must be a positive number"):
+        read_manifest(path)
+
+
+def test_a_manifest_that_is_not_utf8_names_the_file_and_the_fix(tmp_path):
+    _touch(tmp_path, "a.svs", "b.svs")
+    path = tmp_path / "m.csv"
+    path.write_bytes(
+        "slide_id,path,label\na,a.svs,normal\nb,b.svs,tumeur bénigne\n".encode("latin-1")
+    )
+    with pytest.raises(ManifestError) as info:
+        read_manifest(path)
+    text = str(info.value)
+    assert str(path) in text and "line 3" in text and "save it as UTF-8" in text
+
+
+def test_splits_file_without_fold_column_or_integer_folds_is_one_line(tmp_path):
+    no_fold = _write(tmp_path / "s1.csv", ["slide_id,case_id,label", "a,a,x"])
+    with pytest.raises(ManifestError) as info:
+        read_splits(no_fold)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(no_fold)) and "'fold'" in message
+    assert "gigastream splits" in message
+    bad = _write(tmp_path / "s2.csv", ["slide_id,case_id,label,fold", "a,a,x,0", "b,b,x,one"])
+    with pytest.raises(ManifestError) as info:
+        read_splits(bad)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(bad))
+    assert "line 3" in message and "'fold'" in message and "'one'" in message
+    latin = tmp_path / "s3.csv"
+    latin.write_bytes("slide_id,case_id,label,fold\né,a,x,0\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match="save it as UTF-8") as info:
+        read_splits(latin)
+    assert "\n" not in str(info.value) and str(latin) in str(info.value)

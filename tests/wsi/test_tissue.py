@@ -99,6 +99,26 @@ def test_mask_load_errors(tmp_path):
         TissueMask.load(tmp_path / "plain.png")
 
 
+def test_save_is_atomic_and_keeps_a_cache_key(tmp_path, monkeypatch):
+    from gigastream.wsi.tissue import CACHE_KEY, stored_text
+
+    path = tmp_path / "m.png"
+    TissueMask(np.ones((8, 8), bool), 2.0).save(path, key="abc")
+    assert stored_text(path)[CACHE_KEY] == "abc" and TissueMask.load(path).mpp == 2.0
+    before = path.read_bytes()
+
+    def disk_full(self, fp, *args, **kwargs):  # half a file, then the disk is full
+        with open(fp, "wb") as f:
+            f.write(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        TissueMask(np.zeros((8, 8), bool), 2.0).save(path)
+    assert path.read_bytes() == before  # the old mask, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["m.png"]  # no temporary left
+
+
 def test_cmu1_has_tissue(cmu1):
     with SlideReader.open(cmu1) as slide:
         mask = compute_tissue_mask(slide, TissueMaskConfig(mpp=8.0))

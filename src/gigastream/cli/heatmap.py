@@ -12,6 +12,8 @@ HELP = "attention heatmaps of slides with a trained checkpoint (PNG, optional py
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from gigastream.viz.heatmap import ATTENTION_OPACITY
+
     common.add_checkpoint(parser)
     common.add_out(parser)
     parser.add_argument(
@@ -24,6 +26,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="folder of ground-truth masks <slide_id>.png to draw as contours",
     )
+    parser.add_argument(
+        "--opacity",
+        type=float,
+        default=ATTENTION_OPACITY,
+        help="opacity of the attention colours over the slide, from 0 (invisible) to 1 "
+        f"(opaque; default {ATTENTION_OPACITY})",
+    )
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument(
+        "--manifest",
+        type=Path,
+        help="CSV slide_id,path,label,...: the slides' true labels (and mpp), shown in the "
+        "titles (a slide is matched by its path, else by its file name as slide_id)",
+    )
+    labels.add_argument("--label", help="the true label of every slide, shown in the titles")
     common.add_device(parser)
     common.add_workers(parser)
     common.add_progress(parser)
@@ -31,9 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    common.quiet_lightning(args)
+    from gigastream.train.heatmaps import slide_labels
     from gigastream.train.prediction import predict_slide_files
+    from gigastream.viz.heatmap import check_opacity
 
+    check_opacity(args.opacity, "--opacity")  # every argument before any work
+    labels = slide_labels(args.slides, manifest=args.manifest, label=args.label)
+    common.quiet_lightning(args)
     result = predict_slide_files(
         args.checkpoint,
         args.slides,
@@ -44,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         tiff=args.tiff,
         lesion_dir=args.lesions,
         num_workers=args.workers,
+        labels=labels,
+        opacity=args.opacity,
     )
     for path in result["heatmaps"]:
         print(path)

@@ -1,4 +1,5 @@
-"""``gigastream tissue``: compute tissue masks of slides and save them as PNG."""
+"""``gigastream tissue``: compute tissue masks of slides and save them as PNG, each with an
+overlay of the mask on the slide's thumbnail to check it by eye."""
 
 from __future__ import annotations
 
@@ -13,14 +14,19 @@ logger = logging.getLogger(__name__)
 
 COMMAND = ("tissue",)
 HELP = (
-    "compute tissue masks (Otsu on saturation) and save them as PNG; report slides without tissue"
+    "compute tissue masks (Otsu on saturation) and save them as PNG, with an overlay of each "
+    "mask outlined on the slide's thumbnail; report slides without tissue"
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TissueMaskConfig()
     common.add_slides(parser)
-    common.add_out(parser, "folder for <slide>.tissue.png")
+    common.add_out(
+        parser,
+        "folder for <slide>.tissue.png (the mask: tissue white) and <slide>_overlay.png (the "
+        "slide's thumbnail with the tissue outlined in cyan)",
+    )
     parser.add_argument("--mpp", type=float, default=defaults.mpp, help="mask resolution (um/px)")
     parser.add_argument(
         "--slide-mpp", type=float, default=None, help="mpp of slides without metadata"
@@ -29,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gigastream.viz.tissue import tissue_overlay_png
+
     config = TissueMaskConfig(mpp=args.mpp, min_tissue_fraction=args.min_tissue_fraction)
     args.out.mkdir(parents=True, exist_ok=True)
     empty = failed = 0
@@ -36,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with SlideReader.open(path, mpp=args.slide_mpp) as slide:
                 mask = compute_tissue_mask(slide, config)
+                overlay = tissue_overlay_png(slide, mask, args.out / f"{path.stem}_overlay.png")
         except SlideError as exc:
             print(f"error: {exc}")
             failed += 1
@@ -43,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
         target = mask.save(args.out / f"{path.stem}.tissue.png")
         flag = "NO TISSUE" if mask.is_empty(config.min_tissue_fraction) else "ok"
         empty += flag != "ok"
-        print(f"{path}: tissue {mask.tissue_fraction:.1%} [{flag}] -> {target}")
+        print(f"{path}: tissue {mask.tissue_fraction:.1%} [{flag}] -> {target}, overlay {overlay}")
     return 1 if failed or empty == len(args.slides) else 0

@@ -27,10 +27,20 @@ from gigastream.models.patch_mil import PatchMIL
 from gigastream.models.streaming_mil import StreamingMIL
 from gigastream.streaming.batchnorm import FrozenBatchNorm, is_batchnorm
 from gigastream.train.config import DataConfig, RunConfig
-from gigastream.train.data import SlideExamples
+from gigastream.train.data import SlideExamples, describe_skipped
+from gigastream.train.files import RunError
 from gigastream.wsi.reader import SlideError
 
 logger = logging.getLogger(__name__)
+
+
+def _none_usable(skipped: dict[str, str], what: str) -> RunError:
+    """The error of a calibration that found no usable training slide."""
+    return RunError(
+        f"no usable training slide: all {len(skipped)} were skipped ({what} BatchNorm "
+        f"calibration): {describe_skipped(skipped)}; fix or replace the slide files (or "
+        "their rows of the manifest)"
+    )
 
 
 def calibrate_trunk(
@@ -49,10 +59,14 @@ def calibrate_trunk(
 
     Returns:
         The number of slides used.
+
+    Raises:
+        RunError: no training slide is usable; the message names every one and why.
     """
     from gigastream.streaming.batchnorm import calibrate_batchnorm
 
     order = np.random.default_rng([seed, 11]).permutation(len(dataset)).tolist()
+    skipped: dict[str, str] = {}
 
     def inputs() -> Iterator[torch.Tensor]:
         used = 0
@@ -61,6 +75,7 @@ def calibrate_trunk(
                 return
             example = dataset[index]
             if example.error is not None:
+                skipped[example.slide_id] = example.error
                 continue
             opened = example.open(data, "cpu")
             try:
@@ -73,11 +88,14 @@ def calibrate_trunk(
                 crop = x[index_] if isinstance(x, torch.Tensor) else x.read(index_)
             except SlideError as exc:  # training will skip and list it too
                 logger.warning("BatchNorm calibration skips %s: %s", example.slide_id, exc)
+                skipped[example.slide_id] = str(exc)
                 continue
             finally:
                 opened.close()
             used += 1
             yield crop.to(next(model.parameters()).device)
+        if not used:
+            raise _none_usable(skipped, "the trunk's")
 
     was_training = model.training
     model.eval()
@@ -97,12 +115,16 @@ def calibrate_encoder(
 
     Returns:
         The number of bags used.
+
+    Raises:
+        RunError: no training slide is usable; the message names every one and why.
     """
     from gigastream.mil.strategies import take_instances
     from gigastream.streaming.batchnorm import calibrate_batchnorm
 
     order = np.random.default_rng([seed, 11]).permutation(len(dataset)).tolist()
     device = next(model.parameters()).device
+    skipped: dict[str, str] = {}
 
     def batches() -> Iterator[torch.Tensor]:
         used = 0
@@ -111,6 +133,7 @@ def calibrate_encoder(
                 return
             example = dataset[index]
             if example.error is not None:
+                skipped[example.slide_id] = example.error
                 continue
             opened = example.open(data, device)
             try:
@@ -119,11 +142,14 @@ def calibrate_encoder(
                 patches = take_instances(opened.x, picks)
             except SlideError as exc:
                 logger.warning("BatchNorm calibration skips %s: %s", example.slide_id, exc)
+                skipped[example.slide_id] = str(exc)
                 continue
             finally:
                 opened.close()
             used += 1
             yield patches
+        if not used:
+            raise _none_usable(skipped, "the patch encoder's")
 
     was_training = model.training
     model.eval()

@@ -55,8 +55,11 @@ class DataConfig:
         mpp: resolution the slides are streamed at (microns per pixel).
         tissue: tissue masker settings (also the no-tissue threshold), scaled down for
             small slides (:meth:`~gigastream.wsi.tissue.TissueMaskConfig.scaled_to`).
-        mask_dir: folder of ``<slide_id>.png`` tissue masks: used when present, otherwise
-            computed masks are cached there (default: ``RUN/masks``).
+        mask_dir: folder of ``<slide_id>.png`` tissue masks: a given mask (one not written
+            by this cache) is used when present, otherwise computed masks are cached there
+            (default: ``RUN/masks``), each keyed by the slide file (path, size, mtime), its
+            mpp and the tissue settings, and recomputed when any of them changes or the
+            file is damaged.
         mask_input: blank non-tissue pixels of the input (and skip reading them).
         normalize: ``imagenet`` (torchvision's statistics) or ``none`` (pixels in [0, 1]).
         backend: slide reader backend: ``auto``, ``openslide`` or ``tiffslide``.
@@ -72,6 +75,10 @@ class DataConfig:
         features_dir: folder of cached patch features ``<slide_id>.h5`` (written by
             ``gigastream features``, or CLAM/TRIDENT) that a ``model.kind: features`` run
             trains on (``--features DIR``); only for that kind.
+        max_input_pixels: a slide whose input at ``mpp`` would have more pixels (or less
+            than one) is skipped and listed before anything is read: a wrong mpp in the
+            manifest or the slide's metadata (``None``: as many as this machine's memory
+            holds as 8-bit RGB).
     """
 
     mpp: float = 1.0
@@ -85,11 +92,17 @@ class DataConfig:
     cache_bytes: int = 2 * 2**30
     augment: bool = True
     features_dir: str | None = None
+    max_input_pixels: int | None = None  # None: what this machine's memory holds as RGB
 
     def validate(self) -> None:
         """Raise ConfigError on impossible settings."""
         if not (math.isfinite(self.mpp) and self.mpp > 0):
             raise ConfigError(f"data.mpp must be a positive number of microns, got {self.mpp}")
+        if self.max_input_pixels is not None and self.max_input_pixels < 1:
+            raise ConfigError(
+                "data.max_input_pixels must be a positive number of pixels (or null: what "
+                f"this machine's memory holds), got {self.max_input_pixels}"
+            )
         if self.normalize not in NORMALIZATIONS:
             raise ConfigError(
                 f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}"

@@ -1,11 +1,14 @@
 """Slides as training examples: label checks, train/validation splits, Dataset and DataLoader.
 
-Slides are opened in DataLoader worker processes: a worker opens the slide, loads or
-computes its tissue mask, checks that it has tissue and, when the slide's input is small
-(``DataConfig.preload_pixels``), reads it whole, all off the training thread. Larger
-slides stay lazy: the training step gets a picklable :class:`SlideExample` and opens a
+Slides are opened in DataLoader worker processes: a worker opens the slide, checks the
+size of its input at the run's mpp (:func:`check_slide_input`), loads or computes its
+tissue mask (cached per slide file and tissue settings, :func:`slide_tissue_mask`), checks
+that it has tissue and, when the slide's input is small (``DataConfig.preload_pixels``),
+reads it whole, all off the training thread. Larger slides stay lazy: the training step
+gets a picklable :class:`SlideExample` and opens a
 :class:`~gigastream.wsi.source.SlideSource` that the streamed trunk reads tile by tile.
-An unreadable or tissue-free slide becomes an example with ``error`` set; the training
+An unreadable or tissue-free slide, or one whose input would be under a pixel or larger
+than the machine holds (a wrong mpp), becomes an example with ``error`` set; the training
 step skips it and the run lists it in ``metrics.json``.
 
 Example:
@@ -16,11 +19,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import hashlib
+import json
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,22 +36,35 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gigastream.models.patch_mil import PatchConfig
 from gigastream.train.config import ConfigError, DataConfig, RunConfig
+from gigastream.train.files import atomic_write_text, file_identity
 from gigastream.wsi.manifest import Manifest, ManifestRow, read_splits, stratified_folds
 from gigastream.wsi.reader import SlideError, SlideReader
 from gigastream.wsi.source import (
     IMAGENET,
     Normalization,
     SlideSource,
+    check_input_size,
     draw_orientation,
     orient_mask,
     orient_tensor,
 )
-from gigastream.wsi.tissue import TissueMask, compute_tissue_mask, require_tissue
+from gigastream.wsi.tissue import (
+    CACHE_KEY,
+    TissueMask,
+    compute_tissue_mask,
+    require_tissue,
+    stored_text,
+)
 
 logger = logging.getLogger(__name__)
 
 TRAIN_SPLITS = ("train", "training")
 VAL_SPLITS = ("val", "valid", "validation")
+#: Split names of slides a run leaves out (e.g. a held-out test set).
+OTHER_SPLITS = ("test", "testing", "holdout")
+SPLITS = TRAIN_SPLITS + VAL_SPLITS + OTHER_SPLITS
+#: What a cached tissue mask's key says about how it was computed (bump when that changes).
+MASK_CACHE_VERSION = 1
 
 
 def _label_key(label: str) -> str:
@@ -110,12 +129,14 @@ def split_rows(
     """Training and validation slides of a run.
 
     In order of preference: a splits file and fold (``gigastream splits``), the manifest's
-    ``split`` column (``train``/``training`` vs ``val``/``valid``/``validation``; other
-    names such as ``test`` are left out), or fold 0 of ``round(1 / val_fraction)``
-    stratified patient-level folds.
+    ``split`` column (``train``/``training`` vs ``val``/``valid``/``validation``;
+    ``test``/``testing``/``holdout`` are left out; case-insensitive), or fold 0 of
+    ``round(1 / val_fraction)`` stratified patient-level folds.
 
     Raises:
-        ConfigError: slides missing from the splits file, or an empty side.
+        ConfigError: slides missing from the splits file, split values that are none of
+            the above (each with the closest valid one), the same slide file (resolved
+            path) in training and validation (a leak), or an empty side.
     """
     rows = manifest.rows
     if config.splits is not None:
@@ -133,6 +154,7 @@ def split_rows(
         train = [r for r in rows if fold_of[r.slide_id] != config.fold]
         val = [r for r in rows if fold_of[r.slide_id] == config.fold]
     elif any(r.split for r in rows):
+        _check_split_names(rows, config.manifest)
         train = [r for r in rows if (r.split or "").lower() in TRAIN_SPLITS]
         val = [r for r in rows if (r.split or "").lower() in VAL_SPLITS]
     else:
@@ -145,7 +167,64 @@ def split_rows(
             f"need training and validation slides, got {len(train)} and {len(val)} of "
             f"{len(rows)} (check the split column / splits file)"
         )
+    _check_no_leak(train, val)
     return train, val
+
+
+def _some(names: Sequence[str], shown: int = 3) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def _check_split_names(rows: Sequence[ManifestRow], manifest: str | None) -> None:
+    """ConfigError listing every split value that is not in :data:`SPLITS` (with its slides
+    and the closest valid value): a typo would drop its slides silently."""
+    unknown: dict[str, list[str]] = {}
+    for row in rows:
+        if row.split and row.split.lower() not in SPLITS:
+            unknown.setdefault(row.split, []).append(row.slide_id)
+    if not unknown:
+        return
+    parts = []
+    for value, slide_ids in unknown.items():
+        close = difflib.get_close_matches(value.lower(), SPLITS, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        parts.append(f"{value!r} ({_some(slide_ids)}{hint})")
+    raise ConfigError(
+        f"{manifest or 'the manifest'}: unknown split value(s) {', '.join(parts)}; the split "
+        f"column takes {'/'.join(TRAIN_SPLITS)}, {'/'.join(VAL_SPLITS)} or "
+        f"{'/'.join(OTHER_SPLITS)} (left out): fix the manifest"
+    )
+
+
+def _check_no_leak(train: Sequence[ManifestRow], val: Sequence[ManifestRow]) -> None:
+    """ConfigError naming both slide ids when one slide file (resolved path) is both a
+    training and a validation slide."""
+    training: dict[Path, str] = {}
+    for row in train:
+        training.setdefault(Path(row.path).resolve(), row.slide_id)
+    leaks = []
+    for row in val:
+        path = Path(row.path).resolve()
+        if path in training:
+            leaks.append(
+                f"{training[path]!r} (training) and {row.slide_id!r} (validation) are both {path}"
+            )
+    if leaks:
+        raise ConfigError(
+            f"the same slide file is a training and a validation slide (a train/val leak): "
+            f"{_some(leaks)}; remove the duplicate row (or give it its own file)"
+        )
+
+
+def describe_skipped(skipped: Mapping[str, str], shown: int = 10) -> str:
+    """``id: reason; ...`` of skipped slides (the first ``shown``), on one line."""
+    parts = []
+    for slide_id, reason in list(skipped.items())[:shown]:
+        reason = " ".join(str(reason).split()).removeprefix(f"{slide_id}: ")
+        parts.append(f"{slide_id}: {reason}")
+    more = len(skipped) - shown
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 def normalization(name: str) -> Normalization | None:
@@ -252,20 +331,110 @@ def make_source(reader: SlideReader, mask: TissueMask | None, data: DataConfig) 
     )
 
 
+def check_slide_input(slide: SlideReader, slide_id: str, data: DataConfig) -> tuple[int, int]:
+    """``(width, height)`` of a slide's input at ``data.mpp``, checked to be at least one
+    pixel and at most ``data.max_input_pixels``
+    (:func:`~gigastream.wsi.source.check_input_size`); nothing is read.
+
+    Raises:
+        InputSizeError: (a SlideError: the slide is skipped) naming the slide, its mpp and
+            the planned size.
+    """
+    name = f"{slide_id} ({slide.name})"
+    return check_input_size(slide, data.mpp, data.max_input_pixels, name=name)
+
+
+def mask_key(slide: SlideReader, data: DataConfig) -> str | None:
+    """What a slide's computed tissue mask depends on, as JSON: the slide file's identity
+    (:func:`~gigastream.train.files.file_identity`: resolved path, size, mtime), its mpp
+    (the manifest's or the file's), the backend and every tissue setting; ``None`` for a
+    slide without a file."""
+    if slide.path is None:
+        return None
+    try:
+        identity = file_identity(slide.path)
+    except OSError:
+        return None
+    key = {
+        "version": MASK_CACHE_VERSION,
+        "slide": identity,
+        "slide_mpp": slide.mpp,
+        "backend": slide.backend,
+        "tissue": asdict(data.tissue),
+    }
+    return json.dumps(key, sort_keys=True)
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    """``<slide_id>.png.json``: the key of the cached mask ``path`` (and the mark that the
+    PNG is a cache, not a given mask)."""
+    return path.with_name(f"{path.name}.json")
+
+
+def _stored_mask(path: Path, slide: SlideReader, key: str | None) -> TissueMask | None:
+    """The mask in ``path``: a given mask, or a cached one computed for ``key``; ``None``
+    when it must be computed again (cached for another file or other settings, or damaged).
+
+    A cached mask carries the digest of its key in the PNG itself (written atomically with
+    the pixels) and has a sidecar ``<slide_id>.png.json``; a PNG with neither is a given
+    mask, used as it is and never replaced.
+
+    Raises:
+        SlideError: a given mask that cannot be read.
+    """
+    text = stored_text(path)
+    stored = None if text is None else text.get(CACHE_KEY)
+    sidecar = _sidecar(path)
+    if stored is not None and (key is None or stored != _digest(key)):
+        logger.info("%s: cached for another slide file or tissue settings: recomputing", path)
+        return None
+    try:
+        mask = TissueMask.load(path, slide=slide)
+    except SlideError as exc:
+        if stored is None and not sidecar.is_file():  # the user's own mask
+            raise SlideError(f"{exc}; fix the given mask or delete it") from None
+        logger.warning("%s: damaged (%s): computing the mask again", path, exc)
+        return None
+    if stored is None and sidecar.is_file():  # a given mask put in place of a cached one
+        with contextlib.suppress(OSError):
+            sidecar.unlink()
+    return mask
+
+
 def slide_tissue_mask(
     slide: SlideReader, slide_id: str, data: DataConfig, save: bool = True
 ) -> TissueMask:
-    """The tissue mask of a slide: ``data.mask_dir/<slide_id>.png`` when it exists, else
-    computed with ``data.tissue`` (scaled to the slide) and, with ``save``, cached there."""
+    """The tissue mask of a slide.
+
+    A given mask ``data.mask_dir/<slide_id>.png`` (the user's own image) is used as it is.
+    Otherwise the mask is computed with ``data.tissue`` (scaled to the slide) and, with
+    ``save``, cached at that path with its :func:`mask_key` (the key in a sidecar
+    ``<slide_id>.png.json``, its digest in the PNG; both written atomically): a cached
+    mask is used only for the same slide file, mpp and tissue settings; a stale, truncated
+    or corrupt one is computed again and replaced.
+
+    Raises:
+        SlideError: the slide cannot be read, or a given mask cannot be read.
+    """
     mask_dir = data.mask_dir
     path = Path(mask_dir) / f"{slide_id}.png" if mask_dir is not None else None
+    key = mask_key(slide, data) if path is not None else None
     if path is not None and path.is_file():
-        return TissueMask.load(path, slide=slide)
+        mask = _stored_mask(path, slide, key)
+        if mask is not None:
+            return mask
     width, height = slide.dimensions
     mpp = slide.require_mpp()
     mask = compute_tissue_mask(slide, data.tissue.scaled_to(width * mpp, height * mpp))
-    if path is not None and save:
-        mask.save(path)
+    if path is not None and save and key is not None:
+        # the sidecar first: a crash between the two writes leaves a PNG whose own digest
+        # says what it was computed from
+        atomic_write_text(_sidecar(path), json.dumps(json.loads(key), indent=1) + "\n")
+        mask.save(path, key=_digest(key))
     return mask
 
 
@@ -315,6 +484,7 @@ class SlideExamples(Dataset):
         example = SlideExample(row.slide_id, self.index.get(row.label), str(row.path), row.mpp)
         try:
             with SlideReader.open(row.path, mpp=row.mpp, backend=self.data.backend) as slide:
+                check_slide_input(slide, row.slide_id, self.data)  # before reading anything
                 mask = require_tissue(
                     self._mask(row, slide), row.slide_id, self.data.tissue.min_tissue_fraction
                 )
@@ -323,7 +493,7 @@ class SlideExamples(Dataset):
                 if source.shape[-2] * source.shape[-1] <= self.data.preload_pixels:
                     example.pixels = source.read((slice(None),) * 4)  # (1, 3, H, W)
                     example.input_mpp = source.mpp
-        except SlideError as exc:  # unreadable, corrupt tile, no tissue
+        except SlideError as exc:  # unreadable, corrupt tile, no tissue, absurd size
             example.error = str(exc)
         return example
 
@@ -418,8 +588,11 @@ __all__ = [
     "SlideInput",
     "TensorSource",
     "check_labels",
+    "check_slide_input",
+    "describe_skipped",
     "example_loader",
     "make_source",
+    "mask_key",
     "normalization",
     "run_patches",
     "slide_tissue_mask",

@@ -132,7 +132,9 @@ class DryRunReport:
 
 
 def _slide_shapes(prepared: PreparedRun) -> tuple[list[Shape], list[str]]:
-    """The input shapes of the readable slides (smallest first) and the unreadable ones."""
+    """The input shapes of the readable slides (smallest first) and the unreadable ones
+    (also those whose input is under a pixel or over ``data.max_input_pixels``)."""
+    from gigastream.train.data import check_slide_input
     from gigastream.wsi.source import SlideSource
 
     data = prepared.config.data
@@ -140,6 +142,7 @@ def _slide_shapes(prepared: PreparedRun) -> tuple[list[Shape], list[str]]:
     for row in prepared.train_rows + prepared.val_rows:
         try:
             with SlideReader.open(row.path, mpp=row.mpp, backend=data.backend) as slide:
+                check_slide_input(slide, row.slide_id, data)  # training would skip it
                 shapes.append((tuple(SlideSource(slide, mpp=data.mpp).shape), row.slide_id))
         except SlideError as exc:
             unreadable.append(str(exc))

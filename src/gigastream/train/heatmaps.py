@@ -3,8 +3,12 @@
 
 :func:`write_heatmaps` draws the attention map of each predicted slide over the slide
 (``<slide_id>.png``, optionally a pyramidal ``<slide_id>.tif``) with the ground-truth lesion
-contours where a mask exists (:func:`lesion_mask_for`); :func:`slide_heatmap` draws one
-slide; :func:`instance_cell_um` is the size of one attention cell in microns.
+contours where a mask exists (:func:`lesion_mask_for`), untinted off the slide's tissue mask
+(the one its prediction used, :func:`~gigastream.train.data.slide_tissue_mask`) and with a
+micron scale bar; :func:`slide_heatmap` draws one slide; :func:`instance_cell_um` is the
+size of one attention cell in microns. :func:`slide_labels` gives ``gigastream heatmap``
+the slides' true labels (from a manifest or one ``--label``) for the titles
+(:func:`~gigastream.train.prediction.predict_slide_files` with ``heatmaps=True``).
 
 Example:
     >>> module, config = load_classifier("RUN/checkpoints/best.ckpt")  # doctest: +SKIP
@@ -18,12 +22,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gigastream.train.config import DataConfig
 from gigastream.wsi.feature_files import read_attrs
 from gigastream.wsi.manifest import ManifestRow
 from gigastream.wsi.reader import SlideError, SlideReader
+
+if TYPE_CHECKING:
+    from gigastream.wsi.tissue import TissueMask
 
 logger = logging.getLogger(__name__)
 
@@ -100,15 +107,22 @@ def slide_heatmap(
     lesions=None,
     heading: str = "",
     tiff: bool = False,
+    tissue: TissueMask | None = None,
+    opacity: float | None = None,
 ) -> list[Path]:
     """The attention heatmap PNG of one predicted slide at ``path`` (and a pyramidal TIFF
     next to it with ``tiff``).
 
     The title gives the slide's label and p(last class), under ``heading`` if given;
-    ``lesions`` (a mask) are drawn as contours.
+    ``lesions`` (a mask) are drawn as contours; off ``tissue`` (the slide's tissue mask,
+    if given) the slide is left untinted; ``opacity`` (0-1) of the attention colours,
+    default :data:`~gigastream.viz.heatmap.ATTENTION_OPACITY`.
     """
     from gigastream.viz import heatmap as hm
 
+    style = hm.HeatmapStyle.for_attention(
+        hm.ATTENTION_OPACITY if opacity is None else hm.check_opacity(opacity)
+    )
     label = None if result["label"] is None else class_names[result["label"]]
     title = hm.slide_title(result["slide_id"], label, float(result["probs"][-1]), class_names[-1])
     paths = [
@@ -119,6 +133,8 @@ def slide_heatmap(
             cell_um=cell_um,
             title=f"{heading}\n{title}" if heading else title,
             contours=lesions,
+            style=style,
+            tissue=tissue,
         )
     ]
     if tiff:
@@ -129,9 +145,23 @@ def slide_heatmap(
                 path.with_suffix(".tif"),
                 cell_um=cell_um,
                 contours=lesions,
+                style=style,
+                tissue=tissue,
             )
         )
     return paths
+
+
+def _tissue_mask(slide: SlideReader, slide_id: str, data: DataConfig) -> TissueMask | None:
+    """The tissue mask the slide's prediction used (cached in ``data.mask_dir``, else
+    computed, not saved), or ``None`` (with a warning) when it cannot be had."""
+    from gigastream.train.data import slide_tissue_mask
+
+    try:
+        return slide_tissue_mask(slide, slide_id, data, save=False)
+    except SlideError as exc:
+        logger.warning("%s: heatmap tinted over the whole slide: no tissue mask: %s", slide_id, exc)
+        return None
 
 
 def write_heatmaps(
@@ -143,6 +173,7 @@ def write_heatmaps(
     count: int | None = None,
     tiff: bool = False,
     lesion_dir: str | Path | None = None,
+    opacity: float | None = None,
 ) -> list[Path]:
     """Attention heatmaps ``out_dir/<slide_id>.png`` (and ``.tif``) of up to ``count`` slides.
 
@@ -156,6 +187,11 @@ def write_heatmaps(
         count: at most this many slides, alternating between classes (``None``: all).
         tiff: also a full-resolution pyramidal TIFF per slide.
         lesion_dir: folder of ground-truth masks (see :func:`lesion_mask_for`).
+        opacity: of the attention colours, 0-1 (default:
+            :data:`~gigastream.viz.heatmap.ATTENTION_OPACITY`).
+
+    Off a slide's tissue mask (``data.mask_dir/<slide_id>.png``, as its prediction used it)
+    the slide's own pixels are left untinted.
     """
     by_id = {r.slide_id: r for r in rows}
     chosen = choose_slides(results, count)
@@ -180,8 +216,70 @@ def write_heatmaps(
             else:
                 cell_um = instance_cell_um(slide, data.mpp, stride)
             path = out_dir / f"{r['slide_id']}.png"
-            paths += slide_heatmap(slide, r, path, cell_um, module.class_names, lesions, tiff=tiff)
+            tissue = _tissue_mask(slide, row.slide_id, data)
+            paths += slide_heatmap(
+                slide,
+                r,
+                path,
+                cell_um,
+                module.class_names,
+                lesions,
+                tiff=tiff,
+                tissue=tissue,
+                opacity=opacity,
+            )
     return paths
+
+
+def slide_labels(
+    slides: Sequence[str | Path], manifest: str | Path | None = None, label: str | None = None
+) -> dict[str, ManifestRow]:
+    """The manifest rows (true label, mpp) of slide files, by slide id (the file's stem).
+
+    Args:
+        slides: the slide files.
+        manifest: a manifest CSV whose rows give the slides' labels (and mpp): a slide is
+            its row of the same path or, failing that, of the same slide id; a slide in
+            no row has no label.
+        label: the one label of every slide (instead of ``manifest``).
+
+    Returns:
+        ``slide_id -> row`` of the slides that have a label.
+
+    Raises:
+        ConfigError: both ``manifest`` and ``label``, or an empty ``label``.
+        ManifestError: a bad manifest (every problem listed).
+    """
+    from gigastream.train.config import ConfigError
+    from gigastream.wsi.manifest import read_manifest
+
+    stems = {Path(s).stem: Path(s) for s in slides}
+    if manifest is not None and label is not None:
+        raise ConfigError("give --label (one label for every slide) or --manifest, not both")
+    if label is not None:
+        if not label.strip():
+            raise ConfigError("--label must name a class, got an empty label")
+        return {stem: ManifestRow(stem, path, label, stem) for stem, path in stems.items()}
+    if manifest is None:
+        return {}
+    rows = read_manifest(manifest, check_files=False).rows
+    by_path = {_resolved(r.path): r for r in rows}
+    by_id = {r.slide_id: r for r in rows}
+    found = {}
+    for stem, path in stems.items():
+        row = by_path.get(_resolved(path)) or by_id.get(stem)
+        if row is not None:
+            found[stem] = row
+        else:
+            logger.warning("%s: not in %s: its heatmap shows no label", path, manifest)
+    return found
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return Path(path).resolve()
+    except OSError:
+        return Path(path)
 
 
 __all__ = [
@@ -190,5 +288,6 @@ __all__ = [
     "instance_cell_um",
     "lesion_mask_for",
     "slide_heatmap",
+    "slide_labels",
     "write_heatmaps",
 ]

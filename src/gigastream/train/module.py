@@ -9,6 +9,11 @@ whole slides (``gigastream train``, ``gigastream demo``), PatchMIL on the slides
 tissue patches (``gigastream train --model-kind patches``) and the MNIST-bags experiment
 run through it.
 
+A training epoch in which no slide was usable, or a validation in which none was, stops
+the run with a :class:`~gigastream.train.files.RunError` naming every skipped slide and
+why, before a checkpoint of that epoch is written (an untrained ``best.ckpt`` would look
+like a result).
+
 Exactness of a resumed run: every epoch reseeds torch, numpy and ``random`` from
 ``(seed, epoch)`` and visits the examples in an order seeded the same way
 (:class:`~gigastream.train.data.EpochSampler`), so resuming from the checkpoint of a
@@ -34,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from gigastream.train.config import DataConfig, OptimConfig
-from gigastream.train.files import jsonable
+from gigastream.train.files import RunError, jsonable
 from gigastream.train.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -123,6 +128,8 @@ class MILClassifier(L.LightningModule):
         self.run_config = run_config or {}
         self.skipped: dict[str, str] = {}
         self._train_losses: list[float] = []
+        self._train_skipped: dict[str, str] = {}  # this epoch's
+        self._val_skipped: dict[str, str] = {}  # this validation's
         self._val: list[dict[str, Any]] = []
         self.epoch_log: list[dict[str, Any]] = []
         self.last_validation: list[dict[str, Any]] = []
@@ -138,6 +145,30 @@ class MILClassifier(L.LightningModule):
         if example.slide_id not in self.skipped:
             logger.warning("skipping %s (%s): %s", example.slide_id, stage, example.error)
         self.skipped[example.slide_id] = example.error
+        if stage == "train":
+            self._train_skipped[example.slide_id] = example.error
+        elif stage == "validation":
+            self._val_skipped[example.slide_id] = example.error
+
+    def _all_ranks(self, value: Any) -> list[Any]:
+        """``value`` of every DDP rank (``[value]`` in a single process)."""
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            everything: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(everything, value)
+            return everything
+        return [value]
+
+    def _none_usable(self, stage: str, used: int, skipped: dict[str, str]) -> None:
+        """RunError naming the skipped slides when no slide of ``stage`` was usable."""
+        from gigastream.train.data import describe_skipped
+
+        if used or not skipped:
+            return
+        raise RunError(
+            f"no usable {stage} slide in epoch {self.current_epoch + 1}: all {len(skipped)} "
+            f"were skipped: {describe_skipped(skipped)}; fix or replace the slide files (or "
+            "their rows of the manifest)"
+        )
 
     def _forward(self, example: Any, keep_open: bool = False) -> tuple[Any, Tensor | None]:
         """``(output, loss)`` of one example (loss ``None`` without a label).
@@ -190,6 +221,7 @@ class MILClassifier(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         seed_everything(epoch_seed(self.seed, self.current_epoch))
         self._train_losses = []
+        self._train_skipped = {}
 
     def training_step(self, example: Any, batch_idx: int) -> Tensor | None:
         distributed = self.trainer.world_size > 1
@@ -215,6 +247,13 @@ class MILClassifier(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self._val = []
+        self._val_skipped = {}
+        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
+            return
+        # the training epoch before this validation: stop before its checkpoint is written
+        parts = self._all_ranks((len(self._train_losses), self._train_skipped))
+        skipped = {k: v for _, part in parts for k, v in part.items()}
+        self._none_usable("training", sum(n for n, _ in parts), skipped)
 
     def _record(self, example: Any, out: Any, loss: Tensor | None) -> dict[str, Any]:
         probs = torch.softmax(out.logits.detach().double(), dim=-1).cpu().numpy()
@@ -255,6 +294,9 @@ class MILClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         records = self._gather(self._val)
+        if not self.trainer.sanity_checking:  # before the checkpoint callbacks run
+            skipped = {k: v for part in self._all_ranks(self._val_skipped) for k, v in part.items()}
+            self._none_usable("validation", len(records), skipped)
         self.last_validation = records
         labelled = [r for r in records if r["label"] is not None]
         if labelled:

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from gigastream.models.patch_mil import PatchConfig
 from gigastream.train.config import DataConfig
-from gigastream.train.data import SlideExamples, slide_tissue_mask
+from gigastream.train.data import SlideExamples, check_slide_input, slide_tissue_mask
 from gigastream.train.files import file_identity
 from gigastream.wsi.manifest import ManifestRow
 from gigastream.wsi.patches import PatchBag, PatchGrid, patch_grid
@@ -56,9 +56,12 @@ def slide_patch_grid(
     ``save_mask``).
 
     Raises:
-        SlideError: no tissue, no patch with ``patches.min_tissue``, or a patch larger
-            than the slide at ``data.mpp`` (each message names the slide and the fix).
+        SlideError: the slide at ``data.mpp`` is under one pixel or over
+            ``data.max_input_pixels`` (:func:`~gigastream.train.data.check_slide_input`),
+            has no tissue, no patch with ``patches.min_tissue``, or is smaller than a patch
+            (each message names the slide and the fix).
     """
+    check_slide_input(slide, slide_id, data)  # before reading anything
     mask = slide_tissue_mask(slide, slide_id, data, save=save_mask)
     mask = require_tissue(mask, slide_id, data.tissue.min_tissue_fraction)
     return patch_grid(slide, data.mpp, patches.patch_size, mask, patches.min_tissue)
@@ -208,7 +211,7 @@ class PatchExamples(SlideExamples):
                 size = self.patches.patch_size
                 if len(example.grid) * size * size <= self.data.preload_pixels:
                     example.pixels = PatchBag(slide, example.grid).load()  # (N, 3, P, P)
-        except SlideError as exc:  # unreadable, no tissue, no patch, patch > slide
+        except SlideError as exc:  # unreadable, absurd size, no tissue, no patch, patch > slide
             example.error = str(exc)
         return example
 

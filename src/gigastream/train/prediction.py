@@ -256,6 +256,25 @@ def evaluate_manifest(
     return metrics
 
 
+def _with_labels(
+    rows: list[ManifestRow], labels: dict[str, ManifestRow], class_names: Sequence[str]
+) -> list[ManifestRow]:
+    """``rows`` with the label and mpp of their slide id in ``labels`` (ConfigError: a label
+    that is not one of ``class_names``)."""
+    bad = sorted({r.label for r in labels.values()} - set(class_names))
+    if bad:
+        raise ConfigError(
+            f"label(s) {', '.join(map(repr, bad))} not among the checkpoint's classes "
+            f"{list(class_names)} (labels are case- and space-sensitive)"
+        )
+    return [
+        replace(row, label=labels[row.slide_id].label, mpp=labels[row.slide_id].mpp)
+        if row.slide_id in labels
+        else row
+        for row in rows
+    ]
+
+
 def predict_slide_files(
     checkpoint: str | Path,
     slides: Sequence[str | Path],
@@ -267,24 +286,37 @@ def predict_slide_files(
     lesion_dir: str | Path | None = None,
     num_workers: int | None = None,
     features_dir: str | Path | None = None,
+    labels: dict[str, ManifestRow] | None = None,
+    opacity: float | None = None,
 ) -> dict[str, Any]:
-    """Class probabilities (``predictions.csv``) and optionally heatmaps of slide files.
+    """Class probabilities (``predictions.csv``) and optionally heatmaps of slide files
+    (``gigastream predict``, and ``gigastream heatmap`` with ``heatmaps=True``).
 
     Args:
         features_dir: for a checkpoint trained on cached features, the folder of the
             slides' ``<slide_id>.h5`` (default: its training run's); a slide is named by
             its file's stem, so ``slides`` may be the slide files or their ``.h5`` files.
+        labels: the slides' true labels (and mpp), by slide id
+            (:func:`~gigastream.train.heatmaps.slide_labels`): in ``predictions.csv`` and
+            the heatmap titles; a slide without one has no label.
+        opacity: of the heatmaps' colours (0-1; default the heatmap style's).
 
     Returns:
         ``predictions``, ``skipped_slides`` and the written ``heatmaps``.
 
     Raises:
-        ConfigError: a missing slide file; ``features_dir`` for a checkpoint that reads slides.
+        ConfigError: a missing slide file; ``features_dir`` for a checkpoint that reads
+            slides; a label that is not one of the checkpoint's classes (before any output).
         FeatureFileError: a feature file of another dimension than the checkpoint's model.
+        ValueError: an opacity outside 0-1 (before anything is read).
     """
+    if opacity is not None:
+        from gigastream.viz.heatmap import check_opacity
+
+        check_opacity(opacity, "--opacity")
     module, config = load_classifier(checkpoint)
     config = _prediction_config(config, device, num_workers, features_dir)
-    rows = _slide_rows(slides)
+    rows = _with_labels(_slide_rows(slides), labels or {}, module.class_names)
     _check_features(config, rows)
     out = check_writable_folder(out)
     data = replace(config.data, mask_dir=str(out / "masks"))
@@ -293,7 +325,9 @@ def predict_slide_files(
     write_predictions(out / "predictions.csv", results, module.class_names)
     paths = []
     if heatmaps:
-        paths = write_heatmaps(module, results, rows, out, data, tiff=tiff, lesion_dir=lesion_dir)
+        paths = write_heatmaps(
+            module, results, rows, out, data, tiff=tiff, lesion_dir=lesion_dir, opacity=opacity
+        )
     return {
         "class_names": module.class_names,
         "predictions": final["predictions"],

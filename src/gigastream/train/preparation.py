@@ -1,6 +1,6 @@
 """A run validated before anything is written: settings, devices, manifest, labels, splits,
-weights and the streaming plan (or, for a patch-bag model, the patch grid) of the first
-slides.
+that some training and some validation slide can be used, weights and the streaming plan
+(or, for a patch-bag model, the patch grid) of the first slides.
 
 :func:`prepare` checks a :class:`~gigastream.train.config.RunConfig` and returns a
 :class:`PreparedRun` (the training and validation slides, the class names, the device);
@@ -26,7 +26,7 @@ from gigastream.models.feature_mil import FeatureMIL
 from gigastream.models.patch_mil import PatchMIL
 from gigastream.models.streaming_mil import StreamingMIL
 from gigastream.train.config import ConfigError, RunConfig
-from gigastream.train.data import check_labels, split_rows
+from gigastream.train.data import check_labels, check_slide_input, describe_skipped, split_rows
 from gigastream.train.trainer import resolve_device
 from gigastream.wsi.manifest import Manifest, ManifestRow, read_manifest
 from gigastream.wsi.reader import SlideError, SlideReader
@@ -81,11 +81,34 @@ def _check_plan(model: StreamingMIL, rows: Sequence[ManifestRow], config: RunCon
     for row in rows[:3]:
         try:
             with SlideReader.open(row.path, mpp=row.mpp, backend=config.data.backend) as slide:
+                check_slide_input(slide, row.slide_id, config.data)  # absurd sizes are skipped
                 shape = SlideSource(slide, mpp=config.data.mpp).shape
         except SlideError:
             continue  # reported when the slide is reached
         model.trunk.plan(tuple(shape), lazy_input=True)
         return
+
+
+def _check_usable(rows: Sequence[ManifestRow], side: str, config: RunConfig) -> None:
+    """At least one slide of ``rows`` opens and has an input of a sane size at
+    ``data.mpp`` (:func:`~gigastream.train.data.check_slide_input`); slides are opened
+    until one does (usually the first).
+
+    Raises:
+        ConfigError: none does; one line naming every slide and why.
+    """
+    reasons: dict[str, str] = {}
+    for row in rows:
+        try:
+            with SlideReader.open(row.path, mpp=row.mpp, backend=config.data.backend) as slide:
+                check_slide_input(slide, row.slide_id, config.data)
+            return
+        except SlideError as exc:
+            reasons[row.slide_id] = str(exc)
+    raise ConfigError(
+        f"none of the {len(rows)} {side} slides can be used: {describe_skipped(reasons)}; "
+        "fix or replace the slide files (or their rows of the manifest)"
+    )
 
 
 def _check_patches(model: PatchMIL, rows: Sequence[ManifestRow], config: RunConfig) -> None:
@@ -138,13 +161,18 @@ def _check_patches(model: PatchMIL, rows: Sequence[ManifestRow], config: RunConf
 def prepare(config: RunConfig, check_plan: bool = True, check_device: bool = True) -> PreparedRun:
     """Validate a run without writing anything.
 
-    ``check_device=False`` (``train --dry-run``) plans for the configured device even where
-    it is not present (a GPU run planned on a laptop). A feature model (``model.kind:
-    features``) gets its ``features.feature_dim`` from the first feature file of the
-    manifest's slides (the returned ``config`` has it); its slide files need not exist.
+    ``check_plan`` also checks that some training and some validation slide opens and has
+    an input of a sane size at ``data.mpp`` (a dry run, ``check_plan=False``, reports every
+    slide instead). ``check_device=False`` (``train --dry-run``) plans for the configured
+    device even where it is not present (a GPU run planned on a laptop). A feature model
+    (``model.kind: features``) gets its ``features.feature_dim`` from the first feature
+    file of the manifest's slides (the returned ``config`` has it); its slide files need
+    not exist.
 
     Raises:
-        ConfigError: a bad setting, label, split or device (one line each).
+        ConfigError: a bad setting, label, split or device (one line each); no training or
+            no validation slide that opens and has an input of a sane size at ``data.mpp``
+            (every slide named, with why).
         ManifestError: bad manifest rows (all listed).
         StreamingError: the model cannot stream the slides (e.g. a tile too small).
     """
@@ -161,6 +189,9 @@ def prepare(config: RunConfig, check_plan: bool = True, check_device: bool = Tru
     class_names = check_labels([r.label for r in manifest.rows], config.class_names)
     manifest = Manifest(manifest.rows, class_names)
     train_rows, val_rows = split_rows(manifest, config)
+    if check_plan and not features:  # every training (or validation) slide unusable?
+        _check_usable(train_rows, "training", config)
+        _check_usable(val_rows, "validation", config)
     if features:  # the feature dimension of the first file: the model's
         from gigastream.train.feature_data import with_feature_dim
 

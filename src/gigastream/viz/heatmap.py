@@ -15,7 +15,12 @@ Two renderings:
 
 Both draw the contours of a ground-truth mask (``contours=``, e.g. the lesion masks
 ``lesions/<slide_id>.png`` of the synthetic datasets, loaded with
-:meth:`gigastream.wsi.tissue.TissueMask.load`) in :data:`CONTOUR_COLOUR`.
+:meth:`gigastream.wsi.tissue.TissueMask.load`) in :data:`CONTOUR_COLOUR`, and given the
+slide's tissue mask (``tissue=``) leave the slide's own pixels outside tissue untinted. The
+PNG has a micron scale bar under the thumbnail (a round length, 1, 2 or 5 x 10^k um, a
+tenth to a quarter of the thumbnail's width: :func:`scale_bar_length`) and carries its
+title in the PNG's ``Title`` text chunk; the opacity of the colours is
+:attr:`HeatmapStyle.alpha` (:func:`check_opacity`).
 
 Attention maps are drawn as **attention x N** (:func:`attention_times_n`; N instances, so
 1 is uniform attention) on a fixed log scale from 0.1 to 10 with a diverging colour map
@@ -50,6 +55,8 @@ from gigastream.wsi.pyramid import PyramidConfig, write_pyramid
 from gigastream.wsi.reader import Resolution, SlideReader
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from gigastream.wsi.tissue import TissueMask
 
 logger = logging.getLogger(__name__)
@@ -61,6 +68,31 @@ CONTOUR_COLOUR = (0, 230, 0)
 CONTOUR_LABEL = "lesion (ground truth)"
 #: Colour bar label of attention maps drawn by :func:`attention_heatmap_png`.
 ATTENTION_LABEL = "attention × N  (N instances; 1 = uniform; log scale)"
+#: RGB colour of the scale bar (black: visible on the white page under the thumbnail).
+SCALE_BAR_COLOUR = (0, 0, 0)
+#: Opacity of attention colours over the slide (:meth:`HeatmapStyle.for_attention`).
+ATTENTION_OPACITY = 0.55
+
+
+def check_opacity(opacity: float, name: str = "opacity") -> float:
+    """``opacity`` as a float if it is a number from 0 (colours invisible) to 1 (opaque).
+
+    Raises:
+        ValueError: anything else (NaN too), naming it as ``name`` (e.g. ``--opacity``).
+
+    Example:
+        >>> check_opacity(0.3)
+        0.3
+    """
+    try:
+        value = float(opacity)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # also NaN
+        raise ValueError(
+            f"{name} must be a number from 0 (colours invisible) to 1 (opaque), got {opacity!r}"
+        )
+    return value
 
 
 @dataclass
@@ -81,8 +113,11 @@ class HeatmapStyle:
     vmax: float | None = None
     log: bool = False
 
+    def __post_init__(self) -> None:
+        self.alpha = check_opacity(self.alpha)
+
     @classmethod
-    def for_attention(cls, alpha: float = 0.55) -> HeatmapStyle:
+    def for_attention(cls, alpha: float = ATTENTION_OPACITY) -> HeatmapStyle:
         """The fixed scale of attention x N: log, 0.1 to 10, neutral (white) at 1."""
         return cls(cmap="RdBu_r", alpha=alpha, vmin=0.1, vmax=10.0, log=True)
 
@@ -210,15 +245,25 @@ class _Painter:
             cells = (height * mpp / scores.shape[0], width * mpp / scores.shape[1])
         return cls(colours, finite, cells, style.alpha)
 
-    def paint(self, pixels: np.ndarray, y0: int, um_per_px: tuple[float, float]) -> np.ndarray:
-        """Blend the colours onto ``pixels``, full-width rows from ``y0`` at ``(y, x)`` um/px."""
+    def paint(
+        self,
+        pixels: np.ndarray,
+        y0: int,
+        um_per_px: tuple[float, float],
+        tissue: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Blend the colours onto ``pixels``, full-width rows from ``y0`` at ``(y, x)`` um/px;
+        only where ``tissue`` (``(rows, cols)`` bool, one per pixel) is True, if given."""
         rows = _cell_lookup(
             y0, pixels.shape[0], um_per_px[0], self.cell_um[0], self.finite.shape[0]
         )
         cols = _cell_lookup(0, pixels.shape[1], um_per_px[1], self.cell_um[1], self.finite.shape[1])
         inside = (rows[:, None] >= 0) & (cols[None, :] >= 0)
         r, c = np.maximum(rows, 0)[:, None], np.maximum(cols, 0)[None, :]
-        weight = ((inside & self.finite[r, c]) * np.float32(self.alpha))[..., None]
+        tinted = inside & self.finite[r, c]
+        if tissue is not None:
+            tinted &= tissue
+        weight = (tinted * np.float32(self.alpha))[..., None]
         out = (
             pixels.astype(np.float32) * (1 - weight)
             + self.colours[r, c].astype(np.float32) * weight
@@ -232,6 +277,34 @@ def _mask_um(mask: TissueMask, slide: SlideReader) -> tuple[float, float]:
         return (mask.mpp, mask.mpp)
     width, height = slide.dimensions  # no mpp: the mask is taken to cover the whole slide
     return (height / mask.mask.shape[0], width / mask.mask.shape[1])
+
+
+def mask_under(
+    mask: TissueMask,
+    slide: SlideReader,
+    um_per_px: tuple[float, float],
+    shape: tuple[int, int],
+    y0: int = 0,
+) -> np.ndarray:
+    """``mask`` under the pixel centres of a picture of the slide: ``(rows, cols)`` bool.
+
+    Args:
+        mask: a bool mask over the slide with its mpp (e.g. the slide's tissue mask).
+        slide: the slide the mask covers.
+        um_per_px: ``(y, x)`` microns per pixel of the picture.
+        shape: ``(rows, cols)`` of the part of the picture wanted: full-width rows ...
+        y0: ... from this row on.
+
+    Returns:
+        True where the pixel's centre lies on the mask (nearest mask pixel; False beyond
+        the mask's edge).
+    """
+    um_y, um_x = _mask_um(mask, slide)
+    h, w = mask.mask.shape
+    rows = np.floor((np.arange(y0, y0 + shape[0]) + 0.5) * um_per_px[0] / um_y).astype(np.int64)
+    cols = np.floor((np.arange(shape[1]) + 0.5) * um_per_px[1] / um_x).astype(np.int64)
+    on = np.asarray(mask.mask, bool)[np.minimum(rows, h - 1)[:, None], np.minimum(cols, w - 1)]
+    return on & (rows < h)[:, None] & (cols < w)[None, :]
 
 
 def contour_lines(
@@ -307,42 +380,99 @@ def overlay(
     image: np.ndarray,
     cell_um: float | None = None,
     style: HeatmapStyle | None = None,
+    tissue: TissueMask | None = None,
 ) -> np.ndarray:
-    """Blend ``scores`` onto ``image``, a picture of the whole slide at any size."""
+    """Blend ``scores`` onto ``image``, a picture of the whole slide at any size.
+
+    With ``tissue`` (the slide's tissue mask), pixels off the mask keep their own colour.
+    """
     painter = _Painter.prepare(slide, scores, cell_um, style or HeatmapStyle())
+    um_per_px = picture_um(slide, image.shape[:2])
+    on = None if tissue is None else mask_under(tissue, slide, um_per_px, image.shape[:2])
+    return painter.paint(image, 0, um_per_px, on)
+
+
+def picture_um(slide: SlideReader, shape: tuple[int, int]) -> tuple[float, float]:
+    """``(y, x)`` microns per pixel of a ``(rows, cols)`` picture of the whole slide
+    (level-0 pixels without mpp)."""
     width, height = slide.dimensions
     mpp = slide.mpp or 1.0
-    return painter.paint(image, 0, (height * mpp / image.shape[0], width * mpp / image.shape[1]))
+    return (height * mpp / shape[0], width * mpp / shape[1])
 
 
-def heatmap_png(
+#: The round lengths of a scale bar, times a power of ten.
+_ROUND = (5.0, 2.0, 1.0)
+
+
+def scale_bar_length(width_um: float, largest: float = 0.25) -> float:
+    """The scale bar length of a picture ``width_um`` microns wide: the longest round length
+    (1, 2 or 5 x 10^k um) at most ``largest`` of the width, so (1-2-5 steps being at most
+    2.5x) more than ``largest / 2.5`` of it: 10-25% by default.
+
+    Example:
+        >>> scale_bar_length(400.0), scale_bar_length(3000.0), scale_bar_length(25_000.0)
+        (100.0, 500.0, 5000.0)
+    """
+    if not (math.isfinite(width_um) and width_um > 0):
+        raise ValueError(f"width_um must be a positive number of microns, got {width_um}")
+    target = width_um * largest * (1 + 1e-9)  # a round quarter stays itself
+    power = 10.0 ** math.floor(math.log10(target))
+    return next(r * power for r in _ROUND if r * power <= target)
+
+
+def scale_bar_text(length_um: float) -> str:
+    """A scale bar's label: microns below a millimetre, millimetres from there on.
+
+    Example:
+        >>> scale_bar_text(500.0), scale_bar_text(1000.0), scale_bar_text(0.5)
+        ('500 µm', '1 mm', '0.5 µm')
+    """
+    if length_um >= 1000:
+        return f"{length_um / 1000:g} mm"
+    return f"{length_um:g} µm"
+
+
+def _add_scale_bar(ax: Any, um_per_px: float, width: int) -> None:
+    """A scale bar under the lower right corner of the thumbnail in ``ax`` (``width`` px
+    wide at ``um_per_px``), outside it, so it hides no tissue (a legend goes below it)."""
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    length_um = scale_bar_length(width * um_per_px)
+    bar = AnchoredSizeBar(
+        ax.transData,
+        length_um / um_per_px,  # in thumbnail pixels
+        scale_bar_text(length_um),
+        loc="upper right",
+        bbox_to_anchor=(1.0, -0.01),
+        bbox_transform=ax.transAxes,
+        pad=0.0,
+        borderpad=0.0,
+        sep=3,
+        frameon=False,
+        size_vertical=min(max(3.0, width / 200), 6.0),  # thumbnail px, about PNG px
+        color=tuple(c / 255 for c in SCALE_BAR_COLOUR),
+    )
+    bar.set_gid("scale_bar")
+    ax.add_artist(bar)
+
+
+def heatmap_figure(
     slide: SlideReader,
     scores: np.ndarray,
-    out: str | Path,
     cell_um: float | None = None,
     style: HeatmapStyle | None = None,
     max_size: int = 1024,
     title: str | None = None,
     label: str = "score",
     contours: TissueMask | None = None,
-) -> Path:
-    """Write the slide's thumbnail with the scores blended on top and a colour bar.
-
-    Args:
-        slide: the slide.
-        scores: ``(rows, cols)`` score map (NaN: not shown).
-        out: PNG file to write.
-        cell_um: microns per score cell; default: the grid spans the slide.
-        style: colours.
-        max_size: longer side of the thumbnail in pixels.
-        title: figure title (e.g. :func:`slide_title`).
-        label: colour bar label: say what the scores are and on which scale.
-        contours: a ground-truth mask over the slide (``.mask`` bool, ``.mpp``, e.g.
-            ``TissueMask.load("lesions/<slide_id>.png")``); its contours are drawn in
-            :data:`CONTOUR_COLOUR` with the legend entry :data:`CONTOUR_LABEL`.
+    tissue: TissueMask | None = None,
+    scale_bar: bool = True,
+) -> Figure:
+    """The figure of :func:`heatmap_png` (a matplotlib ``Figure``, not shown or saved).
 
     Returns:
-        ``out``.
+        The figure: its one image axes (``fig.axes[0]``) holds the blended thumbnail, the
+        title, the contours and the scale bar; the colour bar is ``fig.axes[1]``.
     """
     from matplotlib.cm import ScalarMappable
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
@@ -351,7 +481,7 @@ def heatmap_png(
     style = style or HeatmapStyle()
     scores = _check_scores(scores)
     thumb = slide.thumbnail(max_size)
-    blended = overlay(slide, scores, thumb, cell_um, style)
+    blended = overlay(slide, scores, thumb, cell_um, style, tissue)
     height, width = blended.shape[:2]
     dpi = 100
     fig = Figure(figsize=(width / dpi + 1.6, height / dpi + 0.9), dpi=dpi)
@@ -360,11 +490,13 @@ def heatmap_png(
     ax.set_axis_off()
     if title:
         ax.set_title(title)
+    um_per_px = picture_um(slide, (height, width))
+    scale_bar = scale_bar and slide.mpp is not None  # without mpp: microns unknown
+    if scale_bar:
+        _add_scale_bar(ax, um_per_px[1], width)
     if contours is not None:
-        w0, h0 = slide.dimensions
-        mpp = slide.mpp or 1.0
         colour = tuple(c / 255 for c in CONTOUR_COLOUR)
-        lines = contour_lines(contours, slide, (h0 * mpp / height, w0 * mpp / width))
+        lines = contour_lines(contours, slide, um_per_px)
         for line in lines:
             ax.plot(line[:, 0], line[:, 1], color=colour, linewidth=1.5)
         ax.set_xlim(-0.5, width - 0.5)
@@ -375,6 +507,7 @@ def heatmap_png(
             loc="upper center",
             bbox_to_anchor=(0.5, 0.0),
             frameon=False,
+            borderaxespad=2.6 if scale_bar else 0.5,  # below the scale bar's row
         )
     mappable = ScalarMappable(norm=_norm(scores, style), cmap=style.cmap)
     extend = "both" if style.vmin is not None or style.vmax is not None else "neither"
@@ -388,8 +521,50 @@ def heatmap_png(
             bar.ax.yaxis.set_major_locator(FixedLocator(ticks))
             bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             bar.ax.yaxis.set_minor_locator(FixedLocator([]))
+    return fig
+
+
+def heatmap_png(
+    slide: SlideReader,
+    scores: np.ndarray,
+    out: str | Path,
+    cell_um: float | None = None,
+    style: HeatmapStyle | None = None,
+    max_size: int = 1024,
+    title: str | None = None,
+    label: str = "score",
+    contours: TissueMask | None = None,
+    tissue: TissueMask | None = None,
+    scale_bar: bool = True,
+) -> Path:
+    """Write the slide's thumbnail with the scores blended on top and a colour bar.
+
+    Args:
+        slide: the slide.
+        scores: ``(rows, cols)`` score map (NaN: not shown).
+        out: PNG file to write.
+        cell_um: microns per score cell; default: the grid spans the slide.
+        style: colours and their opacity (``style.alpha``).
+        max_size: longer side of the thumbnail in pixels.
+        title: figure title (e.g. :func:`slide_title`), also the PNG's ``Title`` text chunk.
+        label: colour bar label: say what the scores are and on which scale.
+        contours: a ground-truth mask over the slide (``.mask`` bool, ``.mpp``, e.g.
+            ``TissueMask.load("lesions/<slide_id>.png")``); its contours are drawn in
+            :data:`CONTOUR_COLOUR` with the legend entry :data:`CONTOUR_LABEL`.
+        tissue: the slide's tissue mask: pixels off it keep the thumbnail's own colour.
+        scale_bar: draw a micron scale bar (:func:`scale_bar_length`) in
+            :data:`SCALE_BAR_COLOUR` under the thumbnail's lower right corner (only for a
+            slide with mpp).
+
+    Returns:
+        ``out``.
+    """
+    fig = heatmap_figure(
+        slide, scores, cell_um, style, max_size, title, label, contours, tissue, scale_bar
+    )
     out = Path(out)
-    fig.savefig(out, dpi=dpi, bbox_inches="tight")
+    metadata = {"Title": title} if title else None
+    fig.savefig(out, dpi=fig.dpi, bbox_inches="tight", metadata=metadata)
     logger.info("wrote heatmap %s", out)
     return out
 
@@ -403,6 +578,8 @@ def attention_heatmap_png(
     title: str | None = None,
     contours: TissueMask | None = None,
     style: HeatmapStyle | None = None,
+    tissue: TissueMask | None = None,
+    scale_bar: bool = True,
 ) -> Path:
     """Write an attention heatmap PNG: attention x N on the fixed log scale, with contours.
 
@@ -416,7 +593,11 @@ def attention_heatmap_png(
         max_size: longer side of the thumbnail in pixels.
         title: figure title, e.g. ``slide_title(slide_id, label, p_positive)``.
         contours: ground-truth mask whose contours are drawn (see :func:`heatmap_png`).
-        style: colours; default :meth:`HeatmapStyle.for_attention` (0.1 to 10, log).
+        style: colours; default :meth:`HeatmapStyle.for_attention` (0.1 to 10, log,
+            opacity :data:`ATTENTION_OPACITY`; ``HeatmapStyle.for_attention(0.3)`` for
+            another opacity).
+        tissue: the slide's tissue mask: the thumbnail is left untinted off it.
+        scale_bar: draw a micron scale bar (see :func:`heatmap_png`).
 
     Returns:
         ``out``.
@@ -437,6 +618,8 @@ def attention_heatmap_png(
         title=title,
         label=ATTENTION_LABEL,
         contours=contours,
+        tissue=tissue,
+        scale_bar=scale_bar,
     )
 
 
@@ -451,6 +634,7 @@ def heatmap_tiff(
     config: PyramidConfig | None = None,
     contours: TissueMask | None = None,
     contour_width_px: int | None = None,
+    tissue: TissueMask | None = None,
 ) -> Path:
     """Write a pyramidal TIFF of the slide with the scores blended on, strip by strip.
 
@@ -467,6 +651,7 @@ def heatmap_tiff(
             opaque, in :data:`CONTOUR_COLOUR` (see :func:`heatmap_png`).
         contour_width_px: width of the contour lines in pixels of the TIFF; default:
             the longer side / 1000, at least 2 (visible when the viewer zooms out).
+        tissue: the slide's tissue mask: pixels off it keep the slide's own colour.
 
     Returns:
         ``out``.
@@ -491,7 +676,10 @@ def heatmap_tiff(
     def strips() -> Iterator[np.ndarray]:
         for y0 in range(0, height, strip_rows):
             pixels = slide.read_scaled(res, 0, y0, width, min(strip_rows, height - y0))
-            pixels = painter.paint(pixels, y0, (out_mpp, out_mpp))
+            on = None
+            if tissue is not None:
+                on = mask_under(tissue, slide, (out_mpp, out_mpp), pixels.shape[:2], y0)
+            pixels = painter.paint(pixels, y0, (out_mpp, out_mpp), on)
             yield band.paint(pixels, y0, CONTOUR_COLOUR) if band is not None else pixels
 
     write_pyramid(
@@ -525,7 +713,8 @@ def attention_heatmap_tiff(
     """Write an attention overlay TIFF: attention x N on the fixed log scale, with contours.
 
     The TIFF counterpart of :func:`attention_heatmap_png`; ``options`` go to
-    :func:`heatmap_tiff` (``mpp``, ``strip_rows``, ``config``, ``contour_width_px``).
+    :func:`heatmap_tiff` (``mpp``, ``strip_rows``, ``config``, ``contour_width_px``,
+    ``tissue``). Slide viewers draw their own scale bar from the TIFF's mpp.
 
     Returns:
         ``out``.

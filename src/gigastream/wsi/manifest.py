@@ -4,7 +4,9 @@ A manifest is a CSV file with the columns ``slide_id,path,label`` and optionally
 ``case_id`` (patient; defaults to the slide id), ``split`` and ``mpp`` (overrides the
 slide's metadata). Relative paths are relative to the manifest's folder. Label names are
 mapped to indices in sorted order unless the caller fixes the order (e.g. the one stored
-with a trained model).
+with a trained model). A slide id names the slide's files (masks, heatmaps, features), so
+it may hold only letters, digits, ``.``, ``_`` and ``-`` and must not start with ``.``
+(:data:`SLIDE_ID`). Manifests and splits files are UTF-8 text.
 
 Example:
     >>> manifest = read_manifest("data/manifest.csv")  # doctest: +SKIP
@@ -16,9 +18,11 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +32,15 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("slide_id", "path", "label")
 OPTIONAL_COLUMNS = ("case_id", "split", "mpp")
+SPLITS_COLUMNS = ("slide_id", "fold")
+
+#: A slide id: it names files (``<slide_id>.png`` masks and heatmaps, ``.h5`` features), so
+#: no path separators, no ``..``, no hidden files, nothing a file system may refuse.
+SLIDE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+SLIDE_ID_RULE = (
+    "a slide_id names files, so it may hold only letters, digits, '.', '_' and '-', must "
+    "not start with '.' and has at most 200 characters"
+)
 
 
 class ManifestError(ValueError):
@@ -37,6 +50,32 @@ class ManifestError(ValueError):
         self.errors = errors
         listing = "\n  ".join(errors)
         super().__init__(f"{path}: {len(errors)} problem(s) in the manifest:\n  {listing}")
+
+
+class SplitsError(ManifestError):
+    """A splits file cannot be used; the one-line message names the file, the column and
+    the fix."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.errors = [problem]
+        ValueError.__init__(self, f"{path}: {problem}")
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, decoded as UTF-8 (a byte-order mark is dropped).
+
+    Raises:
+        ValueError: not UTF-8; the message gives the line and says to save it as UTF-8.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"line {line} is not UTF-8 text (byte 0x{data[exc.start]:02x}; latin-1/Windows "
+            "encoding?): save it as UTF-8 (in Excel: CSV UTF-8)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -100,22 +139,26 @@ def read_manifest(
         The manifest.
 
     Raises:
-        ManifestError: missing columns, or rows with a missing file, an empty or unknown
-            label, an empty or duplicate slide id, or a bad mpp (all listed).
+        ManifestError: a file that is not UTF-8, missing columns, or rows with a missing
+            file, an empty or unknown label, an empty, duplicate or unsafe slide id
+            (:data:`SLIDE_ID`), or an mpp that is not a positive number (all listed).
         FileNotFoundError: the manifest itself does not exist.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise ManifestError(
-                path, [f"missing column(s) {', '.join(missing)} (have: {', '.join(columns)})"]
-            )
-        records = [{(k or "").strip(): (v or "").strip() for k, v in rec.items()} for rec in reader]
+    try:
+        text = _read_text(path)
+    except ValueError as exc:
+        raise ManifestError(path, [str(exc)]) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ManifestError(
+            path, [f"missing column(s) {', '.join(missing)} (have: {', '.join(columns)})"]
+        )
+    records = [{(k or "").strip(): (v or "").strip() for k, v in rec.items()} for rec in reader]
 
     allowed = list(labels) if labels is not None else None
     errors: list[str] = []
@@ -132,6 +175,8 @@ def read_manifest(
             )
         else:
             first_line[slide_id] = line
+            if not SLIDE_ID.fullmatch(slide_id):
+                problems.append(f"slide_id {slide_id!r}: {SLIDE_ID_RULE}")
         if not label:
             problems.append("empty label")
         elif allowed is not None and label not in allowed:
@@ -254,6 +299,37 @@ def write_splits(manifest: Manifest, path: str | Path, folds: int = 5, seed: int
 
 
 def read_splits(path: str | Path) -> dict[str, int]:
-    """Read a splits CSV written by :func:`write_splits`: slide id to fold."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {rec["slide_id"]: int(rec["fold"]) for rec in csv.DictReader(fh)}
+    """Read a splits CSV written by :func:`write_splits`: slide id to fold.
+
+    Raises:
+        SplitsError: the file is missing or not UTF-8, lacks the ``slide_id`` or ``fold``
+            column, or a fold is not an integer (one line naming the file, the column and
+            the line).
+    """
+    path = Path(path)
+    fix = "re-create it with gigastream splits"
+    if not path.is_file():
+        raise SplitsError(path, f"splits file not found; {fix}")
+    try:
+        text = _read_text(path)
+    except ValueError as exc:
+        raise SplitsError(path, str(exc)) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in SPLITS_COLUMNS if c not in columns]
+    if missing:
+        raise SplitsError(
+            path,
+            f"no {' or '.join(repr(c) for c in missing)} column (have: {', '.join(columns)}); "
+            f"a splits file has the columns slide_id,case_id,label,fold: {fix}",
+        )
+    fold_of: dict[str, int] = {}
+    for line, rec in enumerate(reader, start=2):  # line 1 is the header
+        rec = {(k or "").strip(): (v or "").strip() for k, v in rec.items()}
+        try:
+            fold_of[rec["slide_id"]] = int(rec["fold"])
+        except ValueError:
+            raise SplitsError(
+                path, f"line {line}: column 'fold' must be an integer, got {rec['fold']!r}; {fix}"
+            ) from None
+    return fold_of

@@ -4,8 +4,9 @@ The default masker is Otsu's threshold on the HSV saturation of a low-resolution
 (stained tissue is coloured, glass is white or grey), floored so that an empty slide
 does not turn its noise into tissue, followed by removal of specks and filling of small
 holes. Masks are boolean arrays that carry their own mpp, so they can be resampled to
-any resolution, and are saved/loaded as PNG (mpp stored in a text chunk). A user's own
-mask image can be loaded for a slide (:meth:`TissueMask.load`).
+any resolution, and are saved/loaded as PNG (mpp, and optionally the key of what a cached
+mask was computed from, stored in text chunks; written atomically). A user's own mask image
+can be loaded for a slide (:meth:`TissueMask.load`).
 
 A slide without tissue raises :class:`NoTissueError` from :func:`require_tissue`, so
 training skips it instead of learning from glass.
@@ -22,7 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +36,8 @@ from gigastream.wsi.reader import SlideError, SlideReader
 logger = logging.getLogger(__name__)
 
 MPP_KEY = "gigastream.mpp"
+#: PNG text chunk holding what a cached mask was computed from (see :meth:`TissueMask.save`).
+CACHE_KEY = "gigastream.mask_key"
 
 
 class NoTissueError(SlideError):
@@ -118,14 +123,32 @@ class TissueMask:
         c1, r1 = min(int(np.ceil(x1 / self.mpp)), w), min(int(np.ceil(y1 / self.mpp)), h)
         return c1 > c0 and r1 > r0 and bool(self.mask[r0:r1, c0:c1].any())
 
-    def save(self, path: str | Path) -> Path:
-        """Write the mask as an 8-bit PNG (tissue 255) with its mpp in a text chunk."""
+    def save(self, path: str | Path, key: str | None = None) -> Path:
+        """Write the mask as an 8-bit PNG (tissue 255) with its mpp in a text chunk.
+
+        The file is written to a temporary name in the same folder and renamed into place,
+        so a reader never sees half a mask.
+
+        Args:
+            path: the PNG file.
+            key: what the mask was computed from (a cache key, e.g. JSON), stored in the
+                text chunk :data:`CACHE_KEY` (read back by :func:`stored_text`).
+        """
         from PIL import Image, PngImagePlugin
 
         info = PngImagePlugin.PngInfo()
         info.add_text(MPP_KEY, repr(float(self.mpp)))
+        if key is not None:
+            info.add_text(CACHE_KEY, key)
         path = Path(path)
-        Image.fromarray(self.mask.astype(np.uint8) * 255).save(path, pnginfo=info)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            Image.fromarray(self.mask.astype(np.uint8) * 255).save(tmp, format="PNG", pnginfo=info)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         return path
 
     @classmethod
@@ -159,6 +182,19 @@ class TissueMask:
         if mpp is None:
             raise SlideError(f"{path}: the mask's mpp is unknown; pass mpp=... or the slide")
         return cls(array > 127, float(mpp))
+
+
+def stored_text(path: str | Path) -> dict[str, str] | None:
+    """The text chunks before the pixels of a mask image (:data:`MPP_KEY`, :data:`CACHE_KEY`),
+    read without decoding the pixels, so also from a truncated file; ``None`` when the file
+    is not an image at all."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return {k: v for k, v in img.info.items() if isinstance(v, str)}
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
 
 
 def saturation(image: np.ndarray) -> np.ndarray:
