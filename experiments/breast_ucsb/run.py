@@ -3,8 +3,9 @@
 58 real H&E tissue-microarray images (896x768 px, 32 benign, 26 malignant; Gelasca et al.,
 ICIP 2008) are cut into 32x32 px patches, one bag per image, and classified by attention MIL
 trained end to end from random initialisation. Every configuration x repeat x fold is one
-``gigastream train`` in a fresh process; the experiment only prepares its inputs and reads
-the run folders back.
+``gigastream train`` (run by ``--parallel`` worker processes that take the runs from one
+queue, or with ``--fresh-processes`` each in a process of its own); the experiment only
+prepares its inputs and reads the run folders back.
 
 What this script writes (``--out``, default ``out/breast_ucsb``, ignored by git)::
 
@@ -128,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--white", type=int, default=200, help="a pixel is white when R,G,B >= this")
     p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads per run")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    p.add_argument(
+        "--fresh-processes",
+        action="store_true",
+        help="every run in a process of its own (default: --parallel long-lived worker "
+        "processes take the runs from one queue, saving torch's and Lightning's start-up "
+        "per run)",
+    )
+    p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per run")
     p.add_argument("--overwrite", action="store_true", help="retrain finished runs")
     p.add_argument("--collect-only", action="store_true", help="train nothing; collect results")
@@ -317,6 +326,99 @@ def launch(
     return proc
 
 
+def train_argv(
+    args: argparse.Namespace,
+    config: Path,
+    splits: Path,
+    manifest: Path,
+    seed: int,
+    fold: int,
+    folder: Path,
+) -> list[str]:
+    """The ``gigastream train`` arguments of one run."""
+    return [
+        "train", "--config", str(config), "--manifest", str(manifest), "--splits", str(splits),
+        "--fold", str(fold), "--seed", str(seed), "--threads", str(args.threads),
+        "--workers", str(args.workers), "--no-progress", "--out", str(folder), "--overwrite",
+    ]  # fmt: skip
+
+
+def run_queue(args: argparse.Namespace, manifest: Path, jobs: list) -> None:
+    """Train ``jobs`` in ``--parallel`` worker processes that take them in order from one
+    queue folder (``OUT/queue``): each run is one ``gigastream train`` (its ``main``), in a
+    process that imported torch and Lightning once."""
+    queue = args.out / "queue"
+    shutil.rmtree(queue, ignore_errors=True)
+    queue.mkdir(parents=True)
+    for k, (_, config, splits, repeat, fold, folder) in enumerate(jobs):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "run_key.txt").unlink(missing_ok=True)  # written back when the run finishes
+        job = {
+            "argv": train_argv(args, config, splits, manifest, repeat, fold, folder),
+            "folder": str(folder),
+            "key": run_key(config, splits, fold, repeat),
+            "label": str(folder.relative_to(args.out)),
+        }
+        (queue / f"{k:05d}.json").write_text(json.dumps(job))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(queue)]
+    workers = [subprocess.Popen(command, env=env, cwd=ROOT) for _ in range(max(1, args.parallel))]
+    codes = [w.wait() for w in workers]
+    failed = sorted(p.name for p in queue.glob("*.failed"))
+    shutil.rmtree(queue, ignore_errors=True)
+    if failed or any(codes):
+        print(f"{len(failed)} run(s) failed; see their .log files", file=sys.stderr)
+
+
+def worker(queue: Path) -> int:
+    """Take the queue's jobs in order (claimed by an atomic rename) and run each one's
+    ``gigastream train`` in this process, its output in ``<folder>.log``."""
+    import contextlib
+    import logging
+
+    from gigastream.cli.main import main as gigastream_main
+
+    while True:
+        job_file = None
+        for candidate in sorted(queue.glob("*.json")):
+            claimed = candidate.with_suffix(f".{os.getpid()}")
+            try:
+                candidate.rename(claimed)
+            except FileNotFoundError:  # another worker took it
+                continue
+            job_file = claimed
+            break
+        if job_file is None:
+            return 0
+        job = json.loads(job_file.read_text())
+        folder = Path(job["folder"])
+        started = time.perf_counter()
+        with open(folder.parent / f"{folder.name}.log", "w", encoding="utf-8") as log:
+            log.write("gigastream " + " ".join(job["argv"]) + "\n")
+            log.flush()
+            logging.root.handlers.clear()  # each run's logging goes to its own log
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                try:
+                    code = gigastream_main(job["argv"])
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else 1
+                except Exception:  # a bug: its traceback goes to the run's log
+                    import traceback
+
+                    traceback.print_exc()
+                    code = 1
+            logging.root.handlers.clear()
+        wall = time.perf_counter() - started
+        (folder / "wall_seconds.json").write_text(json.dumps({"seconds": wall}))
+        if code == 0:
+            (folder / "run_key.txt").write_text(job["key"] + "\n")
+            job_file.unlink()
+        else:
+            job_file.rename(job_file.with_suffix(".failed"))
+        status = "ok" if code == 0 else f"FAILED (exit {code})"
+        print(f"{job['label']}: {status} in {wall:.0f} s; {summary_line(folder)}", flush=True)
+
+
 def parse_plan(args: argparse.Namespace) -> list[tuple[str, list[int], int]]:
     """``[(config, repeats, epochs)]`` of ``--plan`` (``CONFIG=R,R[@EPOCHS]``), or every
     ``--configs`` with ``--repeats`` and ``--epochs``."""
@@ -348,6 +450,9 @@ def run_all(args: argparse.Namespace, manifest: Path) -> None:
                 if args.overwrite or not is_done(folder, run_key(config, splits, fold, repeat)):
                     jobs.append((name, config, splits, repeat, fold, folder))
     print(f"{len(jobs)} run(s) to train, {args.parallel} at a time", flush=True)
+    if not args.fresh_processes:
+        run_queue(args, manifest, jobs)
+        return
     running: list[subprocess.Popen] = []
     failed = []
     while jobs or running:
@@ -527,6 +632,8 @@ def copy_heatmaps(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.worker is not None:
+        return worker(args.worker)
     args.out = args.out.resolve()
     start = time.perf_counter()
     manifest = write_inputs(args)

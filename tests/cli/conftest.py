@@ -9,6 +9,23 @@ import pytest
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
+@pytest.fixture(scope="session")
+def manifest(tmp_path_factory) -> Path:
+    """The tiny synthetic dataset of ``tests/train`` (synthesized once per session)."""
+    from tests.train.conftest import dataset_manifest
+
+    return dataset_manifest(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, manifest) -> Path:
+    """The tiny finished two-epoch run of ``tests/train`` (trained once per session;
+    read-only: copy it before writing)."""
+    from tests.train.conftest import trained_run_folder
+
+    return trained_run_folder(tmp_path_factory, manifest)
+
+
 @pytest.fixture
 def sources() -> list[str]:
     """The real H&E images and slide that synthetic tissue is cut from (skips if absent)."""

@@ -14,6 +14,7 @@ import yaml
 
 from gigastream.cli.main import main
 from gigastream.wsi.feature_files import write_features
+from tests.cli.clitools import cli as _cli
 from tests.train.test_features import make_slides
 
 FEATURE_FLAGS = ["--encoder", "small_cnn", "--patch-size", "32", "--mpp", "4.0"]
@@ -22,12 +23,6 @@ TINY = {
     "data": {"num_workers": 0, "tissue": {"mpp": 8.0}},
     "train": {"epochs": 2, "threads": 1, "heatmaps": 0, "progress": False, "device": "cpu"},
 }
-
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

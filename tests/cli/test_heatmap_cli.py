@@ -15,19 +15,12 @@ from gigastream.cli.main import main
 from gigastream.viz.heatmap import mask_under
 from gigastream.wsi.reader import SlideReader
 from gigastream.wsi.tissue import TissueMask
-from tests.train.conftest import dataset_manifest, trained_run_folder
 
 
 @pytest.fixture(scope="session")
-def manifest(tmp_path_factory) -> Path:
-    """The tiny synthetic dataset of ``tests/train`` (synthesized once per session)."""
-    return dataset_manifest(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory, manifest) -> Path:
+def checkpoint(trained_run) -> Path:
     """The best checkpoint of the tiny finished run of ``tests/train`` (read-only)."""
-    return trained_run_folder(tmp_path_factory, manifest) / "checkpoints" / "best.ckpt"
+    return trained_run / "checkpoints" / "best.ckpt"
 
 
 def _heatmap(capsys, checkpoint, out, *flags) -> tuple[int, str, str]:

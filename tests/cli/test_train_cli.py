@@ -15,51 +15,20 @@ import numpy as np
 import pytest
 import torch
 
-from gigastream.cli.main import main
 from gigastream.train.files import run_lock
+from tests.cli.clitools import cli as _cli
+from tests.cli.clitools import one_line_error as _one_line_error
+from tests.cli.clitools import train_args as _train
 from tests.train.conftest import (
     copy_manifest,
-    dataset_manifest,
-    trained_run_folder,
     write_tiny_yaml,
 )
-
-
-@pytest.fixture(scope="session")
-def manifest(tmp_path_factory) -> Path:
-    """The tiny synthetic dataset of ``tests/train`` (synthesized once per session)."""
-    return dataset_manifest(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, manifest) -> Path:
-    """The tiny finished run of ``tests/train`` (trained once per session; read-only)."""
-    return trained_run_folder(tmp_path_factory, manifest)
-
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_line_error(code: int, err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 1, err
-    assert len(lines) == 1 and lines[0].startswith("gigastream: error: "), err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _probabilities(path: Path) -> dict[str, np.ndarray]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     return {r["slide_id"]: np.array([float(r["p_negative"]), float(r["p_positive"])]) for r in rows}
-
-
-def _train(manifest, out, config, *flags):
-    return ["train", "--manifest", manifest, "--out", out, "--config", config, *flags]
 
 
 # ----------------------------------------------------------------------------- 1, 2. outputs

@@ -5,32 +5,16 @@ settings are one line before anything is written."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from gigastream.cli.main import main
-from tests.train.conftest import dataset_manifest, write_tiny_yaml
+from tests.cli.clitools import cli as _cli
+from tests.cli.clitools import train_args as _train
+from tests.train.conftest import write_tiny_yaml
 
 PATCH_FLAGS = ["--model-kind", "patches", "--encoder", "small_cnn", "--patch-size", "32"]
-
-
-@pytest.fixture(scope="session")
-def manifest(tmp_path_factory) -> Path:
-    """The tiny synthetic dataset of ``tests/train`` (synthesized once per session)."""
-    return dataset_manifest(tmp_path_factory.getbasetemp())
-
-
-def _cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _train(manifest, out, config, *flags):
-    return ["train", "--manifest", manifest, "--out", out, "--config", config, *flags]
 
 
 def test_dry_run_gives_the_patch_bags_and_writes_nothing(tmp_path, manifest, capsys):

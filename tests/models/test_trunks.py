@@ -125,6 +125,10 @@ def test_missing_and_wrong_weights(tmp_path):
     torch.save(build_trunk("vgg_small")[0].state_dict(), path)
     with pytest.raises(ValueError, match="not a torchvision resnet18 state_dict"):
         build_trunk("resnet18", str(path))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint\n" * 10)
+    with pytest.raises(ValueError, match=r"garbage.pt: not a PyTorch state_dict or checkpoint"):
+        build_trunk("resnet18", str(garbage))
 
 
 def test_imagenet_download_failure_says_to_pass_weights(monkeypatch):

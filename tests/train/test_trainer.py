@@ -1,10 +1,12 @@
 """The one Trainer factory (``gigastream.train.trainer``): devices and precision checked
-first, the checkpoints every run keeps, prediction trainers without side effects."""
+first, the checkpoints every run keeps (their state follows a moved run folder), prediction
+trainers without side effects."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gigastream.train.config import ConfigError, TrainConfig
 from gigastream.train.trainer import (
@@ -51,3 +53,26 @@ def test_build_trainer_for_training_and_for_prediction(tmp_path):
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     predict = build_trainer(train, None, "cpu", 1, for_training=False)
     assert predict.loggers == [] and predict.checkpoint_callback is None
+
+
+def test_checkpoint_state_follows_a_moved_run_folder(tmp_path):
+    old, new = tmp_path / "a" / "checkpoints", tmp_path / "a_old" / "checkpoints"
+    saved, _ = checkpoint_callbacks(old)
+    saved.best_model_path = str(old / "best.ckpt")
+    saved.best_model_score = torch.tensor(0.75)
+    saved.best_k_models = {str(old / "best.ckpt"): torch.tensor(0.75)}
+    saved.kth_best_model_path = str(old / "best.ckpt")
+    saved.kth_value = torch.tensor(0.75)
+    state = saved.state_dict()
+
+    moved, _ = checkpoint_callbacks(new)  # mv a a_old: resumed from a_old's last.ckpt
+    assert (
+        moved.state_key
+        == saved.state_key
+        == ModelCheckpoint(dirpath=new, filename="best", monitor="val_score", mode="max").state_key
+    )  # Lightning's own key: checkpoints written before load alike
+    moved.load_state_dict(state)
+    assert moved.dirpath == str(new)
+    assert moved.best_model_path == moved.kth_best_model_path == str(new / "best.ckpt")
+    assert list(moved.best_k_models) == [str(new / "best.ckpt")]
+    assert float(moved.best_model_score) == 0.75  # the best so far is kept

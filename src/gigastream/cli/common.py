@@ -295,6 +295,49 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def check_weights_file(weights: str | None, flag: str = "--weights") -> None:
+    """Check that a local weights file (not ``None`` or ``imagenet``) is one ``torch.load``
+    reads safely (``weights_only=True``) and that it holds a dict (a state_dict or a
+    checkpoint), before any work: a zip-format file is opened memory-mapped, its tensors
+    not read.
+
+    Raises:
+        ConfigError: the file is not a PyTorch state_dict/checkpoint (one line naming it).
+    """
+    import pickle
+    import zipfile
+
+    if weights is None or weights == "imagenet" or not Path(weights).is_file():
+        return  # a missing file is named by the model's own check
+    import torch
+
+    from gigastream.train.config import ConfigError
+    from gigastream.train.files import UNREADABLE_PICKLE, unpickling_reason
+
+    path = Path(weights)
+    if path.suffix.lower() == ".safetensors":
+        return
+    try:
+        state = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    except (pickle.UnpicklingError, *UNREADABLE_PICKLE, zipfile.BadZipFile, RuntimeError) as exc:
+        if isinstance(exc, pickle.UnpicklingError):  # torch's advice (weights_only=False) left out
+            reason = unpickling_reason(exc)
+        else:
+            text = str(exc).strip()
+            reason = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+        raise ConfigError(
+            f"{flag} {path}: not a PyTorch state_dict or checkpoint (corrupt or truncated?): "
+            f"{reason}"
+        ) from None
+    if not isinstance(state, dict):
+        raise ConfigError(
+            f"{flag} {path}: not a PyTorch state_dict or checkpoint (it holds a "
+            f"{type(state).__name__}, not a dict of tensors)"
+        )
+
+
 def quiet_lightning(args: argparse.Namespace) -> None:
     """Hide Lightning's banners (GPU available, tips) unless ``-vv`` was given.
 

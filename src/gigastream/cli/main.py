@@ -8,6 +8,11 @@ Every module in :mod:`gigastream.cli` other than this one defines one subcommand
 - ``run(args) -> int``: does the work by calling the library, returns the exit code.
 
 Subcommands are discovered, so adding one never touches this file.
+
+Errors a user can fix (gigastream's own, and what libraries raise for bad files, a full
+disk or too little memory) are turned into one line ``gigastream: error: ...`` at one place,
+:func:`error_line` (``-v`` prints the traceback too), and exit 1; anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import pickle
 import pkgutil
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 
@@ -47,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"gigastream {gigastream.__version__}"
     )
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more logging, and the traceback of an error (-vv: debug)",
     )
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
         (): parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -93,18 +104,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # SIGINT / SIGTERM (a run records status "interrupted")
         print(f"gigastream: interrupted: {exc or 'stopped'}", file=sys.stderr)
         return 130
-    except OSError as exc:  # unwritable --out, full disk, ...: one line, not a traceback
-        if args.verbose >= 2:
+    except Exception as exc:  # the known errors (error_line) as one line; others re-raised
+        line = error_line(exc)
+        if line is None:
             raise
+        if args.verbose:
+            traceback.print_exception(exc)
+        print(f"gigastream: error: {line}", file=sys.stderr)
+        return 1
+
+
+def error_line(exc: BaseException) -> str | None:
+    """The one line a user is told for ``exc``; ``None`` for an error that is a bug.
+
+    Known: gigastream's errors (``ValueError``/``RuntimeError`` subclasses that name the
+    problem and the fix), ``OSError`` (missing, unwritable, full disk: the file named),
+    ``MemoryError``, an unreadable pickle (torch's advice to load with
+    ``weights_only=False`` left out: it runs the file's code) and Lightning's
+    ``MisconfigurationException``.
+    """
+    if isinstance(exc, OSError):  # unwritable --out, full disk, missing file, ...
         from gigastream.train.files import describe_os_error
 
-        print(f"gigastream: error: {describe_os_error(exc)}", file=sys.stderr)
-        return 1
-    except (ValueError, RuntimeError) as exc:  # user-facing errors name the problem and the fix
-        if args.verbose >= 2:
-            raise
-        print(f"gigastream: error: {exc}", file=sys.stderr)
-        return 1
+        return describe_os_error(exc)
+    if isinstance(exc, MemoryError):
+        return (
+            "out of memory: lower --memory-budget or --tile-size, use fewer --workers, or "
+            "use a machine with more memory"
+        )
+    if isinstance(exc, pickle.UnpicklingError):
+        from gigastream.train.files import unpickling_reason
+
+        return (
+            "a file is not a PyTorch state_dict or checkpoint (corrupt or truncated?): "
+            f"{unpickling_reason(exc)}"
+        )
+    lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+    misconfiguration = getattr(lightning, "MisconfigurationException", ())
+    if isinstance(exc, (ValueError, RuntimeError, misconfiguration)):
+        return str(exc).strip() or type(exc).__name__  # a manifest's problems: one a line
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

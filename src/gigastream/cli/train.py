@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if args.folds == "all" and args.dry_run:
         raise ValueError("--dry-run plans one run: drop --folds all (or --dry-run)")
     config = _config(args)
+    if not args.dry_run:  # a dry run plans without the trunk's weights
+        common.check_weights_file(config.model.weights)
     if args.folds == "all":
         summary = fit_folds(config, args.out, resume=args.resume, overwrite=args.overwrite)
         _print_folds(summary, args.out)

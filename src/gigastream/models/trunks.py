@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -48,7 +49,13 @@ def _load_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: trunk weights file not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, IndexError) as exc:
+        raise ValueError(
+            f"{path}: not a PyTorch state_dict or checkpoint ({type(exc).__name__}); give the "
+            "file saved with torch.save(model.state_dict(), PATH)"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

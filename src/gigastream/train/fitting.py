@@ -11,9 +11,12 @@ folder ``RUN``::
     RUN/predictions.csv        validation predictions of the best checkpoint
     RUN/training_curve.png, RUN/heatmaps/*.png, RUN/logs/ (CSV), RUN/tensorboard/
 
-Everything is validated before anything is written (:func:`~gigastream.train.preparation.prepare`
-and :func:`check_out`); one run holds a folder at a time (its lock); a resumed run ends with
-the weights of one that was never stopped.
+Everything is validated before anything is written (:func:`~gigastream.train.preparation.prepare`,
+:func:`check_out` and, resuming, :func:`check_resumable`); one run holds a folder at a time
+(its lock); a resumed run ends with the weights of one that was never stopped. A run folder
+can be moved or copied: ``--out`` is resolved once, the paths in ``metrics.json`` are
+relative to it and the checkpoints' stored paths are re-rooted on resume
+(:class:`~gigastream.train.trainer.RunCheckpoint`). Every way out leaves a true status.
 
 Example:
     >>> config = load_config("run.yaml", {"manifest": "data/manifest.csv"})  # doctest: +SKIP
@@ -66,6 +69,12 @@ from gigastream.train.recorder import (
 from gigastream.train.trainer import build_trainer, checkpoint_callbacks
 
 
+def _finished_epochs(state: dict[str, Any]) -> int:
+    """The epochs a checkpoint's run has finished: the (0-based) epoch resuming trains first."""
+    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    return int(progress.get("current", {}).get("processed", state.get("epoch", -1) + 1))
+
+
 def _resumed_epoch(checkpoint: Path) -> int:
     """The (0-based) epoch that resuming from ``checkpoint`` trains first.
 
@@ -74,9 +83,7 @@ def _resumed_epoch(checkpoint: Path) -> int:
     the slides in the order of epoch 0 and the result would differ from an uninterrupted
     run's.
     """
-    state = load_checkpoint_file(checkpoint)
-    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
-    return int(progress.get("current", {}).get("processed", state.get("epoch", -1) + 1))
+    return _finished_epochs(load_checkpoint_file(checkpoint))
 
 
 def _clean_temporaries(folder: Path) -> None:
@@ -94,17 +101,35 @@ def check_out(out: str | Path, resume: bool, overwrite: bool) -> None:
 
     Raises:
         RunError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is set;
-            ``resume`` with nothing to resume; ``out`` is a file.
+            ``resume`` with nothing to resume; ``out`` is a file. The message suggests
+            ``--resume`` only where there is a checkpoint to resume from.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunError(f"{out}: --out is a file, not a folder; choose another --out")
     last = out / "checkpoints" / "last.ckpt"
+    has_run = out.exists() and _has_run(out)
+    if has_run and not last.is_file() and (resume or not overwrite) and lock_is_held(out):
+        raise RunError(
+            f"{out} holds a run that another gigastream process is training (in its first "
+            "epoch): wait for it to finish or choose another --out"
+        )
     if resume and not last.is_file():
+        if has_run:  # stopped before its first epoch ended: there is nothing to resume
+            raise RunError(
+                f"{out}: nothing to resume ({last} not found: the run stopped before its "
+                "first epoch ended); start it again with --overwrite instead of --resume"
+            )
         raise RunError(
             f"{out}: nothing to resume ({last} not found); start the run without --resume"
         )
-    if not resume and not overwrite and out.exists() and _has_run(out):
+    if not resume and not overwrite and has_run:
+        if not last.is_file():
+            raise RunError(
+                f"{out} already holds a run without a checkpoint to resume from (it stopped "
+                "before its first epoch ended): pass --overwrite to replace it, or choose "
+                "another --out"
+            )
         status = RunRecord.load(out / "metrics.json").data.get("status")
         if status == "running" and not lock_is_held(out):
             raise RunError(
@@ -145,18 +170,20 @@ def fit(
 
     Raises:
         ConfigError, ManifestError, StreamingError: invalid settings (nothing written).
-        RunError: ``out`` unusable or in use, nothing to resume.
+        RunError: ``out`` unusable or in use, nothing to resume, a resume that cannot go on
+            (:func:`check_resumable`; nothing written); a write failed (the file named).
         RunInterrupted: SIGTERM/SIGINT (status ``interrupted``, ``interrupted.ckpt`` saved).
         NonFiniteLossError: the loss became NaN/inf (status ``failed: ...``).
     """
     prepared = prepared or prepare(config)
     config = resolved_config(prepared)
-    out = Path(out).absolute()  # Lightning reports absolute checkpoint paths
+    # resolved once (no "..", no symlinks): Lightning reports checkpoint paths resolved
+    out = Path(out).resolve()
     if _launched_rank() > 0:  # a DDP worker started by the launcher: rank 0 owns the folder
         return _fit_locked(prepared, config, out, resume, callbacks)
     check_out(out, resume, overwrite)
-    if resume:
-        _check_same_job(out, config)
+    if resume:  # everything checked before a file of the run is touched
+        check_resumable(out, config, prepared)
     check_writable_folder(out)
     with run_lock(out):
         _clean_temporaries(out)
@@ -177,22 +204,99 @@ def _launched_rank() -> int:
     return 0
 
 
-def _check_same_job(out: Path, config: RunConfig) -> None:
-    path = out / "config.yaml"
-    if not path.is_file():
-        return
-    before = to_dict(load_config(path))
-    now = to_dict(config)
-    for volatile in ("progress", "threads", "device", "devices"):
-        before["train"].pop(volatile, None)
-        now["train"].pop(volatile, None)
-    before["train"].pop("epochs", None)
-    now["train"].pop("epochs", None)
-    if before != now:
+#: The settings a resumed run may change: how long and where it runs and what it reports,
+#: not its model, data, split or optimisation.
+RESUMABLE = (
+    "train.epochs",
+    "train.progress",
+    "train.threads",
+    "train.device",
+    "train.devices",
+    "train.heatmaps",
+    "data.num_workers",
+    "data.cache_bytes",
+)
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"seed": 0}}`` -> ``{"train.seed": 0}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resumable(out: str | Path, config: RunConfig, prepared: PreparedRun) -> None:
+    """Refuse a ``--resume`` of the run in ``out`` that could not go on (nothing written).
+
+    The run's settings are those its ``last.ckpt`` was trained with (``config.yaml`` for a
+    checkpoint without them); only :data:`RESUMABLE` may differ.
+
+    Raises:
+        RunError: ``last.ckpt`` unreadable; settings that change the run (each named with
+            its old and new value); another validation split; ``train.epochs`` not more
+            than the epochs the run has finished (or the run already finished them).
+    """
+    out = Path(out)
+    last = out / "checkpoints" / "last.ckpt"
+    state = load_checkpoint_file(last)
+    saved = state.get("gigastream")
+    stored = saved.get("config") if isinstance(saved, dict) else None
+    source = f"{last}"
+    if stored is None and (out / "config.yaml").is_file():
+        stored, source = out / "config.yaml", str(out / "config.yaml")
+    if stored is not None:
+        _check_same_settings(out, load_config(stored, source=source), config, source)
+    record = RunRecord.load(out / "metrics.json").data
+    _check_same_split(out, record, prepared)
+    finished, requested = _finished_epochs(state), config.train.epochs
+    status = record.get("status")
+    if requested < finished or (requested == finished and status == "completed"):
+        more = f"pass --epochs {finished + 1} or more to train it on"
+        if requested < finished:
+            raise RunError(
+                f"{out}: --epochs {requested}, but the run has finished {finished} epochs: {more}"
+            )
         raise RunError(
-            f"{out}: --resume with settings that differ from {path}; resume with "
-            f"--config {path} (only train.epochs may change), or start a new run"
+            f"{out}: the run already finished its {finished} epochs (status completed): "
+            f"{more}, or use its outputs as they are"
         )
+
+
+def _check_same_settings(out: Path, before: RunConfig, now: RunConfig, source: str) -> None:
+    old, new = _flat(to_dict(before)), _flat(to_dict(now))
+    unset = "<unset>"
+    changed = [
+        f"{key} {old.get(key, unset)} -> {new.get(key, unset)}"
+        for key in sorted(set(old) | set(new))
+        if key not in RESUMABLE and old.get(key, unset) != new.get(key, unset)
+    ]
+    if not changed:
+        return
+    listed = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+    config_yaml = out / "config.yaml"
+    fix = f"--config {config_yaml}" if config_yaml.is_file() else "drop the flags that change them"
+    raise RunError(
+        f"{out}: --resume with settings that differ from the run's ({source}): {listed}; "
+        f"resume with the run's settings ({fix}; only {', '.join(RESUMABLE)} may change), "
+        "or start a new run in another --out"
+    )
+
+
+def _check_same_split(out: Path, record: dict[str, Any], prepared: PreparedRun) -> None:
+    for name, rows in (("train", prepared.train_rows), ("val", prepared.val_rows)):
+        before = record.get(f"{name}_slides")
+        now = [r.slide_id for r in rows]
+        if before is not None and sorted(before) != sorted(now):
+            differ = sorted(set(before) ^ set(now))
+            raise RunError(
+                f"{out}: --resume with other {name} slides than the run's ({len(differ)} "
+                f"differ, e.g. {', '.join(differ[:3])}): the manifest or splits changed; "
+                "resume with the run's manifest and splits, or start a new run in another --out"
+            )
 
 
 def _fit_locked(
@@ -227,18 +331,29 @@ def _fit_locked(
         return result
     except BaseException as exc:
         if is_interrupt(exc) or isinstance(exc, SystemExit):
-            record.update(status="interrupted", seconds=time.perf_counter() - start)
+            _record_way_out(record, "interrupted", start)
             if isinstance(exc, RunInterrupted):
                 raise
             raise RunInterrupted("stopped by a signal") from exc
-        if not str(record.data.get("status", "")).startswith("failed"):
-            with contextlib.suppress(OSError):
-                record.update(
-                    status=f"failed: {failure_reason(exc)}", seconds=time.perf_counter() - start
-                )
+        status = str(record.data.get("status", ""))  # the recorder's reason, if it gave one
+        if isinstance(exc, OSError):  # named with the file, else the run folder
+            status = f"failed: {describe_os_error(exc, folder=out)}"
+        elif not status.startswith("failed"):
+            status = f"failed: {failure_reason(exc)}"
+        _record_way_out(record, status, start)
         if isinstance(exc, OSError):
-            raise RunError(describe_os_error(exc)) from None
+            raise RunError(describe_os_error(exc, folder=out)) from None
         raise
+
+
+def _record_way_out(record: RunRecord, status: str, start: float) -> None:
+    """Write the status a run ends with; a record that cannot be written (a full disk) is
+    tried again once and otherwise left (the error that ended the run is raised)."""
+    record.data.update(status=status, seconds=time.perf_counter() - start)
+    for _ in range(2):
+        record.save()  # does not raise for a way-out status (RunRecord.save)
+        if record.saved or not record.enabled:
+            return
 
 
 @dataclass
@@ -336,6 +451,18 @@ def _train(parts: _Parts, checkpoints: Path, resume: bool, signals: Signals) -> 
     return time.perf_counter() - fit_start
 
 
+def _model_words(config: RunConfig) -> str:
+    """The model of a run in a few words, for the training curve's title."""
+    model = config.model
+    if model.kind == "patches":
+        return (
+            f"{config.patches.encoder.name} on patches ({config.patches.strategy}) + {model.head}"
+        )
+    if model.kind == "features":
+        return f"cached features + {model.head}"
+    return f"streamed {model.arch} + {model.head}"
+
+
 def _report(
     prepared: PreparedRun,
     config: RunConfig,
@@ -348,8 +475,8 @@ def _report(
     """The best checkpoint's model on the validation slides: predictions, curve, heatmaps,
     and ``metrics.json`` completed."""
     checkpoints, module = out / "checkpoints", parts.module
-    best = parts.best.best_model_path
-    best_path = Path(best) if best else checkpoints / "last.ckpt"
+    best = parts.best.best_model_path  # inside ``checkpoints`` (RunCheckpoint re-roots it)
+    best_path = checkpoints / Path(best).name if best else checkpoints / "last.ckpt"
     state = load_checkpoint_file(best_path)
     module.load_state_dict(state["state_dict"])
     results = run_predictions(
@@ -360,13 +487,21 @@ def _report(
     epochs = module.epoch_log
     curve = None
     if epochs:
-        from gigastream.viz.curves import plot_training_curve
+        from gigastream.viz.curves import loss_terms, plot_training_curve
 
-        curve = plot_training_curve(epochs, out / "training_curve.png")
+        curve = plot_training_curve(
+            epochs,
+            out / "training_curve.png",
+            title=f"{out.name}: {_model_words(config)}",
+            best=int(state.get("epoch", 0)) + 1,
+            loss=loss_terms(getattr(module.model, "head", None)),
+        )
     heatmaps = write_heatmaps(
         module, results, prepared.val_rows, out / "heatmaps", parts.data, config.train.heatmaps
     )
     trained_slides = sum(len(e["train_slide_losses"]) for e in epochs) or 1
+    with contextlib.suppress(FileNotFoundError):  # the run went on from where it was stopped
+        (checkpoints / "interrupted.ckpt").unlink()
     record.update(
         status="completed",
         epochs=epochs,
@@ -390,4 +525,4 @@ def _report(
     return record.data
 
 
-__all__ = ["check_out", "fit"]
+__all__ = ["RESUMABLE", "check_out", "check_resumable", "fit"]

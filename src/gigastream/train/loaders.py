@@ -1,13 +1,22 @@
 """The DataLoader of a run's slides: whole slides, their patch bags for patch models, or
 their cached features for feature models (``data.features_dir``).
 
+Its worker processes die with the process that started them: on Linux each worker asks
+the kernel for ``SIGKILL`` when its parent dies (``prctl(PR_SET_PDEATHSIG)``), so a run
+killed with ``kill -9`` (e.g. by the out-of-memory killer) leaves no workers behind that
+hold memory and its run folder.
+
 Example:
     >>> loader = slide_loader(rows, ["benign", "malignant"], DataConfig(), seed=0)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
@@ -39,7 +48,34 @@ def slide_loader(
         dataset = SlideExamples(rows, class_names, data)
     else:
         dataset = PatchExamples(rows, class_names, data, patches)
-    return example_loader(dataset, workers, seed, shuffle, balanced)
+    loader = example_loader(dataset, workers, seed, shuffle, balanced)
+    if workers:
+        loader.worker_init_fn = functools.partial(
+            _die_with_parent, os.getpid(), loader.worker_init_fn
+        )
+    return loader
+
+
+#: ``prctl`` option: the signal a process gets when its parent dies (``<linux/prctl.h>``).
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int, then: Callable[[int], None] | None, worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn``: the worker is killed when ``parent`` dies; then
+    ``then(worker_id)`` (the loader's own ``worker_init_fn``, if any).
+
+    The kernel sends the signal when the *thread* that forked the worker ends: loaders are
+    iterated from the main thread (Lightning's loop, prediction), which ends with the process.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request
+            os._exit(1)
+    if then is not None:
+        then(worker_id)
 
 
 __all__ = ["slide_loader"]

@@ -3,8 +3,9 @@
 :func:`build_trainer` makes the ``Trainer`` of a training, prediction or evaluation run
 from a :class:`~gigastream.train.config.TrainConfig` (device, precision, epochs, gradient
 accumulation, distribution); :func:`resolve_device` checks the device first;
-:func:`checkpoint_callbacks` gives the best and last checkpoints every run keeps;
-:class:`AtomicCheckpointIO` writes checkpoints so they are never half-written.
+:func:`checkpoint_callbacks` gives the best and last checkpoints every run keeps (their
+state follows a moved run folder, :class:`RunCheckpoint`); :class:`AtomicCheckpointIO`
+writes checkpoints so they are never half-written.
 
 Example:
     >>> from gigastream.train.config import TrainConfig
@@ -17,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,13 +77,57 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint_file(path)
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose restored state follows its run folder.
+
+    A checkpoint stores its folder's absolute path (``dirpath``) and the files in it
+    (``best_model_path``, ``best_k_models``, ...). Lightning restores that state only into a
+    callback of the same ``dirpath`` and otherwise keeps just ``best_model_path``: a run
+    folder that was moved or copied would forget its best score and take another folder's
+    best checkpoint (the one now at its old path). This callback re-roots the stored paths
+    into its own folder before restoring them, so a run folder can be moved. Its state key
+    is ``ModelCheckpoint``'s, so checkpoints of either load.
+    """
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        return f"{ModelCheckpoint.__qualname__}{kwargs!r}"
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved, here = state_dict.get("dirpath"), self.dirpath
+        if saved and here and os.path.normpath(saved) != os.path.normpath(here):
+            logger.info("checkpoint folder %s moved to %s: its paths follow", saved, here)
+            state_dict = _rerooted(state_dict, saved, here)
+        super().load_state_dict(state_dict)
+
+
+def _rerooted(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """A ``ModelCheckpoint`` state with the paths under ``old`` moved under ``new``."""
+
+    def move(path: Any) -> Any:
+        if not isinstance(path, str) or not path:
+            return path
+        if os.path.normpath(path) == os.path.normpath(old):
+            return new
+        relative = os.path.relpath(path, old)
+        return path if relative.startswith(os.pardir) else os.path.join(new, relative)
+
+    moved = dict(state, dirpath=new)
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in moved:
+            moved[key] = move(moved[key])
+    if isinstance(moved.get("best_k_models"), dict):
+        moved["best_k_models"] = {move(k): v for k, v in moved["best_k_models"].items()}
+    return moved
+
+
 def checkpoint_callbacks(dirpath: str | Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
     """``(best, last)``: ``best.ckpt`` of the best ``val_score`` and ``last.ckpt`` every epoch.
 
     ``val_score`` is the validation AUC with ties broken by the lower validation loss
-    (:class:`~gigastream.train.module.MILClassifier` logs it).
+    (:class:`~gigastream.train.module.MILClassifier` logs it). Both are
+    :class:`RunCheckpoint`: a moved run folder resumes from its own checkpoints.
     """
-    best = ModelCheckpoint(
+    best = RunCheckpoint(
         dirpath=dirpath,
         filename="best",
         monitor="val_score",
@@ -92,7 +138,7 @@ def checkpoint_callbacks(dirpath: str | Path) -> tuple[ModelCheckpoint, ModelChe
     # Lightning 2.6's save_last=True only refreshes last.ckpt in epochs that improve the
     # monitored metric; an unmonitored checkpoint is rewritten after every epoch (and, after
     # ``best``, carries its updated state for resuming)
-    last = ModelCheckpoint(
+    last = RunCheckpoint(
         dirpath=dirpath, filename="last", save_top_k=1, enable_version_counter=False
     )
     return best, last
@@ -155,4 +201,10 @@ def build_trainer(
     )
 
 
-__all__ = ["AtomicCheckpointIO", "build_trainer", "checkpoint_callbacks", "resolve_device"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "RunCheckpoint",
+    "build_trainer",
+    "checkpoint_callbacks",
+    "resolve_device",
+]
