@@ -3,8 +3,9 @@
 58 real H&E tissue-microarray images (896x768 px, 32 benign, 26 malignant; Gelasca et al.,
 ICIP 2008) are cut into 32x32 px patches, one bag per image, and classified by attention MIL
 trained end to end from random initialisation. Every configuration x repeat x fold is one
-``gigastream train`` (run by ``--parallel`` worker processes that take the runs from one
-queue, or with ``--fresh-processes`` each in a process of its own); the experiment only
+``gigastream train`` in a process of its own (or, with ``--reuse-processes``, run by
+``--parallel`` long-lived worker processes that take the runs from one queue: the same
+numbers, tested, without the start-up of torch and Lightning per run); the experiment only
 prepares its inputs and reads the run folders back.
 
 What this script writes (``--out``, default ``out/breast_ucsb``, ignored by git)::
@@ -130,11 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads per run")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time")
     p.add_argument(
-        "--fresh-processes",
+        "--reuse-processes",
         action="store_true",
-        help="every run in a process of its own (default: --parallel long-lived worker "
-        "processes take the runs from one queue, saving torch's and Lightning's start-up "
-        "per run)",
+        help="--parallel long-lived worker processes take the runs from one queue, saving "
+        "torch's and Lightning's start-up per run (default: every run in a process of its "
+        "own, as the README's timing was measured)",
     )
     p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per run")
@@ -450,7 +451,7 @@ def run_all(args: argparse.Namespace, manifest: Path) -> None:
                 if args.overwrite or not is_done(folder, run_key(config, splits, fold, repeat)):
                     jobs.append((name, config, splits, repeat, fold, folder))
     print(f"{len(jobs)} run(s) to train, {args.parallel} at a time", flush=True)
-    if not args.fresh_processes:
+    if args.reuse_processes:
         run_queue(args, manifest, jobs)
         return
     running: list[subprocess.Popen] = []

@@ -55,3 +55,28 @@ def test_a_finished_run_is_reused_only_with_the_same_settings_split_and_fold(tmp
     assert not run.is_done(folder, run.run_key(config, splits, fold=0, seed=1))
     config.write_text("train: {epochs: 8}\n")  # other settings under the same name
     assert not run.is_done(folder, run.run_key(config, splits, fold=0, seed=0))
+
+
+def test_the_queue_worker_runs_jobs_in_order_and_keeps_failures(tmp_path, capsys):
+    """``--reuse-processes``: a worker takes the queue's jobs in order, runs each one's
+    ``gigastream`` in-process with its output in the run's log, and marks what failed."""
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    jobs = [
+        (["train", "--help"], "ok"),  # exits 0 (argparse's SystemExit)
+        (["train", "--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "x")], "bad"),
+    ]
+    for k, (argv, name) in enumerate(jobs):
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        job = {"argv": argv, "folder": str(folder), "key": f"key-{name}", "label": name}
+        (queue / f"{k:05d}.json").write_text(json.dumps(job))
+    assert run.worker(queue) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("ok: ok in") and out[1].startswith("bad: FAILED (exit 1)")
+    ok, bad = tmp_path / "runs" / "ok", tmp_path / "runs" / "bad"
+    assert (ok / "run_key.txt").read_text() == "key-ok\n" and (ok / "wall_seconds.json").is_file()
+    assert "usage: gigastream train" in (tmp_path / "runs" / "ok.log").read_text()
+    assert not (bad / "run_key.txt").exists()  # a failed run is not reused
+    assert "none.csv" in (tmp_path / "runs" / "bad.log").read_text()
+    assert [p.name for p in queue.iterdir()] == ["00001.failed"]
