@@ -127,6 +127,8 @@ def test_evaluate_and_predict_with_features(feature_run, features, slides, tmp_p
         "--device",
         "cpu",
         "--no-progress",
+        "--split",
+        "all",  # training slides too: every feature file, and the three without one
     )
     assert code == 0, err
     assert "8 slides: AUC" in printed and "skipped 3" in printed
@@ -172,6 +174,8 @@ def test_evaluate_names_a_file_of_another_dimension(feature_run, slides, tmp_pat
         bad,
         "--device",
         "cpu",
+        "--split",
+        "all",  # s1 is a training slide
     )
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1 and len(lines) == 1, err

@@ -70,7 +70,7 @@ def test_a_patch_run_from_flags(tmp_path, manifest, capsys):
         ([*PATCH_FLAGS, "--encoder", "timm:vit_nope"], "unknown timm model 'vit_nope'"),
         ([*PATCH_FLAGS, "--weights", "missing.pt"], "--weights missing.pt: file not found"),
         ([*PATCH_FLAGS, "--finetune", "half"], "encoder.finetune must be full, frozen, lora"),
-        ([*PATCH_FLAGS, "--memory-budget", "lots"], "cannot read memory size 'lots'"),
+        ([*PATCH_FLAGS, "--memory-budget", "lots"], "--memory-budget 'lots' is not a memory size"),
     ],
     ids=["kind", "streaming-flag", "strategy", "patch>slide", "timm", "weights", "ft", "budget"],
 )

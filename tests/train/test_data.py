@@ -301,3 +301,96 @@ def test_the_input_size_limit_is_a_setting():
         check_input_size(slide, 1.0, max_pixels=256 * 256 - 1)
     with pytest.raises(ConfigError, match="data.max_input_pixels must be a positive"):
         DataConfig(max_input_pixels=0).validate()
+
+
+# ----------------------------------------------------------------------------- issue 16
+def test_the_positive_class_goes_last_and_a_typo_names_the_closest_label():
+    assert check_labels(["normal", "cancer", "normal"], None) == ["cancer", "normal"]
+    assert check_labels(["normal", "cancer"], None, positive_class="cancer") == [
+        "normal",
+        "cancer",
+    ]
+    assert check_labels(["b", "a", "c"], ["c", "b", "a"], positive_class="b") == ["c", "a", "b"]
+    with pytest.raises(ConfigError) as info:
+        check_labels(["normal", "cancer"], None, positive_class="cancr")
+    text = str(info.value)
+    assert "positive_class 'cancr' is not one of the labels ['cancer', 'normal']" in text
+    assert "(did you mean 'cancer'?)" in text and "--positive-class" in text
+    with pytest.raises(ConfigError, match=r"did you mean 'cancer'\?"):
+        check_labels(["normal", "cancer"], None, positive_class="Cancer")
+
+
+def test_a_slide_scanned_coarser_than_the_run_is_refused_or_upsampled_with_a_warning(caplog):
+    from gigastream.train.data import check_slide_input
+    from gigastream.wsi.reader import SlideReader
+    from gigastream.wsi.source import InputSizeError
+
+    coarse = SlideReader.from_array(np.zeros((128, 96, 3), np.uint8), mpp=2.0)
+    with pytest.raises(InputSizeError) as info:
+        check_slide_input(coarse, "s1", DataConfig(mpp=0.5))  # default max_upsample 1.0
+    text = str(info.value)
+    for needle in ("s1 (<array>)", "scanned at 2 um/px", "the run's 0.5 um/px", "upsampled 4x"):
+        assert needle in text, text
+    assert "data.max_upsample 1 allows" in text and "data.max_upsample: 4" in text
+    with caplog.at_level("WARNING", logger="gigastream.train.data"):
+        allowed = DataConfig(mpp=0.5, max_upsample=4.0)
+        assert check_slide_input(coarse, "s1", allowed) == (384, 512)
+        assert check_slide_input(coarse, "s1", allowed) == (384, 512)  # warned once
+    warnings = [r.getMessage() for r in caplog.records if "upsampled" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "s1 (<array>): scanned at 2 um/px" in warnings[0] and "upsampled 4x" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gigastream.train.data"):  # within the 1% tolerance
+        near = SlideReader.from_array(np.zeros((100, 100, 3), np.uint8), mpp=0.5025)
+        check_slide_input(near, "s2", DataConfig(mpp=0.5))
+        check_slide_input(coarse, "s3", DataConfig(mpp=4.0))  # downsampled: fine
+    assert not caplog.records
+    with pytest.raises(ConfigError, match="data.max_upsample must be a number >= 1"):
+        DataConfig(max_upsample=0.5).validate()
+
+
+def test_slide_mpp_fills_in_only_slides_without_an_mpp_of_their_own(tmp_path):
+    from gigastream.train.data import with_slide_mpp
+    from gigastream.wsi.pyramid import write_pyramid
+
+    image = _tissue_image(left=True)
+    write_pyramid(tmp_path / "own.tif", [image], 512, 512, mpp=0.5)  # metadata 0.5
+    Image.fromarray(image).save(tmp_path / "bare.png")  # no metadata
+    Image.fromarray(image).save(tmp_path / "given.png")
+    (tmp_path / "m.csv").write_text(
+        "slide_id,path,label,mpp\nown,own.tif,tumor,\nbare,bare.png,normal,\n"
+        "given,given.png,normal,3.0\nmissing,missing.png,tumor,\n"
+    )
+    rows = read_manifest(tmp_path / "m.csv", check_files=False).rows
+    mpps = {r.slide_id: r.mpp for r in with_slide_mpp(rows, 2.0)}
+    # the file's own mpp and the manifest's mpp column win; an unreadable slide is left
+    assert mpps == {"own": None, "bare": 2.0, "given": 3.0, "missing": None}
+    assert with_slide_mpp(rows, None) == rows
+    config = RunConfig(manifest=str(tmp_path / "m.csv"), data=DataConfig(slide_mpp=2.0))
+    train, val = split_rows(
+        Manifest(rows[:3], ["normal", "tumor"]), _with_val_fraction(config, 0.5)
+    )
+    assert {r.slide_id: r.mpp for r in train + val} == {"own": None, "bare": 2.0, "given": 3.0}
+    with pytest.raises(ConfigError, match="data.slide_mpp .--slide-mpp. must be a positive"):
+        DataConfig(slide_mpp=0.0).validate()
+
+
+def _with_val_fraction(config: RunConfig, val_fraction: float) -> RunConfig:
+    from dataclasses import replace
+
+    return replace(config, train=replace(config.train, val_fraction=val_fraction))
+
+
+def test_too_few_cases_for_the_hold_out_say_how_many_and_which_setting(tmp_path):
+    for name, left in (("a", True), ("b", False)):
+        Image.fromarray(_tissue_image(left=left)).save(tmp_path / f"{name}.png")
+    (tmp_path / "m.csv").write_text("slide_id,path,label\na,a.png,tumor\nb,b.png,normal\n")
+    manifest = read_manifest(tmp_path / "m.csv")
+    with pytest.raises(ConfigError) as info:
+        split_rows(manifest, RunConfig(manifest=str(tmp_path / "m.csv")))
+    text = str(info.value)
+    assert "2 slide(s) of 2 case(s) and no split column or splits file" in text
+    assert "train.val_fraction 0.25" in text and "needs at least 4 cases" in text
+    assert "set train.val_fraction to 0.5" in text and "cannot fill" not in text
+    train, val = split_rows(manifest, _with_val_fraction(RunConfig(), 0.5))  # the fix works
+    assert len(train) == 1 and len(val) == 1

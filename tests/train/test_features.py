@@ -252,7 +252,9 @@ def test_evaluate_refuses_features_of_another_dimension(feature_run, extracted, 
     write_features(bad / "s3.h5", np.ones((4, 24)), np.zeros((4, 2)), {"encoder": "resnet18"})
     with pytest.raises(FeatureFileError) as caught:
         checkpoint = out / metrics["best_checkpoint"]
-        evaluate_manifest(checkpoint, manifest, tmp_path / "e", "cpu", False, features_dir=bad)
+        evaluate_manifest(
+            checkpoint, manifest, tmp_path / "e", "cpu", False, features_dir=bad, split="all"
+        )
     message = str(caught.value)
     assert str(bad / "s3.h5") in message and "dimension 24 (from resnet18)" in message
     assert "the model expects 16" in message and not (tmp_path / "e").exists()

@@ -93,3 +93,84 @@ def test_bad_slides_are_refused_before_any_output(tmp_path, trained_run):
     with pytest.raises(ConfigError, match="two slides are named 's'"):
         predict_slide_files(checkpoint, [slide, tmp_path / "b" / "s.tif"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- issue 16
+def test_validation_threshold_is_youdens_and_is_stored_in_the_checkpoint(tmp_path, trained_run):
+    import shutil
+
+    from gigastream.train.prediction import store_threshold, validation_threshold
+
+    # labelled and read: a (p 0.2, negative) and b (p 0.7, positive): the midpoint
+    assert validation_threshold(RESULTS, ["negative", "positive"]) == pytest.approx(0.45)
+    assert validation_threshold(RESULTS[:1], ["negative", "positive"]) is None  # one class
+    assert validation_threshold(RESULTS, ["a", "b", "c"]) is None
+    checkpoint = tmp_path / "best.ckpt"
+    shutil.copy(trained_run / "checkpoints" / "best.ckpt", checkpoint)
+    store_threshold(checkpoint, 0.45)
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["gigastream"]["threshold"] == 0.45
+    module, _ = load_classifier(checkpoint)  # still a checkpoint like any other
+    assert module.class_names == ["negative", "positive"]
+    store_threshold(checkpoint, None)  # nothing to store: unchanged
+    assert torch.load(checkpoint, weights_only=True)["gigastream"]["threshold"] == 0.45
+
+
+def test_scored_rows_by_split():
+    from gigastream.train.prediction import scored_rows
+    from gigastream.wsi.manifest import ManifestRow
+
+    rows = [
+        ManifestRow(name, f"{name}.tif", "x", name, split)
+        for name, split in (("a", "train"), ("b", "val"), ("c", "Test"), ("d", None))
+    ]
+
+    def ids(split):
+        chosen, words = scored_rows(rows, split)
+        return [r.slide_id for r in chosen], words
+
+    assert ids(None) == (["b", "c", "d"], "not train (val: 1, Test: 1, (none): 1)")
+    assert ids("val") == (["b"], "val (val: 1)")
+    assert ids("test") == (["c"], "test (Test: 1)")
+    assert ids("all")[0] == ["a", "b", "c", "d"]
+    no_split = [ManifestRow("a", "a.tif", "x", "a")]
+    assert scored_rows(no_split, None)[1] == "all (the manifest has no split column)"
+    with pytest.raises(ConfigError, match="--split val: m.csv has no split column"):
+        scored_rows(no_split, "val", "m.csv")
+    with pytest.raises(ConfigError, match="'vla' .b; did you mean 'val'"):
+        scored_rows([rows[0], ManifestRow("b", "b.tif", "x", "b", "vla")], None)
+
+
+def test_predict_slide_mpp_reads_a_slide_without_metadata(tmp_path, trained_run, manifest):
+    from PIL import Image
+
+    from gigastream.wsi.reader import SlideReader
+
+    checkpoint = trained_run / "checkpoints" / "best.ckpt"
+    tif = manifest.parent / "slides" / "synth_000.tif"  # metadata: 0.5 um/px
+    with SlideReader.open(tif) as slide:
+        Image.fromarray(slide.read_at_mpp(1.0)).save(tmp_path / "bare.png")  # none
+    kwargs = {"device": "cpu", "progress": False, "num_workers": 0}
+    without = predict_slide_files(checkpoint, [tmp_path / "bare.png"], tmp_path / "a", **kwargs)
+    assert "no microns-per-pixel metadata" in without["skipped_slides"]["bare"]
+    given = predict_slide_files(
+        checkpoint, [tmp_path / "bare.png", tif], tmp_path / "b", slide_mpp=1.0, **kwargs
+    )
+    assert [p["slide_id"] for p in given["predictions"]] == ["bare", "synth_000"]
+    alone = predict_slide_files(checkpoint, [tif], tmp_path / "c", **kwargs)
+    np.testing.assert_allclose(  # the TIFF keeps its own 0.5 um/px
+        given["predictions"][1]["probs"], alone["predictions"][0]["probs"], rtol=0, atol=1e-6
+    )
+    with pytest.raises(ConfigError, match="data.slide_mpp .--slide-mpp. must be a positive"):
+        predict_slide_files(checkpoint, [tif], tmp_path / "d", slide_mpp=-1.0, **kwargs)
+
+
+def test_evaluation_metrics_of_no_slides_and_of_three_classes():
+    from gigastream.train.prediction import evaluation_metrics
+
+    empty = evaluation_metrics([], np.zeros((0, 2)), 0.4)
+    assert math.isnan(empty["brier"]) and math.isnan(empty["ece"])
+    assert empty["threshold"] == 0.4 and math.isnan(empty["accuracy_at_threshold"])
+    three = evaluation_metrics([2], np.array([[0.1, 0.1, 0.8]]), 0.4)
+    assert three["threshold"] is None and three["accuracy_at_threshold"] is None
+    assert three["brier"] == pytest.approx(0.2**2)  # of the last class

@@ -373,3 +373,59 @@ def test_non_power_of_two_levels_read_the_same_with_both_backends(aperio_like):
                 np.testing.assert_array_equal(got, page[y : y + 48, x : x + 64])  # not 1 px off
                 other = os_.read_level(level, x, y, 64, 48).astype(int)
                 assert np.abs(other - got).mean() < 1, (level, x, y)
+
+
+# ----------------------------------------------------------------------------- issue 16
+def test_default_mpp_fills_in_only_a_slide_without_metadata(cmu1, tmp_path):
+    from PIL import Image
+
+    with SlideReader.open(cmu1, default_mpp=2.0) as slide:
+        assert slide.mpp == pytest.approx(0.499)  # the slide's own metadata wins
+    with SlideReader.open(cmu1, mpp=0.25, default_mpp=2.0) as slide:
+        assert slide.mpp == 0.25  # an explicit mpp (a manifest's) overrides it
+    path = tmp_path / "tile.png"
+    Image.fromarray(np.full((64, 64, 3), 180, np.uint8)).save(path)
+    with SlideReader.open(path, default_mpp=2.0) as slide:
+        assert slide.mpp == 2.0
+    with pytest.raises(SlideError, match=r"tile\.png: the default mpp .*positive number, got -1"):
+        SlideReader.open(path, default_mpp=-1.0)
+
+
+def test_a_document_resolution_in_a_tiff_is_no_mpp(tmp_path):
+    """72 dpi (an image editor's default, as the UCSB breast images have) is no scan's mpp."""
+    import tifffile
+
+    path = tmp_path / "doc.tif"
+    tifffile.imwrite(
+        path, np.full((64, 80, 3), 200, np.uint8), resolution=(72, 72), resolutionunit="INCH"
+    )
+    with SlideReader.open(path) as slide:
+        assert slide.mpp is None
+    with SlideReader.open(path, default_mpp=0.5) as slide:
+        assert slide.mpp == 0.5
+    scan = tmp_path / "scan.tif"  # 0.5 um/px = 50,800 dpi: a scan's resolution stands
+    tifffile.imwrite(
+        scan, np.full((64, 80, 3), 200, np.uint8), resolution=(50800, 50800), resolutionunit="INCH"
+    )
+    with SlideReader.open(scan) as slide:
+        assert slide.mpp == pytest.approx(0.5)
+
+
+def test_the_ucsb_images_72_dpi_is_no_mpp(data_dir):
+    path = sorted((data_dir / "ucsb_breast").glob("*.tif"))[0]
+    with SlideReader.open(path) as slide:
+        assert slide.mpp is None  # was 352.8 um/px, from its 72 dpi
+    with SlideReader.open(path, default_mpp=0.5) as slide:
+        assert slide.mpp == 0.5
+
+
+def test_upsample_factor_and_check(image_factory):
+    from gigastream.wsi.source import InputSizeError, check_upsample, upsample_factor
+
+    slide = SlideReader.from_array(image_factory(100, 100), mpp=1.0)
+    assert upsample_factor(slide, 0.25) == pytest.approx(4.0)
+    assert upsample_factor(slide, 0.995) == 1.0  # within the 1% tolerance
+    assert upsample_factor(slide, 2.0) == 1.0
+    assert check_upsample(slide, 0.5, max_upsample=2.0) == pytest.approx(2.0)
+    with pytest.raises(InputSizeError, match=r"upsampled 4x, more than data.max_upsample 2"):
+        check_upsample(slide, 0.25, max_upsample=2.0, name="s (a.tif)")

@@ -55,6 +55,36 @@ def add_slides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slides", type=Path, nargs="+", metavar="SLIDE", help="slide files")
 
 
+def add_slide_mpp(parser: argparse.ArgumentParser) -> None:
+    """``--slide-mpp``: the mpp of slides whose files have none (a slide's own metadata, and
+    a manifest's ``mpp`` column, win); check it with :func:`check_slide_mpp`."""
+    parser.add_argument(
+        "--slide-mpp",
+        type=float,
+        metavar="UM_PER_PX",
+        help="microns per level-0 pixel of slides whose files have no resolution metadata "
+        "(a slide with its own mpp keeps it; a manifest's mpp column wins for its slide)",
+    )
+
+
+def check_slide_mpp(value: float | None) -> None:
+    """ValueError (one line) for a ``--slide-mpp`` that is not a positive number."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"--slide-mpp must be a positive number of microns per pixel, got {value}")
+
+
+def add_positive_class(parser: argparse.ArgumentParser) -> None:
+    """``--positive-class NAME``: the class a binary AUC is of (``positive_class``)."""
+    parser.add_argument(
+        "--positive-class",
+        metavar="NAME",
+        help="the label whose probability the AUC, calibration and threshold are of (put "
+        "last in the class order; default: the last label alphabetically)",
+    )
+
+
 def add_sources(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sources",
@@ -109,9 +139,12 @@ def add_recipe(parser: argparse.ArgumentParser) -> None:
 
 def add_training(parser: argparse.ArgumentParser) -> None:
     """The flags of a training run (``train`` and ``demo``): :func:`add_recipe` and the
-    run's resolution, seed, distribution, early stopping, resume and overwrite."""
+    run's resolution (and ``--slide-mpp``), positive class, seed, distribution, early
+    stopping, resume and overwrite."""
     add_recipe(parser)
     parser.add_argument("--mpp", type=float, help="resolution slides are streamed at (um/px)")
+    add_slide_mpp(parser)
+    add_positive_class(parser)
     parser.add_argument("--seed", type=int, help="seed of split, initialisation, order, dropout")
     parser.add_argument("--devices", type=int, help="devices (processes) to train on (DDP)")
     parser.add_argument("--strategy", help="Lightning strategy: auto, ddp, ...")
@@ -212,9 +245,9 @@ def _patch_overrides(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     patches = patch_section(args)
     budget = getattr(args, "memory_budget", None)
     if budget is not None:
-        from gigastream.streaming.planner import parse_bytes
+        from gigastream.train.config import memory_size
 
-        patches["memory_budget_mib"] = parse_bytes(budget) / 2**20
+        patches["memory_budget_mib"] = memory_size(budget, "--memory-budget") / 2**20
     return patches
 
 
@@ -265,6 +298,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     patches = _patch_overrides(args, kind)
     streamed = kind == "streaming"
     return {
+        "positive_class": flag("positive_class"),
         "model": {
             "kind": flag("model_kind") or (None if features is None else "features"),
             "arch": args.arch,
@@ -276,6 +310,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "patches": patches,
         "data": {
             "mpp": flag("mpp"),
+            "slide_mpp": flag("slide_mpp"),
             "num_workers": args.workers,
             "features_dir": None if features is None else str(features),
         },

@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_device(parser)
     common.add_workers(parser)
     common.add_progress(parser)
+    common.add_slide_mpp(parser)
     common.add_slides(parser)
 
 
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from gigastream.viz.heatmap import check_opacity
 
     check_opacity(args.opacity, "--opacity")  # every argument before any work
+    common.check_slide_mpp(args.slide_mpp)
+    _check_lesions(args.lesions)
     labels = slide_labels(args.slides, manifest=args.manifest, label=args.label)
     common.quiet_lightning(args)
     result = predict_slide_files(
@@ -67,9 +70,22 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         labels=labels,
         opacity=args.opacity,
+        slide_mpp=args.slide_mpp,
     )
     for path in result["heatmaps"]:
         print(path)
     for slide_id, reason in result["skipped_slides"].items():
         print(f"skipped {slide_id}: {reason}")
     return 0 if result["heatmaps"] else 1
+
+
+def _check_lesions(lesions: Path | None) -> None:
+    """``--lesions DIR`` must be a folder: otherwise the masks next to synthetic slides
+    (``lesions/``) would be drawn as the ground truth instead, silently."""
+    if lesions is None or lesions.is_dir():
+        return
+    what = "is a file" if lesions.exists() else "not found"
+    raise ValueError(
+        f"--lesions {lesions}: {what}; give the folder of ground-truth masks <slide_id>.png "
+        "(or drop --lesions)"
+    )

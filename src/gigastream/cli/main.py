@@ -9,6 +9,12 @@ Every module in :mod:`gigastream.cli` other than this one defines one subcommand
 
 Subcommands are discovered, so adding one never touches this file.
 
+SIGTERM (a scheduler's stop) and SIGINT (Ctrl+C) stop any command at once: the signal
+raises :class:`Stopped` where the command is, outputs not yet written stay unwritten (each
+is written atomically), and the command exits ``128 + signal`` (143, 130) with one line
+``gigastream: interrupted: stopped by SIGTERM``. ``train`` handles them itself while it
+trains (its run records ``interrupted`` and saves ``interrupted.ckpt``).
+
 Errors a user can fix (gigastream's own, and what libraries raise for bad files, a full
 disk or too little memory) are turned into one line ``gigastream: error: ...`` at one place,
 :func:`error_line` (``-v`` prints the traceback too), and exit 1; anything else is a bug
@@ -18,18 +24,57 @@ and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import pickle
 import pkgutil
+import signal
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import gigastream
 
 logger = logging.getLogger(__name__)
+
+#: The signals that stop a command (:func:`stop_on_signals`).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Stopped(KeyboardInterrupt):
+    """A command stopped by SIGTERM or SIGINT (:func:`stop_on_signals`)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals(received: list[int]) -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`Stopped` (each is appended to ``received``) until
+    the block ends; the previous handlers are put back then. Outside the main thread
+    signals are left alone.
+
+    A library that catches the ``KeyboardInterrupt`` and exits instead (Lightning's
+    predict loop calls ``sys.exit(1)``) still leaves the signal in ``received``.
+    """
+
+    def handler(signum: int, frame) -> None:
+        received.append(signum)
+        raise Stopped(signum)
+
+    previous: dict[int, object] = {}
+    with contextlib.suppress(ValueError):  # not the main thread
+        for signum in STOP_SIGNALS:
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, signal.SIG_DFL if old is None else old)
 
 
 def _command_modules() -> list:
@@ -99,11 +144,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run is None:
         parser.print_help()
         return 2
+    received: list[int] = []
     try:
-        return int(run(args) or 0)
-    except KeyboardInterrupt as exc:  # SIGINT / SIGTERM (a run records status "interrupted")
-        print(f"gigastream: interrupted: {exc or 'stopped'}", file=sys.stderr)
-        return 130
+        with stop_on_signals(received):
+            return int(run(args) or 0)
+    except (KeyboardInterrupt, SystemExit) as exc:  # SIGTERM / SIGINT (a run: "interrupted")
+        if isinstance(exc, SystemExit) and not received:
+            raise
+        if received:  # ours (a library may have turned it into its own exit)
+            reason = f"stopped by {signal.Signals(received[0]).name}"
+        else:  # train's own handler (RunInterrupted) or a KeyboardInterrupt of the code
+            reason = str(exc) or "stopped"
+        print(f"gigastream: interrupted: {reason}", file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)
     except Exception as exc:  # the known errors (error_line) as one line; others re-raised
         line = error_line(exc)
         if line is None:

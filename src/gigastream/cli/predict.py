@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_device(parser)
     common.add_workers(parser)
     common.add_progress(parser)
+    common.add_slide_mpp(parser)
     common.add_features(
         parser,
         "feature files DIR/<slide_id>.h5, for a checkpoint trained on cached features; a "
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    common.check_slide_mpp(args.slide_mpp)
     common.quiet_lightning(args)
     from gigastream.train.prediction import predict_slide_files
 
@@ -36,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         num_workers=args.workers,
         features_dir=args.features,
+        slide_mpp=args.slide_mpp,
     )
     rows = [
         {

@@ -28,21 +28,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "slide's thumbnail with the tissue outlined in cyan)",
     )
     parser.add_argument("--mpp", type=float, default=defaults.mpp, help="mask resolution (um/px)")
-    parser.add_argument(
-        "--slide-mpp", type=float, default=None, help="mpp of slides without metadata"
-    )
+    common.add_slide_mpp(parser)
     parser.add_argument("--min-tissue-fraction", type=float, default=defaults.min_tissue_fraction)
 
 
 def run(args: argparse.Namespace) -> int:
     from gigastream.viz.tissue import tissue_overlay_png
 
+    common.check_slide_mpp(args.slide_mpp)
     config = TissueMaskConfig(mpp=args.mpp, min_tissue_fraction=args.min_tissue_fraction)
     args.out.mkdir(parents=True, exist_ok=True)
     empty = failed = 0
     for path in args.slides:
         try:
-            with SlideReader.open(path, mpp=args.slide_mpp) as slide:
+            with SlideReader.open(path, default_mpp=args.slide_mpp) as slide:
+                slide_mpp = slide.mpp
                 mask = compute_tissue_mask(slide, config)
                 overlay = tissue_overlay_png(slide, mask, args.out / f"{path.stem}_overlay.png")
         except SlideError as exc:
@@ -52,5 +52,8 @@ def run(args: argparse.Namespace) -> int:
         target = mask.save(args.out / f"{path.stem}.tissue.png")
         flag = "NO TISSUE" if mask.is_empty(config.min_tissue_fraction) else "ok"
         empty += flag != "ok"
-        print(f"{path}: tissue {mask.tissue_fraction:.1%} [{flag}] -> {target}, overlay {overlay}")
+        print(
+            f"{path}: tissue {mask.tissue_fraction:.1%} [{flag}] -> {target}, overlay {overlay} "
+            f"(slide at {slide_mpp:g} um/px)"
+        )
     return 1 if failed or empty == len(args.slides) else 0

@@ -15,6 +15,7 @@ Example (the two-stage baseline: features written by ``gigastream features``)::
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from gigastream.cli import common
@@ -46,8 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace):
     """The run: defaults < ``--config`` < flags (validated)."""
-    from gigastream.train.config_files import load_config
+    from gigastream.train.config_files import load_config, read_yaml
 
+    if args.folds == "all" and args.splits is None:
+        if not args.config or read_yaml(args.config).get("splits") is None:
+            raise ValueError("--folds all needs --splits S.csv (written by gigastream splits)")
     overrides = common.run_overrides(args)
     overrides.update(
         manifest=str(args.manifest) if args.manifest else None,
@@ -60,8 +64,8 @@ def _config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     common.quiet_lightning(args)
     from gigastream.train.crossval import fit_folds
-    from gigastream.train.dry_run import dry_run
-    from gigastream.train.fitting import fit
+    from gigastream.train.dry_run import DryRunReport, dry_run
+    from gigastream.train.fitting import fit, warn_costly_plan
     from gigastream.train.preparation import prepare
 
     if args.folds == "all" and args.dry_run:
@@ -77,11 +81,13 @@ def run(args: argparse.Namespace) -> int:
     prepared = prepare(config, check_plan=not args.dry_run, check_device=not args.dry_run)
     print(
         f"{len(prepared.train_rows)} training and {len(prepared.val_rows)} validation slides, "
-        f"classes {prepared.class_names}"
+        f"classes {prepared.class_names}, positive class {prepared.class_names[-1]!r}"
     )
     if args.dry_run:
         report = dry_run(prepared)
         print(report)
+        if isinstance(report, DryRunReport) and report.slides:  # the largest slide's plan
+            warn_costly_plan(report.slides[0].plan, config.model)
         return 0 if report.ok else 1
     metrics = fit(config, args.out, resume=args.resume, overwrite=args.overwrite, prepared=prepared)
     if "final" in metrics:  # else a DDP worker (rank > 0): rank 0 reports
@@ -90,21 +96,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_folds(summary: dict, out: Path) -> None:
+    from gigastream.train.recorder import auc_words
+
     for row in summary["folds"]:
-        print(f"fold {row['fold']}: validation AUC {row['val_auc']:.3f}")
+        print(f"fold {row['fold']}: validation AUC {auc_words(row['val_auc'])}")
+    mean, sd = summary["val_auc_mean"], summary["val_auc_sd"]
+    both = all(v is not None and math.isfinite(v) for v in (mean, sd))
     print(
-        f"cross-validation AUC {summary['val_auc_mean']:.3f} ± {summary['val_auc_sd']:.3f}"
+        f"cross-validation AUC {f'{mean:.3f} ± {sd:.3f}' if both else auc_words(mean)}"
         f" over {len(summary['folds'])} folds -> {out / 'cv_metrics.json'}"
     )
 
 
 def _print_run(metrics: dict, out: Path) -> None:
+    from gigastream.train.recorder import auc_words
+
     final = metrics["final"]
-    auc = final["val_auc"]
     print(
-        f"done in {metrics['seconds']:.0f} s: validation AUC "
-        f"{'n/a' if auc is None else f'{auc:.3f}'}, accuracy {final['val_accuracy']:.3f} "
-        f"({final['slides']} slides); best checkpoint {out / metrics['best_checkpoint']}"
+        f"done in {metrics['seconds']:.0f} s: validation AUC {auc_words(final['val_auc'])}, "
+        f"accuracy {final['val_accuracy']:.3f} ({final['slides']} slides); best checkpoint "
+        f"{out / metrics['best_checkpoint']}"
     )
     if metrics["skipped_slides"]:
         print(f"skipped {len(metrics['skipped_slides'])} slide(s): see metrics.json")

@@ -30,8 +30,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from gigastream import precision as precisions
 from gigastream.mil.strategies import STRATEGIES as BAG_STRATEGIES
@@ -45,6 +48,62 @@ NORMALIZATIONS = ("imagenet", "none")
 
 class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names it and the fix."""
+
+
+def check_finite(section: Any, prefix: str) -> None:
+    """ConfigError for a NaN or infinite number among the float settings of the dataclass
+    ``section`` (and of its nested sections), named ``prefix.key``."""
+    for spec in dataclasses.fields(section):
+        value = getattr(section, spec.name)
+        if dataclasses.is_dataclass(value):
+            check_finite(value, f"{prefix}.{spec.name}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{prefix}.{spec.name} must be a finite number, got {value} (NaN and inf are "
+                "not settings)"
+            )
+
+
+def memory_size(value: int | str, name: str) -> int:
+    """``value`` (``"8GiB"``, ``"512 MiB"``, ``2e9``, bytes) in bytes, for the setting ``name``.
+
+    Raises:
+        ConfigError: not a memory size, or not positive (one line naming ``name``).
+    """
+    from gigastream.streaming.planner import parse_bytes
+
+    try:
+        size = parse_bytes(value)
+    except (ValueError, OverflowError):
+        size = None
+    if size is None or size <= 0:
+        raise ConfigError(
+            f"{name} {value!r} is not a memory size: write a positive number and a unit, "
+            "e.g. 8GiB, 512MiB or 2e9 (bytes)"
+        )
+    return size
+
+
+#: The strategies ``train.strategy`` names as examples (Lightning has more).
+LIGHTNING_STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed")
+
+
+def check_strategy(name: str) -> None:
+    """ConfigError unless ``name`` is a Lightning strategy (``auto`` or a registered one)."""
+    if name.lower() == "auto":
+        return
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    names = list(StrategyRegistry.available_strategies())
+    if name.lower() in names:
+        return
+    close = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(
+        f"train.strategy (--strategy) {name!r} is not a Lightning strategy: use auto (one "
+        f"device, or DDP with --devices N), or one of {', '.join(LIGHTNING_STRATEGIES[1:])}, "
+        f"...{hint}"
+    )
 
 
 @dataclass
@@ -79,6 +138,12 @@ class DataConfig:
             than one) is skipped and listed before anything is read: a wrong mpp in the
             manifest or the slide's metadata (``None``: as many as this machine's memory
             holds as 8-bit RGB).
+        slide_mpp: microns per level-0 pixel of slides that have no mpp of their own (no
+            metadata in the file and no ``mpp`` in their manifest row; ``--slide-mpp``); a
+            slide with its own mpp keeps it (``None``: such a slide is skipped and listed).
+        max_upsample: the most a slide scanned coarser than ``mpp`` may be upsampled
+            (slide mpp / ``mpp``; 1.0: never, beyond the 1% mpp tolerance); a slide that
+            needs more is skipped and listed, one that needs less is upsampled with a warning.
     """
 
     mpp: float = 1.0
@@ -93,6 +158,8 @@ class DataConfig:
     augment: bool = True
     features_dir: str | None = None
     max_input_pixels: int | None = None  # None: what this machine's memory holds as RGB
+    slide_mpp: float | None = None  # um/px of slides without mpp metadata (--slide-mpp)
+    max_upsample: float = 1.0  # slide mpp / data.mpp allowed; 1.0: a coarser slide is skipped
 
     def validate(self) -> None:
         """Raise ConfigError on impossible settings."""
@@ -102,6 +169,18 @@ class DataConfig:
             raise ConfigError(
                 "data.max_input_pixels must be a positive number of pixels (or null: what "
                 f"this machine's memory holds), got {self.max_input_pixels}"
+            )
+        if self.slide_mpp is not None and not (
+            math.isfinite(self.slide_mpp) and self.slide_mpp > 0
+        ):
+            raise ConfigError(
+                f"data.slide_mpp (--slide-mpp) must be a positive number of microns, got "
+                f"{self.slide_mpp}"
+            )
+        if not (math.isfinite(self.max_upsample) and self.max_upsample >= 1):
+            raise ConfigError(
+                f"data.max_upsample must be a number >= 1 (1: never upsample), got "
+                f"{self.max_upsample}"
             )
         if self.normalize not in NORMALIZATIONS:
             raise ConfigError(
@@ -113,6 +192,7 @@ class DataConfig:
             )
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        check_finite(self, "data")  # what no check above named
 
 
 @dataclass
@@ -149,6 +229,7 @@ class OptimConfig:
             raise ConfigError(f"optim.schedule must be cosine or constant, got {self.schedule!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"optim.grad_clip must be positive, got {self.grad_clip}")
+        check_finite(self, "optim")  # what no check above named
 
 
 @dataclass
@@ -200,6 +281,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError on impossible settings (devices are checked by :func:`check_device`)."""
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(
+                f"train.seed (--seed) must be a whole number >= 0 (and below 2**63), got {self.seed}"
+            )
         positive = ("epochs", "devices", "num_nodes", "accumulate_grad_batches")
         for name in positive:
             if getattr(self, name) < 1:
@@ -225,6 +310,8 @@ class TrainConfig:
                 f"train.strategy {self.strategy!r} is a patch-bag strategy, not a Lightning "
                 f"strategy (auto, ddp, ...): set patches.strategy (--bag-strategy {self.strategy})"
             )
+        check_strategy(self.strategy)
+        check_finite(self, "train")  # what no check above named
 
 
 @dataclass
@@ -237,6 +324,9 @@ class RunConfig:
             ``split`` column, or a stratified hold-out of ``train.val_fraction``).
         fold: the validation fold of ``splits``.
         class_names: class names in index order (``None``: the manifest's sorted labels).
+        positive_class: the class whose probability a binary AUC, the calibration metrics
+            and the decision threshold are of (``--positive-class``): put last in the class
+            order (``None``: the last of ``class_names``, alphabetically the last label).
         model: the model (default: :class:`StreamingMILConfig`'s defaults, the recipe of
             ``experiments/demo_recipe`` that learns from random initialisation on CPU; for
             real slides and a GPU, :func:`~gigastream.models.streaming_mil.streaming_clam`'s
@@ -257,6 +347,7 @@ class RunConfig:
     splits: str | None = None
     fold: int | None = None
     class_names: list[str] | None = None
+    positive_class: str | None = None  # put last in the class order (binary AUC: last class)
     model: StreamingMILConfig = field(default_factory=StreamingMILConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -272,6 +363,9 @@ class RunConfig:
             self.model.validate()
         except (ValueError, FileNotFoundError) as exc:
             raise ConfigError(f"model: {exc}") from None
+        if self.model.memory_budget is not None:
+            memory_size(self.model.memory_budget, "--memory-budget (model.memory_budget)")
+        self._validate_head()
         if self.model.kind == "patches":
             try:
                 self.patches.validate()
@@ -280,6 +374,11 @@ class RunConfig:
         self._validate_features()
         if self.splits is not None and self.fold is None:
             raise ConfigError("a splits file needs --fold K (or --folds all)")
+        if self.fold is not None and self.splits is None:
+            raise ConfigError(
+                f"--fold needs --splits FILE (the folds CSV written by gigastream splits; in a "
+                f"config file: splits: FILE next to fold: {self.fold}); pass --splits or drop --fold"
+            )
         if self.fold is not None and self.fold < 0:
             raise ConfigError(f"fold must be >= 0, got {self.fold}")
         if self.class_names is not None and len(self.class_names) < 2:
@@ -287,6 +386,29 @@ class RunConfig:
                 f"class_names needs at least 2 classes, got {self.class_names}: a binary task "
                 "has two classes (e.g. [negative, positive]) with a softmax over them"
             )
+
+    def _validate_head(self) -> None:
+        """The MIL head with ``model.head_options`` (built small, on 8 features): a bad
+        option is one error naming ``model.head_options.<key>``. Without ``class_names``
+        the run's class count is not known yet: an option that fits 16 classes is left to
+        the model (e.g. ``attention_class`` of a 3-class run)."""
+        from gigastream.mil.heads import create_mil_head, list_mil_heads
+
+        model = self.model
+        if model.head not in list_mil_heads():
+            return  # named by the model's own check
+        counts = [len(self.class_names)] if self.class_names else [model.num_classes, 16]
+        first = None
+        for count in counts:
+            try:
+                create_mil_head(model.head, 8, count, **model.head_options)
+                return
+            except (ValueError, TypeError) as exc:
+                first = first or " ".join(str(exc).split())
+        key = first.split()[0] if first else ""
+        if key in model.head_options:  # "k must be >= 1, got 0"
+            raise ConfigError(f"model.head_options.{first} (head {model.head})")
+        raise ConfigError(f"model.head_options (head {model.head}): {first}")
 
     def _validate_features(self) -> None:
         """``model.kind: features`` and ``data.features_dir`` go together."""
@@ -307,9 +429,13 @@ class RunConfig:
 
 
 __all__ = [
+    "LIGHTNING_STRATEGIES",
     "ConfigError",
     "DataConfig",
     "OptimConfig",
     "RunConfig",
     "TrainConfig",
+    "check_finite",
+    "check_strategy",
+    "memory_size",
 ]

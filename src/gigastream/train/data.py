@@ -44,6 +44,7 @@ from gigastream.wsi.source import (
     Normalization,
     SlideSource,
     check_input_size,
+    check_upsample,
     draw_orientation,
     orient_mask,
     orient_tensor,
@@ -63,6 +64,8 @@ VAL_SPLITS = ("val", "valid", "validation")
 #: Split names of slides a run leaves out (e.g. a held-out test set).
 OTHER_SPLITS = ("test", "testing", "holdout")
 SPLITS = TRAIN_SPLITS + VAL_SPLITS + OTHER_SPLITS
+#: ``evaluate --split``: the slides of :data:`VAL_SPLITS`, of :data:`OTHER_SPLITS` or all.
+EVAL_SPLITS = ("val", "test", "all")
 #: What a cached tissue mask's key says about how it was computed (bump when that changes).
 MASK_CACHE_VERSION = 1
 
@@ -71,22 +74,60 @@ def _label_key(label: str) -> str:
     return " ".join(label.split()).casefold()
 
 
-def check_labels(labels: Sequence[str], class_names: Sequence[str] | None) -> list[str]:
+def check_labels(
+    labels: Sequence[str], class_names: Sequence[str] | None, positive_class: str | None = None
+) -> list[str]:
     """The class names of a run, after checking the labels of its slides.
 
     Args:
         labels: the label of every slide.
         class_names: the configured classes in index order, or ``None`` (then the sorted
             distinct labels).
+        positive_class: the class a binary AUC is of (``RunConfig.positive_class``): moved
+            to the end of the class order (a binary AUC is of the last class); ``None``:
+            the order stands.
 
     Returns:
         The class names in index order.
 
     Raises:
         ConfigError: labels not among ``class_names`` (each with the closest class name),
-            labels that differ only in case or spacing, or fewer than two classes. One
-            error lists every offending label.
+            labels that differ only in case or spacing, fewer than two classes, or a
+            ``positive_class`` that is not a class (with the closest one). One error lists
+            every offending label.
+
+    Example:
+        >>> check_labels(["cancer", "normal", "cancer"], None)
+        ['cancer', 'normal']
+        >>> check_labels(["cancer", "normal", "cancer"], None, positive_class="cancer")
+        ['normal', 'cancer']
     """
+    return positive_last(_class_names(labels, class_names), positive_class)
+
+
+def positive_last(class_names: Sequence[str], positive_class: str | None) -> list[str]:
+    """``class_names`` with ``positive_class`` moved last (``None``: unchanged).
+
+    Raises:
+        ConfigError: ``positive_class`` is not one of ``class_names`` (with the closest).
+    """
+    names = list(class_names)
+    if positive_class is None:
+        return names
+    if positive_class not in names:
+        close = [n for n in names if _label_key(n) == _label_key(positive_class)]
+        close = close or difflib.get_close_matches(positive_class, names, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"positive_class {positive_class!r} is not one of the labels {names}{hint}; set "
+            "--positive-class (positive_class:) to one of them (labels are case- and "
+            "space-sensitive)"
+        )
+    return [n for n in names if n != positive_class] + [positive_class]
+
+
+def _class_names(labels: Sequence[str], class_names: Sequence[str] | None) -> list[str]:
+    """The checked class names of :func:`check_labels`, before the positive class is moved."""
     distinct = sorted(set(labels))
     if class_names is not None:
         names = list(class_names)
@@ -131,14 +172,16 @@ def split_rows(
     In order of preference: a splits file and fold (``gigastream splits``), the manifest's
     ``split`` column (``train``/``training`` vs ``val``/``valid``/``validation``;
     ``test``/``testing``/``holdout`` are left out; case-insensitive), or fold 0 of
-    ``round(1 / val_fraction)`` stratified patient-level folds.
+    ``round(1 / val_fraction)`` stratified patient-level folds. With ``data.slide_mpp``,
+    the rows of slides without an mpp of their own get it (:func:`with_slide_mpp`).
 
     Raises:
         ConfigError: slides missing from the splits file, split values that are none of
             the above (each with the closest valid one), the same slide file (resolved
-            path) in training and validation (a leak), or an empty side.
+            path) in training and validation (a leak), an empty side, or (without splits)
+            fewer cases than ``train.val_fraction`` needs (saying how many).
     """
-    rows = manifest.rows
+    rows = with_slide_mpp(manifest.rows, config.data.slide_mpp, config.data.backend)
     if config.splits is not None:
         fold_of = read_splits(config.splits)
         missing = [r.slide_id for r in rows if r.slide_id not in fold_of]
@@ -154,12 +197,15 @@ def split_rows(
         train = [r for r in rows if fold_of[r.slide_id] != config.fold]
         val = [r for r in rows if fold_of[r.slide_id] == config.fold]
     elif any(r.split for r in rows):
-        _check_split_names(rows, config.manifest)
+        check_split_names(rows, config.manifest)
         train = [r for r in rows if (r.split or "").lower() in TRAIN_SPLITS]
         val = [r for r in rows if (r.split or "").lower() in VAL_SPLITS]
     else:
         folds = max(2, round(1 / config.train.val_fraction))
-        fold_of = stratified_folds(manifest, folds=folds, seed=config.train.seed)
+        _check_enough_cases(rows, folds, config)
+        fold_of = stratified_folds(
+            Manifest(rows, manifest.labels), folds=folds, seed=config.train.seed
+        )
         train = [r for r in rows if fold_of[r.slide_id] != 0]
         val = [r for r in rows if fold_of[r.slide_id] == 0]
     if not train or not val:
@@ -171,12 +217,66 @@ def split_rows(
     return train, val
 
 
+def _check_enough_cases(rows: Sequence[ManifestRow], folds: int, config: RunConfig) -> None:
+    """ConfigError saying how many cases a hold-out of ``train.val_fraction`` needs (one per
+    fold of ``round(1 / val_fraction)``) and what to change, when the manifest has fewer
+    and neither a split column nor a splits file."""
+    cases = len({r.case_id for r in rows})
+    if cases >= folds:
+        return
+    if cases >= 2:
+        fix = (
+            f"set train.val_fraction to {1 / cases:.2g} (1 of the {cases} cases validates; "
+            f"train: {{val_fraction: {1 / cases:.2g}}} in --config), give the manifest a split "
+            "column (train/val) or pass --splits (gigastream splits), or add cases"
+        )
+    else:
+        fix = "a run needs at least 2 cases (one to train on, one to validate): add slides"
+    raise ConfigError(
+        f"{config.manifest or 'the manifest'}: {len(rows)} slide(s) of {cases} case(s) and "
+        f"no split column or splits file: holding out train.val_fraction "
+        f"{config.train.val_fraction:g} of the cases for validation needs at least {folds} "
+        f"cases (1 in {folds}; the slides of a case stay together); {fix}"
+    )
+
+
+def with_slide_mpp(
+    rows: Sequence[ManifestRow], slide_mpp: float | None, backend: str = "auto"
+) -> list[ManifestRow]:
+    """``rows`` with ``mpp = slide_mpp`` for each slide that has no mpp of its own: none in
+    its row (the manifest's ``mpp`` column) and none in its file's metadata.
+
+    Each row without an mpp is opened once (metadata only) to see; a slide that cannot be
+    opened keeps its row (it is reported when it is read). ``slide_mpp=None``: ``rows``.
+
+    Example:
+        >>> rows = with_slide_mpp(read_manifest("m.csv").rows, 0.5)  # doctest: +SKIP
+    """
+    if slide_mpp is None:
+        return list(rows)
+    resolved = []
+    for row in rows:
+        if row.mpp is None and not _has_own_mpp(row.path, backend):
+            row = dataclasses.replace(row, mpp=float(slide_mpp))
+        resolved.append(row)
+    return resolved
+
+
+def _has_own_mpp(path: str | Path, backend: str) -> bool:
+    """Whether the slide file states its mpp (an unreadable one counts as stating it)."""
+    try:
+        with SlideReader.open(path, backend=backend) as slide:
+            return slide.mpp is not None
+    except SlideError:
+        return True  # reported, with its reason, when the slide is read
+
+
 def _some(names: Sequence[str], shown: int = 3) -> str:
     more = len(names) - shown
     return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
-def _check_split_names(rows: Sequence[ManifestRow], manifest: str | None) -> None:
+def check_split_names(rows: Sequence[ManifestRow], manifest: str | Path | None) -> None:
     """ConfigError listing every split value that is not in :data:`SPLITS` (with its slides
     and the closest valid value): a typo would drop its slides silently."""
     unknown: dict[str, list[str]] = {}
@@ -331,17 +431,37 @@ def make_source(reader: SlideReader, mask: TissueMask | None, data: DataConfig) 
     )
 
 
+#: The slides (name, slide mpp, target mpp) this process has warned about upsampling.
+_WARNED_UPSAMPLE: set[tuple[str, float, float]] = set()
+
+
 def check_slide_input(slide: SlideReader, slide_id: str, data: DataConfig) -> tuple[int, int]:
     """``(width, height)`` of a slide's input at ``data.mpp``, checked to be at least one
     pixel and at most ``data.max_input_pixels``
-    (:func:`~gigastream.wsi.source.check_input_size`); nothing is read.
+    (:func:`~gigastream.wsi.source.check_input_size`) and to need at most
+    ``data.max_upsample`` upsampling (:func:`~gigastream.wsi.source.check_upsample`); a
+    slide that is upsampled at all is warned about (once per process). Nothing is read.
 
     Raises:
         InputSizeError: (a SlideError: the slide is skipped) naming the slide, its mpp and
-            the planned size.
+            the planned size, or the target mpp, the upsampling and ``data.max_upsample``.
     """
     name = f"{slide_id} ({slide.name})"
-    return check_input_size(slide, data.mpp, data.max_input_pixels, name=name)
+    size = check_input_size(slide, data.mpp, data.max_input_pixels, name=name)
+    factor = check_upsample(slide, data.mpp, data.max_upsample, name=name)
+    key = (name, slide.require_mpp(), data.mpp)
+    if factor > 1 and key not in _WARNED_UPSAMPLE:
+        _WARNED_UPSAMPLE.add(key)
+        logger.warning(
+            "%s: scanned at %g um/px, coarser than the run's %g um/px: upsampled %.3gx "
+            "(data.max_upsample %g); the model sees no more detail than the scan has",
+            name,
+            key[1],
+            data.mpp,
+            factor,
+            data.max_upsample,
+        )
+    return size
 
 
 def mask_key(slide: SlideReader, data: DataConfig) -> str | None:
@@ -589,12 +709,15 @@ __all__ = [
     "TensorSource",
     "check_labels",
     "check_slide_input",
+    "check_split_names",
     "describe_skipped",
     "example_loader",
     "make_source",
     "mask_key",
     "normalization",
+    "positive_last",
     "run_patches",
     "slide_tissue_mask",
     "split_rows",
+    "with_slide_mpp",
 ]

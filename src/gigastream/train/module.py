@@ -233,10 +233,10 @@ class MILClassifier(L.LightningModule):
         if example.error is not None:
             self._skip(example, "train")
             return self._zero_loss() if distributed else None
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss.detach()):
             self._close_input()
             raise NonFiniteLossError(
-                f"the training loss is {float(loss)} on slide {example.slide_id!r} in epoch "
+                f"the training loss is {float(loss.detach())} on slide {example.slide_id!r} in epoch "
                 f"{self.current_epoch + 1}: lower optim.lr / optim.head_lr, set optim.grad_clip, "
                 "or check the slide; the last good checkpoint is kept"
             )

@@ -10,6 +10,11 @@ slides, e.g. ``val_auc``); :func:`write_predictions` writes ``predictions.csv``.
 (``gigastream predict`` and ``heatmap``) give the same probabilities as a run's validation
 for the same slide; for a checkpoint trained on cached features (``model.kind: features``)
 both take the slides' feature files from ``features_dir`` (default: the training run's).
+:func:`evaluate_manifest` scores the slides not trained on (:func:`scored_rows`: by default
+those whose split is not train), says when some are the checkpoint's training slides
+(:func:`training_slides`) and adds the calibration of p(positive) and the accuracy at the
+checkpoint's decision threshold (:func:`evaluation_metrics`); :func:`validation_threshold`
+chooses that threshold on validation results and :func:`store_threshold` stores it.
 
 Example:
     >>> metrics = evaluate_manifest("RUN/checkpoints/best.ckpt", "test.csv", "eval")  # doctest: +SKIP
@@ -31,9 +36,19 @@ import numpy as np
 
 from gigastream.train.config import ConfigError, DataConfig, RunConfig
 from gigastream.train.config_files import load_config, merge
-from gigastream.train.data import check_labels, run_patches
+from gigastream.train.data import (
+    EVAL_SPLITS,
+    OTHER_SPLITS,
+    TRAIN_SPLITS,
+    VAL_SPLITS,
+    check_labels,
+    check_split_names,
+    run_patches,
+    with_slide_mpp,
+)
 from gigastream.train.files import (
     RunError,
+    atomic_save,
     atomic_write_text,
     check_writable_folder,
     load_checkpoint_file,
@@ -41,7 +56,13 @@ from gigastream.train.files import (
 )
 from gigastream.train.heatmaps import write_heatmaps
 from gigastream.train.loaders import slide_loader
-from gigastream.train.metrics import classification_metrics
+from gigastream.train.metrics import (
+    accuracy_at,
+    brier_score,
+    classification_metrics,
+    expected_calibration_error,
+    youden_threshold,
+)
 from gigastream.train.module import MILClassifier
 from gigastream.train.preparation import build_model
 from gigastream.train.trainer import build_trainer, resolve_device
@@ -142,6 +163,12 @@ def load_classifier(checkpoint: str | Path) -> tuple[MILClassifier, RunConfig]:
     Raises:
         RunError: a missing, corrupt or foreign checkpoint (the message names the file).
     """
+    module, config, _ = _load_classifier(checkpoint)
+    return module, config
+
+
+def _load_classifier(checkpoint: str | Path) -> tuple[MILClassifier, RunConfig, dict[str, Any]]:
+    """:func:`load_classifier` and the checkpoint's ``gigastream`` section."""
     state = load_checkpoint_file(checkpoint)
     saved = state.get("gigastream")
     if not isinstance(saved, dict) or "config" not in saved:
@@ -163,7 +190,42 @@ def load_classifier(checkpoint: str | Path) -> tuple[MILClassifier, RunConfig]:
     except RuntimeError as exc:
         raise RunError(f"{checkpoint}: weights do not fit the stored model: {exc}") from None
     module.eval()
-    return module, config
+    return module, config, saved
+
+
+def validation_threshold(
+    results: Sequence[dict[str, Any]], class_names: Sequence[str]
+) -> float | None:
+    """The decision threshold on p(positive class) chosen on validation results (of
+    :func:`run_predictions`) by Youden's J (:func:`~gigastream.train.metrics.youden_threshold`);
+    ``None`` for more than two classes or validation slides of one class.
+
+    Example (at the end of training, on the best model's validation results)::
+
+        store_threshold(best_path, validation_threshold(results, class_names))
+    """
+    labelled = [r for r in results if "probs" in r and r["label"] is not None]
+    if len(class_names) != 2 or not labelled:
+        return None
+    labels = [r["label"] for r in labelled]
+    return youden_threshold(labels, np.stack([r["probs"] for r in labelled]))
+
+
+def store_threshold(checkpoint: str | Path, threshold: float | None) -> None:
+    """Store a decision threshold on p(positive class) in a checkpoint (its ``gigastream``
+    section's ``threshold``; rewritten atomically), for ``evaluate`` to report the accuracy
+    at it. ``None``: nothing is written.
+
+    Raises:
+        RunError: a missing, corrupt or foreign checkpoint.
+    """
+    if threshold is None:
+        return
+    state = load_checkpoint_file(checkpoint)
+    if not isinstance(state.get("gigastream"), dict):
+        raise RunError(f"{checkpoint}: not a gigastream checkpoint (no gigastream section)")
+    state["gigastream"]["threshold"] = float(threshold)
+    atomic_save(state, checkpoint)
 
 
 def _slide_rows(slides: Sequence[str | Path]) -> list[ManifestRow]:
@@ -181,10 +243,17 @@ def _slide_rows(slides: Sequence[str | Path]) -> list[ManifestRow]:
 
 
 def _prediction_config(
-    config: RunConfig, device: str | None, workers: int | None, features_dir: str | Path | None
+    config: RunConfig,
+    device: str | None,
+    workers: int | None,
+    features_dir: str | Path | None,
+    slide_mpp: float | None = None,
 ) -> RunConfig:
+    """The checkpoint's config for prediction on this machine; its training run's
+    ``data.slide_mpp`` (the mpp of *its* slides without one) is replaced by ``slide_mpp``."""
     train = replace(config.train, device=device or "auto", devices=1, progress=False)
-    data = config.data if workers is None else replace(config.data, num_workers=workers)
+    data = replace(config.data, slide_mpp=slide_mpp)
+    data = data if workers is None else replace(data, num_workers=workers)
     if features_dir is not None:
         if config.model.kind != "features":
             raise ConfigError(
@@ -194,6 +263,7 @@ def _prediction_config(
             )
         data = replace(data, features_dir=str(features_dir))
     config = replace(config, train=train, data=data)
+    config.data.validate()  # --slide-mpp
     resolve_device(config.train)  # validate before any output
     return config
 
@@ -208,6 +278,99 @@ def _check_features(config: RunConfig, rows: Sequence[ManifestRow]) -> None:
         check_feature_files(config.data.features_dir, rows, features.feature_dim, features.encoder)
 
 
+def scored_rows(
+    rows: Sequence[ManifestRow], split: str | None, manifest: str | Path | None = None
+) -> tuple[list[ManifestRow], str]:
+    """The rows ``evaluate`` scores, and which they are in words.
+
+    Args:
+        rows: the manifest's rows.
+        split: ``val`` (split ``val``/``valid``/``validation``), ``test``
+            (``test``/``testing``/``holdout``), ``all``, or ``None``: the slides whose split
+            is not train when the manifest has a split column, else all.
+        manifest: how messages name the manifest.
+
+    Returns:
+        The rows and e.g. ``"split not train (val: 8, test: 8)"``.
+
+    Raises:
+        ConfigError: an unknown ``split``, unknown split values in the manifest (each with
+            the closest valid one), ``val``/``test`` on a manifest without a split column,
+            or no slide of the asked split.
+    """
+    name = manifest or "the manifest"
+    if split is not None and split not in EVAL_SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    has_split = any(r.split for r in rows)
+    if has_split:
+        check_split_names(rows, manifest)
+    if split == "all" or (split is None and not has_split):
+        why = _split_counts(rows) if has_split else "the manifest has no split column"
+        return list(rows), f"all ({why})"
+    if not has_split:
+        raise ConfigError(
+            f"--split {split}: {name} has no split column; score every slide with --split all "
+            "(or give the manifest a split column: train/val/test)"
+        )
+    wanted = {"val": VAL_SPLITS, "test": OTHER_SPLITS}.get(split or "")
+    if wanted is None:  # the default: every slide not trained on
+        chosen = [r for r in rows if (r.split or "").lower() not in TRAIN_SPLITS]
+        what = "not train"
+    else:
+        chosen = [r for r in rows if (r.split or "").lower() in wanted]
+        what = split
+    if not chosen:
+        raise ConfigError(
+            f"{name}: no slide has split {what} (splits: {_split_counts(rows)}); choose "
+            "another --split"
+        )
+    return chosen, f"{what} ({_split_counts(chosen)})"
+
+
+def _split_counts(rows: Sequence[ManifestRow]) -> str:
+    counts: dict[str, int] = {}
+    for row in rows:
+        key = row.split or "(none)"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{key}: {n}" for key, n in counts.items())
+
+
+def training_slides(config: RunConfig) -> set[Path]:
+    """The slide files (resolved) a checkpoint was trained on: its stored manifest split as
+    its run split it (:func:`~gigastream.train.data.split_rows`); empty when that manifest
+    or splits file is no longer readable."""
+    from gigastream.train.data import split_rows
+    from gigastream.wsi.manifest import Manifest
+
+    if config.manifest is None:
+        return set()
+    config = replace(config, data=replace(config.data, slide_mpp=None))  # no slide opened
+    try:
+        manifest = read_manifest(config.manifest, check_files=False)
+        train, _ = split_rows(Manifest(manifest.rows, manifest.labels), config)
+    except (OSError, ValueError):  # moved, edited or gone: nothing to compare with
+        return set()
+    return {Path(row.path).resolve() for row in train}
+
+
+def evaluation_metrics(
+    labels: Sequence[int], probs: np.ndarray, threshold: float | None
+) -> dict[str, Any]:
+    """Calibration and threshold metrics of labelled slides (``evaluate``), of the positive
+    (last) class's probability: ``brier``, ``ece`` (10 equal-width bins), ``threshold`` and
+    ``accuracy_at_threshold`` (the checkpoint's stored threshold; ``None`` without one or
+    for more than two classes); NaN without slides."""
+    probs = np.asarray(probs, dtype=np.float64)  # (slides, classes)
+    binary = probs.shape[1] == 2
+    use = threshold if binary else None
+    return {
+        "brier": brier_score(labels, probs),
+        "ece": expected_calibration_error(labels, probs, bins=10),
+        "threshold": use,
+        "accuracy_at_threshold": None if use is None else accuracy_at(labels, probs, use),
+    }
+
+
 def evaluate_manifest(
     checkpoint: str | Path,
     manifest: str | Path,
@@ -216,38 +379,70 @@ def evaluate_manifest(
     progress: bool = True,
     num_workers: int | None = None,
     features_dir: str | Path | None = None,
+    split: str | None = None,
+    slide_mpp: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on every slide of a manifest: ``metrics.json`` + ``predictions.csv``.
+    """Evaluate a checkpoint on the slides of a manifest: ``metrics.json`` + ``predictions.csv``.
 
     Args:
         features_dir: the slides' feature files ``<slide_id>.h5``, for a checkpoint trained
             on cached features (default: its training run's ``data.features_dir``).
+        split: which slides are scored (:func:`scored_rows`): ``val``, ``test``, ``all``;
+            ``None``: the slides whose split is not train when the manifest has a split
+            column, else all.
+        slide_mpp: the mpp of slides without one of their own (no file metadata, no
+            ``mpp`` in their row; :func:`~gigastream.train.data.with_slide_mpp`).
 
     Returns:
-        The metrics (``auc``, ``accuracy``, ``loss``, per-slide predictions, skipped slides).
+        The metrics: ``auc``, ``accuracy`` (at p = 0.5 for two classes: the most probable
+        class), ``brier``, ``ece``, ``threshold`` and ``accuracy_at_threshold`` (the
+        checkpoint's stored decision threshold, when it has one), ``loss``, ``split``
+        (which slides were scored, in words), ``scored_slides`` (how many),
+        ``training_slides_scored`` (the ids of those the checkpoint was trained on:
+        :func:`training_slides`), ``slides`` (of them, the labelled ones that could be read), ``class_names``, ``positive_class``,
+        per-slide predictions and skipped slides.
 
     Raises:
         RunError: a missing or foreign checkpoint.
-        ConfigError: ``features_dir`` for a checkpoint that reads slides, or not a folder.
+        ConfigError: ``features_dir`` for a checkpoint that reads slides, or not a folder;
+            a bad ``split`` (see :func:`scored_rows`) or ``slide_mpp``.
         FeatureFileError: a feature file of another dimension than the checkpoint's model.
     """
-    module, config = load_classifier(checkpoint)
-    config = _prediction_config(config, device, num_workers, features_dir)
+    module, config, saved = _load_classifier(checkpoint)
+    config = _prediction_config(config, device, num_workers, features_dir, slide_mpp)
     rows = read_manifest(manifest, check_files=config.model.kind != "features").rows
+    rows, scored = scored_rows(rows, split, manifest)
+    trained_on = training_slides(config)
+    seen = sorted(r.slide_id for r in rows if Path(r.path).resolve() in trained_on)
     check_labels([r.label for r in rows], module.class_names)
     _check_features(config, rows)
+    if config.model.kind != "features":
+        rows = with_slide_mpp(rows, slide_mpp, config.data.backend)
     out = check_writable_folder(out)
     data = replace(config.data, mask_dir=str(out / "masks"))
     results = run_predictions(module, rows, config, data, progress=progress)
     final = summarize(results, module.class_names)
+    labelled = [r for r in results if "probs" in r and r["label"] is not None]
+    extra = evaluation_metrics(
+        [r["label"] for r in labelled],
+        np.stack([r["probs"] for r in labelled])
+        if labelled
+        else np.zeros((0, len(module.class_names))),
+        saved.get("threshold"),
+    )
     metrics = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "manifest": str(Path(manifest).resolve()),
+        "split": scored,
+        "scored_slides": len(rows),
+        "training_slides_scored": seen,
         "auc": final["auc"],
         "accuracy": final["accuracy"],
+        **extra,
         "loss": final["loss"],
         "slides": final["slides"],
         "class_names": module.class_names,
+        "positive_class": module.class_names[-1],
         "predictions": final["predictions"],
         "skipped_slides": final["skipped"],
     }
@@ -288,6 +483,7 @@ def predict_slide_files(
     features_dir: str | Path | None = None,
     labels: dict[str, ManifestRow] | None = None,
     opacity: float | None = None,
+    slide_mpp: float | None = None,
 ) -> dict[str, Any]:
     """Class probabilities (``predictions.csv``) and optionally heatmaps of slide files
     (``gigastream predict``, and ``gigastream heatmap`` with ``heatmaps=True``).
@@ -300,6 +496,8 @@ def predict_slide_files(
             (:func:`~gigastream.train.heatmaps.slide_labels`): in ``predictions.csv`` and
             the heatmap titles; a slide without one has no label.
         opacity: of the heatmaps' colours (0-1; default the heatmap style's).
+        slide_mpp: the mpp of slides without one of their own (no file metadata, no
+            ``mpp`` in ``labels``; ``--slide-mpp``); a slide with its own mpp keeps it.
 
     Returns:
         ``predictions``, ``skipped_slides`` and the written ``heatmaps``.
@@ -315,9 +513,11 @@ def predict_slide_files(
 
         check_opacity(opacity, "--opacity")
     module, config = load_classifier(checkpoint)
-    config = _prediction_config(config, device, num_workers, features_dir)
+    config = _prediction_config(config, device, num_workers, features_dir, slide_mpp)
     rows = _with_labels(_slide_rows(slides), labels or {}, module.class_names)
     _check_features(config, rows)
+    if config.model.kind != "features":
+        rows = with_slide_mpp(rows, slide_mpp, config.data.backend)
     out = check_writable_folder(out)
     data = replace(config.data, mask_dir=str(out / "masks"))
     results = run_predictions(module, rows, config, data, progress=progress)
@@ -339,10 +539,15 @@ def predict_slide_files(
 __all__ = [
     "METRICS",
     "evaluate_manifest",
+    "evaluation_metrics",
     "load_classifier",
     "predict_slide_files",
     "prefixed",
     "run_predictions",
+    "scored_rows",
+    "store_threshold",
     "summarize",
+    "training_slides",
+    "validation_threshold",
     "write_predictions",
 ]

@@ -186,7 +186,9 @@ def prepare(config: RunConfig, check_plan: bool = True, check_device: bool = Tru
         devices = 1
     features = config.model.kind == "features"
     manifest = read_manifest(config.manifest, check_files=not features)  # features: no slides
-    class_names = check_labels([r.label for r in manifest.rows], config.class_names)
+    class_names = check_labels(
+        [r.label for r in manifest.rows], config.class_names, config.positive_class
+    )
     manifest = Manifest(manifest.rows, class_names)
     train_rows, val_rows = split_rows(manifest, config)
     if check_plan and not features:  # every training (or validation) slide unusable?

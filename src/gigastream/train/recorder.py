@@ -44,6 +44,18 @@ def is_interrupt(exc: BaseException) -> bool:
     return isinstance(exc, (KeyboardInterrupt, SIGTERMException))
 
 
+def auc_words(auc: float | None) -> str:
+    """A validation AUC for a log line: ``n/a`` with the reason where it is undefined.
+
+    Example:
+        >>> auc_words(0.91234), auc_words(float("nan"))
+        ('0.912', 'n/a (one class among the validation slides)')
+    """
+    if auc is None or not math.isfinite(auc):
+        return "n/a (one class among the validation slides)"
+    return f"{auc:.3f}"
+
+
 def failure_reason(exc: BaseException) -> str:
     """One line for ``status: failed: ...``: the exception's type and first line."""
     if isinstance(exc, OSError):
@@ -84,7 +96,7 @@ class RunRecorder(Callback):
             last["epoch"],
             last["train_loss"],
             last["val_loss"],
-            "n/a" if not math.isfinite(last["val_auc"]) else f"{last['val_auc']:.3f}",
+            auc_words(last["val_auc"]),
             last["val_accuracy"],
             last["seconds"],
         )
@@ -133,4 +145,11 @@ class Signals:
                 signal.signal(s, h)
 
 
-__all__ = ["RunInterrupted", "RunRecorder", "Signals", "failure_reason", "is_interrupt"]
+__all__ = [
+    "RunInterrupted",
+    "RunRecorder",
+    "Signals",
+    "auc_words",
+    "failure_reason",
+    "is_interrupt",
+]

@@ -16,6 +16,9 @@ logger = logging.getLogger(__name__)
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".svs", ".btf", ".tf8", ".tf2")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 BACKENDS = ("auto", "openslide", "tiffslide", "image")
+#: A TIFF resolution in inches coarser than this (um/px; 20 um/px = 1270 dpi) is a document
+#: resolution - an image editor's 72, 96 or 300 dpi - not a scan's: it counts as no mpp.
+DOCUMENT_MPP = 20.0
 
 
 def _positive_float(value: object) -> float | None:
@@ -96,6 +99,14 @@ class _OpenSlideLike(SlideReader):
         mpp_y = _positive_float(props.get(f"{self.prefix}.mpp-y"))
         if mpp_x and mpp_y:
             file_mpp = (mpp_x + mpp_y) / 2
+        unit = str(props.get("tiff.ResolutionUnit", "")).upper()
+        if file_mpp is not None and unit == "INCH" and file_mpp > DOCUMENT_MPP:
+            logger.info(
+                "%s: its resolution tags say %g dpi, an image's not a scan's: no mpp metadata",
+                path,
+                25400 / file_mpp,
+            )
+            file_mpp = None
         if mpp is None and file_mpp is None:
             logger.info("%s: no mpp metadata", path)
         levels = tuple(

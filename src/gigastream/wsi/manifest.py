@@ -1,8 +1,9 @@
 """Slide manifests (CSV) and stratified patient-level k-fold splits.
 
 A manifest is a CSV file with the columns ``slide_id,path,label`` and optionally
-``case_id`` (patient; defaults to the slide id), ``split`` and ``mpp`` (overrides the
-slide's metadata). Relative paths are relative to the manifest's folder. Label names are
+``case_id`` (patient; defaults to the slide id), ``split`` and ``mpp`` (the slide's
+microns per pixel: overrides its file's metadata; slides with neither take a command's
+``--slide-mpp``). Relative paths are relative to the manifest's folder. Label names are
 mapped to indices in sorted order unless the caller fixes the order (e.g. the one stored
 with a trained model). A slide id names the slide's files (masks, heatmaps, features), so
 it may hold only letters, digits, ``.``, ``_`` and ``-`` and must not start with ``.``
@@ -264,7 +265,11 @@ def stratified_folds(manifest: Manifest, folds: int = 5, seed: int = 0) -> dict[
     for row in manifest.rows:
         slides_of[row.case_id].append(row)
     if len(slides_of) < folds:
-        raise ValueError(f"{len(slides_of)} cases cannot fill {folds} folds")
+        raise ValueError(
+            f"{len(slides_of)} cases cannot fill {folds} folds: every fold needs at least one "
+            f"case (patient; the slides of a case stay together): ask for at most "
+            f"{len(slides_of)} folds, or add cases"
+        )
     strata: dict[str, list[str]] = defaultdict(list)
     for case, rows in sorted(slides_of.items()):
         counts = Counter(r.label for r in rows)

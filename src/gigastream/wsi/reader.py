@@ -141,34 +141,57 @@ class SlideReader(ABC):
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def open(cls, path: str | Path, mpp: float | None = None, backend: str = "auto") -> SlideReader:
+    def open(
+        cls,
+        path: str | Path,
+        mpp: float | None = None,
+        backend: str = "auto",
+        *,
+        default_mpp: float | None = None,
+    ) -> SlideReader:
         """Open a slide file with the backend that reads it.
 
         OME-TIFF goes to tiffslide (it reads the OME-XML mpp); otherwise OpenSlide reads
         what it recognises (svs, ndpi, mrxs, scn, vms, bif, Philips and generic tiled
         TIFF) and other TIFFs go to tiffslide; plain PNG/JPEG images are read into memory.
+        A TIFF resolution in inches coarser than :data:`~gigastream.wsi.backends.DOCUMENT_MPP`
+        (an image editor's 72 or 300 dpi, not a scan) counts as no metadata.
 
         Args:
             path: the slide file.
-            mpp: microns per level-0 pixel; overrides the file's metadata and is
-                required for mpp-based reads when the file has none.
+            mpp: microns per level-0 pixel that *overrides* the file's metadata (a
+                manifest's ``mpp`` column: one slide known to be mislabelled).
             backend: ``"auto"``, ``"openslide"``, ``"tiffslide"`` or ``"image"``.
+            default_mpp: microns per level-0 pixel of a file that has *no* metadata (the
+                CLI's ``--slide-mpp``); a slide with its own mpp keeps it.
 
         Returns:
             An open reader.
 
         Raises:
-            SlideError: the file is missing, truncated, unsupported or unreadable; the
-                message names the file and the cause.
+            SlideError: the file is missing, truncated, unsupported or unreadable, or
+                ``default_mpp`` is not a positive number; the message names the file and
+                the cause.
 
         Example:
             >>> slide = SlideReader.open("CMU-1-Small-Region.svs")  # doctest: +SKIP
             >>> slide.mpp, slide.levels[0].dimensions  # doctest: +SKIP
             (0.499, (2220, 2967))
+            >>> SlideReader.open("CMU-1-Small-Region.svs", default_mpp=2.0).mpp  # doctest: +SKIP
+            0.499
         """
         from gigastream.wsi import backends
 
-        return backends.open_slide(Path(path), mpp=mpp, backend=backend)
+        slide = backends.open_slide(Path(path), mpp=mpp, backend=backend)
+        if default_mpp is not None and slide.mpp is None:
+            if not (math.isfinite(default_mpp) and default_mpp > 0):
+                slide.close()
+                raise SlideError(
+                    f"{slide.name}: the default mpp (--slide-mpp) must be a positive number, "
+                    f"got {default_mpp!r}"
+                )
+            slide._mpp = float(default_mpp)
+        return slide
 
     @classmethod
     def from_array(
@@ -212,7 +235,7 @@ class SlideReader(ABC):
         if self._mpp is None:
             raise SlideError(
                 f"{self.name}: the slide has no microns-per-pixel metadata; "
-                "pass mpp=... when opening it (CLI: --slide-mpp)"
+                "pass mpp=... when opening it (CLI: --slide-mpp, or the manifest's mpp column)"
             )
         return self._mpp
 

@@ -12,7 +12,8 @@ size.
 :func:`check_input_size` refuses, before any pixel is read, a slide whose input at the
 target mpp is smaller than one pixel or larger than the machine can hold (a wrong mpp in
 the manifest or the slide's metadata, or a target mpp far finer than the slide):
-resampling such an input would need terabytes.
+resampling such an input would need terabytes. :func:`check_upsample` refuses a slide
+scanned coarser than the target mpp by more than a given factor (``data.max_upsample``).
 
 Example:
     >>> import numpy as np
@@ -149,6 +150,51 @@ def check_input_size(
             f"{slide_mpp:g} um/px, over the limit of {limit:,} pixels ({why}); {fix}"
         )
     return width, height
+
+
+def upsample_factor(reader: SlideReader, mpp: float) -> float:
+    """How much a slide is enlarged to be read at ``mpp``: its level-0 mpp / ``mpp`` when
+    that is more than 1 (beyond :data:`~gigastream.wsi.reader.MPP_TOLERANCE`), else 1.0.
+
+    Example:
+        >>> import numpy as np
+        >>> slide = SlideReader.from_array(np.zeros((64, 64, 3), np.uint8), mpp=2.0)
+        >>> upsample_factor(slide, 0.5), upsample_factor(slide, 4.0)
+        (4.0, 1.0)
+    """
+    scale = reader.resolution(mpp).scale  # level pixels per target pixel; < 1: enlarged
+    return 1.0 / scale if scale < 1 else 1.0
+
+
+def check_upsample(
+    reader: SlideReader, mpp: float, max_upsample: float, name: str | None = None
+) -> float:
+    """The :func:`upsample_factor` of a slide at ``mpp``, checked to be at most
+    ``max_upsample``; nothing is read.
+
+    Raises:
+        InputSizeError: the slide is scanned so much coarser than ``mpp`` that it would be
+            upsampled more than ``max_upsample``; the message names the slide, its mpp, the
+            target mpp, the factor and the setting.
+
+    Example:
+        >>> import numpy as np
+        >>> slide = SlideReader.from_array(np.zeros((64, 64, 3), np.uint8), mpp=2.0)
+        >>> check_upsample(slide, 1.0, max_upsample=2.0)
+        2.0
+    """
+    factor = upsample_factor(reader, mpp)
+    if factor > max_upsample:
+        slide_mpp = reader.require_mpp()
+        raise InputSizeError(
+            f"{name or reader.name}: scanned at {slide_mpp:g} um/px, coarser than the run's "
+            f"{mpp:g} um/px: it would be upsampled {factor:.3g}x, more than data.max_upsample "
+            f"{max_upsample:g} allows (an upsampled slide has no detail at the run's "
+            f"resolution); check its mpp (the slide's metadata, the manifest's mpp column, "
+            f"--slide-mpp), train at a coarser --mpp, or set data.max_upsample: {factor:.3g} "
+            "to use it anyway"
+        )
+    return factor
 
 
 @dataclass
