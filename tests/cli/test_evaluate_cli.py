@@ -90,8 +90,11 @@ def test_evaluate_scores_the_slides_not_trained_on_and_says_which(
     assert "scored 2 slide(s)" in printed and "split val (val: 2)" in printed
     metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
     assert sorted(p["slide_id"] for p in metrics["predictions"]) == ["synth_001", "synth_002"]
-    assert metrics["threshold"] is None and metrics["accuracy_at_threshold"] is None
-    assert "threshold" not in printed  # the trained run's checkpoint stores none
+    # training stored the threshold it chose on its validation slides (Youden's J)
+    run = json.loads((trained_run / "metrics.json").read_text())
+    assert 0 < metrics["threshold"] < 1 and metrics["threshold"] == run["final"]["val_threshold"]
+    assert metrics["accuracy_at_threshold"] is not None
+    assert "at the checkpoint's threshold" in printed
 
 
 def test_evaluate_split_flags_are_checked(tmp_path, trained_run, manifest, capsys):

@@ -23,13 +23,15 @@ def test_synth_writes_dataset(tmp_path, sources, capsys):
             "64",
             "--seed",
             "5",
-            "--no-progress",
             "--sources",
             *sources,
         ]
     )
     assert code == 0
-    assert "wrote 2 slides" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "wrote 2 slides" in captured.out
+    # progress bars are on by default, but not when the output is not a terminal (a log file)
+    assert "strip/s" not in captured.err and "\r" not in captured.err
     manifest = read_manifest(tmp_path / "ds" / "manifest.csv")
     assert len(manifest) == 2
     for row in manifest.rows:

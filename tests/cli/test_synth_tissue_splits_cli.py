@@ -67,6 +67,31 @@ def test_tissue_cli_writes_an_overlay_of_the_mask_on_the_thumbnail(tmp_path, cap
     assert "<slide>_overlay.png" in capsys.readouterr().out
 
 
+def test_tissue_cli_writes_the_contours_as_qupath_geojson(tmp_path, capsys):
+    """``--geojson``: the mask's contours in level-0 pixels; read back, the same mask."""
+    import json
+
+    from gigastream.wsi.annotations import read_annotations
+    from gigastream.wsi.tissue import TissueMask
+
+    image = np.full((256, 320, 3), 245, np.uint8)
+    image[64:192, 96:256] = (190, 100, 170)
+    Image.fromarray(image).save(tmp_path / "s1.png")
+    out = tmp_path / "masks"
+    flags = ["--out", str(out), "--slide-mpp", "4", "--mpp", "8", "--geojson"]
+    assert main(["tissue", str(tmp_path / "s1.png"), *flags]) == 0
+    path = out / "s1.tissue.geojson"
+    assert f"contours {path}" in capsys.readouterr().out
+    data = json.loads(path.read_text())
+    (feature,) = data["features"]
+    assert feature["properties"]["classification"]["name"] == "Tissue"
+    xs = [x for ring in feature["geometry"]["coordinates"] for x, _ in ring]
+    assert 90 <= min(xs) <= 100 and 250 <= max(xs) <= 260  # level-0 px of the tissue block
+    mask = TissueMask.load(out / "s1.tissue.png", mpp=8.0)
+    again = read_annotations(path).mask(mpp=8.0, slide_mpp=4.0, dimensions=(320, 256))
+    np.testing.assert_array_equal(again.mask, mask.mask)
+
+
 def test_splits_cli(tmp_path, capsys):
     lines = ["slide_id,path,label,case_id"] + [
         f"s{i},s{i}.tif,{'ab'[i % 2]},p{i // 2}" for i in range(12)

@@ -298,3 +298,21 @@ def test_expected_seconds_matches_the_measured_gigapixel_step():
     assert expected_seconds(plan, "cuda", "64") is None  # never measured: no estimate
     assert expected_seconds(plan, "cpu", "64")[1].measured_on.startswith("2 CPU cores")
     assert expected_seconds(plan, "mps", "32") is None
+
+
+def test_train_logs_one_line_per_epoch(tmp_path, manifest, capsys, caplog):
+    """As the demo does: loss and validation AUC per epoch, without -v."""
+    config = write_tiny_yaml(tmp_path / "t.yaml", train={"epochs": 1, "heatmaps": 0})
+    import logging
+
+    caplog.handler.setLevel(logging.INFO)  # the handler takes INFO; the loggers decide
+    root = logging.getLogger()
+    level, root.level = root.level, logging.WARNING  # the command line's default level
+    try:
+        code, _, err = _cli(capsys, "train", "--manifest", manifest, "--out", tmp_path / "r",
+                            "--config", config)  # fmt: skip
+    finally:
+        root.setLevel(level)
+    assert code == 0, err
+    lines = [r.getMessage() for r in caplog.records if r.name == "gigastream.train.recorder"]
+    assert len(lines) == 1 and lines[0].startswith("epoch 1: train loss ") and "val AUC" in lines[0]

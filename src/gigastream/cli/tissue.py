@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mpp", type=float, default=defaults.mpp, help="mask resolution (um/px)")
     common.add_slide_mpp(parser)
     parser.add_argument("--min-tissue-fraction", type=float, default=defaults.min_tissue_fraction)
+    parser.add_argument(
+        "--geojson",
+        action="store_true",
+        help="also write <slide>.tissue.geojson: the tissue contours as a QuPath annotation "
+        "(level-0 pixel coordinates; File > Import objects in QuPath)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
                 slide_mpp = slide.mpp
                 mask = compute_tissue_mask(slide, config)
                 overlay = tissue_overlay_png(slide, mask, args.out / f"{path.stem}_overlay.png")
+                geojson = None
+                if args.geojson:
+                    from gigastream.wsi.annotations import mask_to_geojson, write_geojson
+
+                    contours = mask_to_geojson(mask, "Tissue", slide=slide)
+                    geojson = write_geojson(contours, args.out / f"{path.stem}.tissue.geojson")
         except SlideError as exc:
             print(f"error: {exc}")
             failed += 1
@@ -53,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         flag = "NO TISSUE" if mask.is_empty(config.min_tissue_fraction) else "ok"
         empty += flag != "ok"
         print(
-            f"{path}: tissue {mask.tissue_fraction:.1%} [{flag}] -> {target}, overlay {overlay} "
-            f"(slide at {slide_mpp:g} um/px)"
+            f"{path}: tissue {mask.tissue_fraction:.1%} [{flag}] -> {target}, overlay {overlay}"
+            + (f", contours {geojson}" if geojson is not None else "")
+            + f" (slide at {slide_mpp:g} um/px)"
         )
     return 1 if failed or empty == len(args.slides) else 0

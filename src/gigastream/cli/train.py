@@ -63,6 +63,10 @@ def _config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     common.quiet_lightning(args)
+    if args.verbose == 0:  # one line per epoch (loss, validation AUC), as the demo prints
+        import logging
+
+        logging.getLogger("gigastream.train.recorder").setLevel(logging.INFO)
     from gigastream.train.crossval import fit_folds
     from gigastream.train.dry_run import DryRunReport, dry_run
     from gigastream.train.fitting import fit, warn_costly_plan

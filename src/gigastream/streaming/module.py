@@ -302,7 +302,7 @@ class StreamingModule(nn.Module):
             from tqdm.auto import tqdm
 
             total = sum(s.tiles[0] * s.tiles[1] for s in plan.segments if s.mode == "stream")
-            bar = tqdm(total=total, desc="streaming tiles", leave=False)
+            bar = tqdm(total=total, desc="streaming tiles", leave=False, disable=None)
         param = next(self.trunk.parameters(), None)
         compute_device = param.device if param is not None else x.device
         release = self.release_memory is True or (

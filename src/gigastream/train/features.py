@@ -330,7 +330,7 @@ def extract_features(
     job = job_settings(data, patches, weights_sha256(patches.encoder.weights))
     summary = ExtractionSummary(out, feature_dim=encoder.out_dim)
     status: dict[str, dict[str, Any]] = {}
-    bar = tqdm(rows, desc="features", unit="slide", disable=not progress)
+    bar = tqdm(rows, desc="features", unit="slide", disable=None if progress else True)
     for row in bar:
         try:
             done = _extract_slide(row, out, data, patches, encoder, job, torch_device, precision)

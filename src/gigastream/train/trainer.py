@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,8 @@ def build_trainer(
         callbacks=list(callbacks),
         logger=run_loggers,
         enable_checkpointing=for_training,
-        enable_progress_bar=train.progress,
+        # progress bars only on a terminal: redirected to a file they are kilobytes of redraws
+        enable_progress_bar=train.progress and sys.stderr.isatty(),
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,

@@ -488,7 +488,7 @@ def synthesize_dataset(
             total=math.ceil(config.size / renderer.strip_rows),
             desc=slide_id,
             unit="strip",
-            disable=not progress,
+            disable=None if progress else True,  # None: off when not a terminal (a log file)
             leave=False,
         )
         write_pyramid(
