@@ -71,7 +71,7 @@ def test_tissue_cli_writes_the_contours_as_qupath_geojson(tmp_path, capsys):
     """``--geojson``: the mask's contours in level-0 pixels; read back, the same mask."""
     import json
 
-    from gigastream.wsi.annotations import read_annotations
+    from gigastream.wsi.annotation_readers import read_annotations
     from gigastream.wsi.tissue import TissueMask
 
     image = np.full((256, 320, 3), 245, np.uint8)

@@ -85,8 +85,8 @@ def test_forked_children_do_not_hold_the_run_lock(tmp_path):
         assert ready.wait(30)
     try:
         assert not lock_is_held(tmp_path)  # the child lives on, the lock went with its run
-        with run_lock(tmp_path):
-            pass
+        with run_lock(tmp_path):  # taken again by this process
+            assert (tmp_path / ".lock").read_text() == str(os.getpid())
     finally:
         child.kill()
         child.join()
@@ -117,7 +117,7 @@ def test_lock_of_a_dead_owner_is_taken_over(tmp_path, caplog):
             assert (tmp_path / ".lock").read_text() == str(os.getpid())
             with pytest.raises(RunError, match=f"another gigastream process \\(pid {os.getpid()}"):
                 with run_lock(tmp_path):
-                    pass
+                    raise AssertionError("a held lock was taken twice")
         assert f"pid {dead}" in caplog.text and "taking it over" in caplog.text
     finally:
         holder.kill()
@@ -130,7 +130,7 @@ def test_lock_of_a_live_owner_is_refused(tmp_path):
         assert lock_is_held(tmp_path)
         with pytest.raises(RunError, match="wait for it to finish or choose another --out"):
             with run_lock(tmp_path):
-                pass
+                raise AssertionError("a held lock was taken twice")
     assert not lock_is_held(tmp_path)
 
 

@@ -13,7 +13,9 @@ import pytest
 
 from gigastream import SlideReader
 from gigastream.viz.geojson import attention_geojson, write_attention_geojson
-from gigastream.wsi.annotations import mask_to_geojson, rasterize, read_annotations
+from gigastream.wsi.annotation_geojson import mask_to_geojson
+from gigastream.wsi.annotation_readers import read_annotations
+from gigastream.wsi.annotations import rasterize
 from gigastream.wsi.tissue import TissueMask
 
 #: Object types QuPath's GeoJSON reader knows (PathObjectTypeAdapters.MAP_TYPES).

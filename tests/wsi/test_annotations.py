@@ -12,20 +12,14 @@ from shapely.geometry import Polygon
 
 from gigastream import SlideReader
 from gigastream.viz.heatmap import contour_lines
-from gigastream.wsi.annotations import (
-    UNCLASSIFIED,
-    AnnotationError,
-    Annotations,
-    Region,
+from gigastream.wsi.annotation_geojson import mask_geometry, mask_to_geojson, write_geojson
+from gigastream.wsi.annotation_readers import (
     annotations_from_geojson,
-    mask_geometry,
-    mask_to_geojson,
-    rasterize,
     read_annotations,
     read_asap_xml,
     read_geojson,
-    write_geojson,
 )
+from gigastream.wsi.annotations import UNCLASSIFIED, AnnotationError, Annotations, Region, rasterize
 from gigastream.wsi.tissue import TissueMask
 
 

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                 overlay = tissue_overlay_png(slide, mask, args.out / f"{path.stem}_overlay.png")
                 geojson = None
                 if args.geojson:
-                    from gigastream.wsi.annotations import mask_to_geojson, write_geojson
+                    from gigastream.wsi.annotation_geojson import mask_to_geojson, write_geojson
 
                     contours = mask_to_geojson(mask, "Tissue", slide=slide)
                     geojson = write_geojson(contours, args.out / f"{path.stem}.tissue.geojson")

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from gigastream.viz.heatmap import attention_times_n
-from gigastream.wsi.annotations import feature_collection, write_geojson
+from gigastream.wsi.annotation_geojson import feature_collection, write_geojson
 from gigastream.wsi.reader import SlideReader
 
 #: QuPath object types an attention tile may be given (both are shown by measurement maps).
