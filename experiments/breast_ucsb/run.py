@@ -293,28 +293,7 @@ def launch(
 ) -> subprocess.Popen:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "run_key.txt").unlink(missing_ok=True)  # written back when the run finishes
-    command = [
-        *gigastream(),
-        "train",
-        "--config",
-        str(config),
-        "--manifest",
-        str(manifest),
-        "--splits",
-        str(splits),
-        "--fold",
-        str(fold),
-        "--seed",
-        str(seed),
-        "--threads",
-        str(args.threads),
-        "--workers",
-        str(args.workers),
-        "--no-progress",
-        "--out",
-        str(folder),
-        "--overwrite",
-    ]
+    command = [*gigastream(), *train_argv(args, config, splits, manifest, seed, fold, folder)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     log = open(folder.parent / f"{folder.name}.log", "w", encoding="utf-8")  # noqa: SIM115
     log.write(" ".join(command) + "\n")

@@ -9,7 +9,8 @@ from PIL import Image
 
 from gigastream.train.config import ConfigError, DataConfig, RunConfig
 from gigastream.train.config_files import load_config
-from gigastream.train.data import EpochSampler, SlideExamples, check_labels, split_rows
+from gigastream.train.data import EpochSampler, SlideExamples
+from gigastream.train.selection import check_labels, split_rows
 from gigastream.wsi.manifest import Manifest, read_manifest, write_splits
 from gigastream.wsi.tissue import TissueMask, TissueMaskConfig
 
@@ -350,7 +351,7 @@ def test_a_slide_scanned_coarser_than_the_run_is_refused_or_upsampled_with_a_war
 
 
 def test_slide_mpp_fills_in_only_slides_without_an_mpp_of_their_own(tmp_path):
-    from gigastream.train.data import with_slide_mpp
+    from gigastream.train.selection import with_slide_mpp
     from gigastream.wsi.pyramid import write_pyramid
 
     image = _tissue_image(left=True)

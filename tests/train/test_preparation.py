@@ -42,7 +42,7 @@ def test_no_manifest_is_refused():
 
 def test_one_class_is_refused(tmp_path, manifest):
     from gigastream.models.streaming_mil import StreamingMILConfig
-    from gigastream.train.data import check_labels
+    from gigastream.train.selection import check_labels
 
     with pytest.raises(ValueError, match="num_classes"):
         StreamingMILConfig(num_classes=1).validate()

@@ -12,22 +12,19 @@ from gigastream.viz.heatmap import (
     ATTENTION_LABEL,
     ATTENTION_OPACITY,
     CONTOUR_COLOUR,
-    SCALE_BAR_COLOUR,
     HeatmapStyle,
     attention_heatmap_png,
-    attention_heatmap_tiff,
     attention_times_n,
     check_opacity,
     colorize,
     contour_lines,
     heatmap_figure,
     heatmap_png,
-    heatmap_tiff,
     overlay,
-    scale_bar_length,
-    scale_bar_text,
     slide_title,
 )
+from gigastream.viz.heatmap_tiff import attention_heatmap_tiff, heatmap_tiff
+from gigastream.viz.scale_bar import SCALE_BAR_COLOUR, scale_bar_length, scale_bar_text
 from gigastream.wsi.tissue import TissueMask
 
 

@@ -22,7 +22,7 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from gigastream.train.data import EVAL_SPLITS  # not prediction: it imports Lightning
+    from gigastream.train.selection import EVAL_SPLITS  # not prediction: it imports Lightning
 
     common.add_checkpoint(parser)
     parser.add_argument("--manifest", type=Path, required=True, help="CSV slide_id,path,label")

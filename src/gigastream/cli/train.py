@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("gigastream.train.recorder").setLevel(logging.INFO)
     from gigastream.train.crossval import fit_folds
     from gigastream.train.dry_run import DryRunReport, dry_run
-    from gigastream.train.fitting import fit, warn_costly_plan
+    from gigastream.train.fitting import fit
+    from gigastream.train.plan_check import warn_costly_plan
     from gigastream.train.preparation import prepare
 
     if args.folds == "all" and args.dry_run:

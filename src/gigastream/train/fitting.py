@@ -41,13 +41,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from gigastream.models.streaming_mil import StreamingMIL, StreamingMILConfig
+from gigastream.models.streaming_mil import StreamingMIL
 from gigastream.streaming.memory import peak_rss_mib
-from gigastream.streaming.planner import StreamingPlan
 from gigastream.train.calibration import calibrate_model
 from gigastream.train.config import DataConfig, RunConfig
 from gigastream.train.config_files import dump_yaml, load_config, to_dict
-from gigastream.train.data import check_slide_input, run_patches
+from gigastream.train.data import run_patches
 from gigastream.train.files import (
     RunError,
     RunRecord,
@@ -60,6 +59,7 @@ from gigastream.train.files import (
 from gigastream.train.heatmaps import write_heatmaps
 from gigastream.train.loaders import slide_loader
 from gigastream.train.module import MILClassifier
+from gigastream.train.plan_check import check_compute
 from gigastream.train.prediction import (
     prefixed,
     run_predictions,
@@ -77,13 +77,8 @@ from gigastream.train.recorder import (
     is_interrupt,
 )
 from gigastream.train.trainer import build_trainer, checkpoint_callbacks
-from gigastream.wsi.reader import SlideError, SlideReader
 
 logger = logging.getLogger(__name__)
-
-#: A streaming plan that computes more than this many times a conventional forward+backward
-#: is warned of (:func:`warn_costly_plan`): its tiles are far smaller than they need to be.
-COSTLY_COMPUTE_RATIO = 3.0
 
 
 def _finished_epochs(state: dict[str, Any]) -> int:
@@ -210,57 +205,6 @@ def fit(
                     with contextlib.suppress(OSError):
                         old.unlink()
         return _fit_locked(prepared, config, out, resume, callbacks)
-
-
-def warn_costly_plan(plan: StreamingPlan, model: StreamingMILConfig) -> float:
-    """Warn (one line) when ``plan`` computes more than :data:`COSTLY_COMPUTE_RATIO` times a
-    conventional forward+backward, naming the setting that causes it; its compute ratio.
-
-    Example: ``--tile-size 8`` on a ResNet recomputes each tile's receptive-field overlap
-    hundreds of times (``est. compute 464x conventional``).
-    """
-    ratio = plan.est_flops / max(plan.conventional_flops, 1.0)
-    if ratio <= COSTLY_COMPUTE_RATIO:
-        return ratio
-    if model.tile_size is not None:
-        cause = f"--tile-size {model.tile_size} (model.tile_size)"
-        fix = f"use a larger --tile-size, e.g. {max(512, 4 * model.tile_size)}"
-    else:
-        cause = f"--memory-budget {model.memory_budget} (model.memory_budget)"
-        fix = "raise --memory-budget (or set a --tile-size of 512 or more)"
-    logger.warning(
-        "%s: the streaming plan of input %s computes ~%.0fx a conventional forward+backward "
-        "(tiles far smaller than the trunk's receptive field are recomputed): %s; "
-        "train --dry-run prints the plan",
-        cause,
-        "x".join(str(n) for n in plan.input_shape[2:]),
-        ratio,
-        fix,
-    )
-    return ratio
-
-
-def _check_compute(model: StreamingMIL, prepared: PreparedRun, config: RunConfig) -> None:
-    """:func:`warn_costly_plan` for the first usable training slide (before training); a
-    slide that cannot be planned is left to training, which reports it."""
-    from gigastream import precision as precisions
-    from gigastream.wsi.source import SlideSource
-
-    data = config.data
-    dtype = precisions.compute_dtype(config.train.precision)
-    for row in prepared.train_rows[:3]:
-        try:
-            with SlideReader.open(row.path, mpp=row.mpp, backend=data.backend) as slide:
-                check_slide_input(slide, row.slide_id, data)  # absurd sizes are skipped
-                shape = tuple(SlideSource(slide, mpp=data.mpp).shape)
-            # planned for this host: asking a GPU for its free memory would initialise CUDA
-            # before Lightning starts its processes (a forked DDP worker cannot use it)
-            plan = model.trunk.plan(shape, dtype, lazy_input=True, device="cpu")
-        except (SlideError, ValueError, RuntimeError) as exc:  # StreamingError: a ValueError
-            logger.debug("no compute check on %s: %s", row.slide_id, exc)
-            continue
-        warn_costly_plan(plan, config.model)
-        return
 
 
 def _launched_rank() -> int:
@@ -470,7 +414,7 @@ def _build_parts(
     torch.manual_seed(train.seed)
     model = build_model(config, len(prepared.class_names))
     if isinstance(model, StreamingMIL) and _launched_rank() == 0:  # before any slide is read
-        _check_compute(model, prepared, config)
+        check_compute(model, prepared, config)
     module = MILClassifier(
         model, prepared.class_names, config.optim, data, train.seed, to_dict(config)
     )
@@ -600,10 +544,8 @@ def _report(
 
 
 __all__ = [
-    "COSTLY_COMPUTE_RATIO",
     "RESUMABLE",
     "check_out",
     "check_resumable",
     "fit",
-    "warn_costly_plan",
 ]

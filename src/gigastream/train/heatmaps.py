@@ -119,6 +119,7 @@ def slide_heatmap(
     default :data:`~gigastream.viz.heatmap.ATTENTION_OPACITY`.
     """
     from gigastream.viz import heatmap as hm
+    from gigastream.viz.heatmap_tiff import attention_heatmap_tiff
 
     style = hm.HeatmapStyle.for_attention(
         hm.ATTENTION_OPACITY if opacity is None else hm.check_opacity(opacity)
@@ -139,7 +140,7 @@ def slide_heatmap(
     ]
     if tiff:
         paths.append(
-            hm.attention_heatmap_tiff(
+            attention_heatmap_tiff(
                 slide,
                 result["attention_map"],
                 path.with_suffix(".tif"),

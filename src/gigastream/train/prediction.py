@@ -36,16 +36,7 @@ import numpy as np
 
 from gigastream.train.config import ConfigError, DataConfig, RunConfig
 from gigastream.train.config_files import load_config, merge
-from gigastream.train.data import (
-    EVAL_SPLITS,
-    OTHER_SPLITS,
-    TRAIN_SPLITS,
-    VAL_SPLITS,
-    check_labels,
-    check_split_names,
-    run_patches,
-    with_slide_mpp,
-)
+from gigastream.train.data import run_patches
 from gigastream.train.files import (
     RunError,
     atomic_save,
@@ -65,6 +56,15 @@ from gigastream.train.metrics import (
 )
 from gigastream.train.module import MILClassifier
 from gigastream.train.preparation import build_model
+from gigastream.train.selection import (
+    EVAL_SPLITS,
+    OTHER_SPLITS,
+    TRAIN_SPLITS,
+    VAL_SPLITS,
+    check_labels,
+    check_split_names,
+    with_slide_mpp,
+)
 from gigastream.train.trainer import build_trainer, resolve_device
 from gigastream.wsi.manifest import ManifestRow, read_manifest
 
@@ -337,9 +337,9 @@ def _split_counts(rows: Sequence[ManifestRow]) -> str:
 
 def training_slides(config: RunConfig) -> set[Path]:
     """The slide files (resolved) a checkpoint was trained on: its stored manifest split as
-    its run split it (:func:`~gigastream.train.data.split_rows`); empty when that manifest
+    its run split it (:func:`~gigastream.train.selection.split_rows`); empty when that manifest
     or splits file is no longer readable."""
-    from gigastream.train.data import split_rows
+    from gigastream.train.selection import split_rows
     from gigastream.wsi.manifest import Manifest
 
     if config.manifest is None:
@@ -391,7 +391,7 @@ def evaluate_manifest(
             ``None``: the slides whose split is not train when the manifest has a split
             column, else all.
         slide_mpp: the mpp of slides without one of their own (no file metadata, no
-            ``mpp`` in their row; :func:`~gigastream.train.data.with_slide_mpp`).
+            ``mpp`` in their row; :func:`~gigastream.train.selection.with_slide_mpp`).
 
     Returns:
         The metrics: ``auc``, ``accuracy`` (at p = 0.5 for two classes: the most probable

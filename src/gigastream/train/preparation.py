@@ -26,7 +26,8 @@ from gigastream.models.feature_mil import FeatureMIL
 from gigastream.models.patch_mil import PatchMIL
 from gigastream.models.streaming_mil import StreamingMIL
 from gigastream.train.config import ConfigError, RunConfig
-from gigastream.train.data import check_labels, check_slide_input, describe_skipped, split_rows
+from gigastream.train.data import check_slide_input, describe_skipped
+from gigastream.train.selection import check_labels, split_rows
 from gigastream.train.trainer import resolve_device
 from gigastream.wsi.manifest import Manifest, ManifestRow, read_manifest
 from gigastream.wsi.reader import SlideError, SlideReader

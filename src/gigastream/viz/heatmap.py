@@ -9,7 +9,7 @@ outside tissue) are not coloured.
 Two renderings:
 
 - :func:`heatmap_png`: the thumbnail with the scores blended on top and a colour bar;
-- :func:`heatmap_tiff`: a full-resolution pyramidal TIFF of the slide with the scores
+- :func:`~gigastream.viz.heatmap_tiff.heatmap_tiff`: a full-resolution pyramidal TIFF of the slide with the scores
   blended on top, written strip by strip (:mod:`gigastream.wsi.pyramid`), that slide
   viewers (QuPath, ASAP, OpenSlide-based viewers) open like the slide itself.
 
@@ -18,7 +18,7 @@ Both draw the contours of a ground-truth mask (``contours=``, e.g. the lesion ma
 :meth:`gigastream.wsi.tissue.TissueMask.load`) in :data:`CONTOUR_COLOUR`, and given the
 slide's tissue mask (``tissue=``) leave the slide's own pixels outside tissue untinted. The
 PNG has a micron scale bar under the thumbnail (a round length, 1, 2 or 5 x 10^k um, a
-tenth to a quarter of the thumbnail's width: :func:`scale_bar_length`) and carries its
+tenth to a quarter of the thumbnail's width: :func:`~gigastream.viz.scale_bar.scale_bar_length`) and carries its
 title in the PNG's ``Title`` text chunk; the opacity of the colours is
 :attr:`HeatmapStyle.alpha` (:func:`check_opacity`).
 
@@ -27,7 +27,7 @@ Attention maps are drawn as **attention x N** (:func:`attention_times_n`; N inst
 whose neutral middle is 1 (:meth:`HeatmapStyle.for_attention`): uniform attention is one
 flat, pale colour, instances attended 10x more than average are saturated red, 10x less
 saturated blue, and noise around uniform stays pale instead of being stretched over the
-whole colour range. :func:`attention_heatmap_png` and :func:`attention_heatmap_tiff` do all of it; :func:`slide_title`
+whole colour range. :func:`attention_heatmap_png` and :func:`~gigastream.viz.heatmap_tiff.attention_heatmap_tiff` do all of it; :func:`slide_title`
 gives the title (slide, its label, p(positive)).
 
 Example:
@@ -37,6 +37,7 @@ Example:
     >>> attention = np.full((8, 8), 1 / 64)
     >>> title = slide_title("synth_003", "positive", 0.93)
     >>> attention_heatmap_png(slide, attention, "heatmap.png", title=title)  # doctest: +SKIP
+    >>> from gigastream.viz.heatmap_tiff import attention_heatmap_tiff  # doctest: +SKIP
     >>> attention_heatmap_tiff(slide, attention, "heatmap.tif")  # doctest: +SKIP
 """
 
@@ -44,15 +45,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gigastream.wsi.pyramid import PyramidConfig, write_pyramid
-from gigastream.wsi.reader import Resolution, SlideReader
+from gigastream.viz.scale_bar import _add_scale_bar
+from gigastream.wsi.reader import SlideReader
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -68,8 +68,6 @@ CONTOUR_COLOUR = (0, 230, 0)
 CONTOUR_LABEL = "lesion (ground truth)"
 #: Colour bar label of attention maps drawn by :func:`attention_heatmap_png`.
 ATTENTION_LABEL = "attention × N  (N instances; 1 = uniform; log scale)"
-#: RGB colour of the scale bar (black: visible on the white page under the thumbnail).
-SCALE_BAR_COLOUR = (0, 0, 0)
 #: Opacity of attention colours over the slide (:meth:`HeatmapStyle.for_attention`).
 ATTENTION_OPACITY = 0.55
 
@@ -400,62 +398,6 @@ def picture_um(slide: SlideReader, shape: tuple[int, int]) -> tuple[float, float
     return (height * mpp / shape[0], width * mpp / shape[1])
 
 
-#: The round lengths of a scale bar, times a power of ten.
-_ROUND = (5.0, 2.0, 1.0)
-
-
-def scale_bar_length(width_um: float, largest: float = 0.25) -> float:
-    """The scale bar length of a picture ``width_um`` microns wide: the longest round length
-    (1, 2 or 5 x 10^k um) at most ``largest`` of the width, so (1-2-5 steps being at most
-    2.5x) more than ``largest / 2.5`` of it: 10-25% by default.
-
-    Example:
-        >>> scale_bar_length(400.0), scale_bar_length(3000.0), scale_bar_length(25_000.0)
-        (100.0, 500.0, 5000.0)
-    """
-    if not (math.isfinite(width_um) and width_um > 0):
-        raise ValueError(f"width_um must be a positive number of microns, got {width_um}")
-    target = width_um * largest * (1 + 1e-9)  # a round quarter stays itself
-    power = 10.0 ** math.floor(math.log10(target))
-    return next(r * power for r in _ROUND if r * power <= target)
-
-
-def scale_bar_text(length_um: float) -> str:
-    """A scale bar's label: microns below a millimetre, millimetres from there on.
-
-    Example:
-        >>> scale_bar_text(500.0), scale_bar_text(1000.0), scale_bar_text(0.5)
-        ('500 µm', '1 mm', '0.5 µm')
-    """
-    if length_um >= 1000:
-        return f"{length_um / 1000:g} mm"
-    return f"{length_um:g} µm"
-
-
-def _add_scale_bar(ax: Any, um_per_px: float, width: int) -> None:
-    """A scale bar under the lower right corner of the thumbnail in ``ax`` (``width`` px
-    wide at ``um_per_px``), outside it, so it hides no tissue (a legend goes below it)."""
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
-
-    length_um = scale_bar_length(width * um_per_px)
-    bar = AnchoredSizeBar(
-        ax.transData,
-        length_um / um_per_px,  # in thumbnail pixels
-        scale_bar_text(length_um),
-        loc="upper right",
-        bbox_to_anchor=(1.0, -0.01),
-        bbox_transform=ax.transAxes,
-        pad=0.0,
-        borderpad=0.0,
-        sep=3,
-        frameon=False,
-        size_vertical=min(max(3.0, width / 200), 6.0),  # thumbnail px, about PNG px
-        color=tuple(c / 255 for c in SCALE_BAR_COLOUR),
-    )
-    bar.set_gid("scale_bar")
-    ax.add_artist(bar)
-
-
 def heatmap_figure(
     slide: SlideReader,
     scores: np.ndarray,
@@ -552,7 +494,7 @@ def heatmap_png(
             ``TissueMask.load("lesions/<slide_id>.png")``); its contours are drawn in
             :data:`CONTOUR_COLOUR` with the legend entry :data:`CONTOUR_LABEL`.
         tissue: the slide's tissue mask: pixels off it keep the thumbnail's own colour.
-        scale_bar: draw a micron scale bar (:func:`scale_bar_length`) in
+        scale_bar: draw a micron scale bar (:func:`~gigastream.viz.scale_bar.scale_bar_length`) in
             :data:`SCALE_BAR_COLOUR` under the thumbnail's lower right corner (only for a
             slide with mpp).
 
@@ -620,111 +562,4 @@ def attention_heatmap_png(
         contours=contours,
         tissue=tissue,
         scale_bar=scale_bar,
-    )
-
-
-def heatmap_tiff(
-    slide: SlideReader,
-    scores: np.ndarray,
-    out: str | Path,
-    cell_um: float | None = None,
-    style: HeatmapStyle | None = None,
-    mpp: float | None = None,
-    strip_rows: int = 256,
-    config: PyramidConfig | None = None,
-    contours: TissueMask | None = None,
-    contour_width_px: int | None = None,
-    tissue: TissueMask | None = None,
-) -> Path:
-    """Write a pyramidal TIFF of the slide with the scores blended on, strip by strip.
-
-    Args:
-        slide: the slide.
-        scores: ``(rows, cols)`` score map (NaN: not shown).
-        out: TIFF file to write.
-        cell_um: microns per score cell; default: the grid spans the slide.
-        style: colours.
-        mpp: resolution of the overlay; default: level 0 (full resolution).
-        strip_rows: rows read and blended at a time (memory: ``strip_rows`` x width).
-        config: tiling and compression of the TIFF.
-        contours: a ground-truth mask over the slide whose region borders are burned in,
-            opaque, in :data:`CONTOUR_COLOUR` (see :func:`heatmap_png`).
-        contour_width_px: width of the contour lines in pixels of the TIFF; default:
-            the longer side / 1000, at least 2 (visible when the viewer zooms out).
-        tissue: the slide's tissue mask: pixels off it keep the slide's own colour.
-
-    Returns:
-        ``out``.
-    """
-    painter = _Painter.prepare(slide, scores, cell_um, style or HeatmapStyle())
-    if mpp is None:
-        w0, h0 = slide.dimensions
-        res = Resolution(0, 1.0, (w0, h0), slide.mpp or 1.0)
-    else:
-        res = slide.resolution(mpp)
-    out_mpp = res.mpp
-    width, height = res.dimensions
-    band = None
-    if contours is not None:
-        line = contour_width_px
-        if line is None:
-            line = max(2, round(max(width, height) / 1000))
-        if line < 1:
-            raise ValueError(f"contour_width_px must be positive, got {contour_width_px}")
-        band = _ContourBand.prepare(contours, slide, out_mpp, (height, width), line)
-
-    def strips() -> Iterator[np.ndarray]:
-        for y0 in range(0, height, strip_rows):
-            pixels = slide.read_scaled(res, 0, y0, width, min(strip_rows, height - y0))
-            on = None
-            if tissue is not None:
-                on = mask_under(tissue, slide, (out_mpp, out_mpp), pixels.shape[:2], y0)
-            pixels = painter.paint(pixels, y0, (out_mpp, out_mpp), on)
-            yield band.paint(pixels, y0, CONTOUR_COLOUR) if band is not None else pixels
-
-    write_pyramid(
-        out,
-        strips(),
-        width,
-        height,
-        out_mpp,
-        config,
-        description=f"gigastream heatmap of {slide.name}",
-    )
-    logger.info(
-        "wrote heatmap overlay %s (%dx%d, %d strips)",
-        out,
-        width,
-        height,
-        math.ceil(height / strip_rows),
-    )
-    return Path(out)
-
-
-def attention_heatmap_tiff(
-    slide: SlideReader,
-    attention: np.ndarray,
-    out: str | Path,
-    cell_um: float | None = None,
-    contours: TissueMask | None = None,
-    style: HeatmapStyle | None = None,
-    **options: Any,
-) -> Path:
-    """Write an attention overlay TIFF: attention x N on the fixed log scale, with contours.
-
-    The TIFF counterpart of :func:`attention_heatmap_png`; ``options`` go to
-    :func:`heatmap_tiff` (``mpp``, ``strip_rows``, ``config``, ``contour_width_px``,
-    ``tissue``). Slide viewers draw their own scale bar from the TIFF's mpp.
-
-    Returns:
-        ``out``.
-    """
-    return heatmap_tiff(
-        slide,
-        attention_times_n(_check_scores(attention)),
-        out,
-        cell_um=cell_um,
-        style=style or HeatmapStyle.for_attention(),
-        contours=contours,
-        **options,
     )
