@@ -45,7 +45,8 @@ def test_one_class_is_refused(tmp_path, manifest):
     from gigastream.train.selection import check_labels
 
     with pytest.raises(ValueError, match="num_classes"):
-        StreamingMILConfig(num_classes=1).validate()
+        StreamingMILConfig(num_classes=0).validate()
+    StreamingMILConfig(num_classes=1).validate()  # a regression's one output
     with pytest.raises(ConfigError, match="at least 2 classes"):
         load_config({"class_names": ["positive"]})
     with pytest.raises(ConfigError, match="at least two classes"):

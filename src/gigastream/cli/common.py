@@ -85,6 +85,16 @@ def add_positive_class(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_task(parser: argparse.ArgumentParser) -> None:
+    """``--task classification|regression`` (``task``)."""
+    parser.add_argument(
+        "--task",
+        choices=["classification", "regression"],
+        help="classification: the manifest's labels are classes (default); regression: they "
+        "are numbers (a score, a level, a burden) predicted by one linear output",
+    )
+
+
 def add_sources(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sources",
@@ -104,6 +114,19 @@ def add_workers(parser: argparse.ArgumentParser) -> None:
 def add_features(parser: argparse.ArgumentParser, help: str) -> None:
     """``--features DIR``: a folder of cached patch features ``<slide_id>.h5``."""
     parser.add_argument("--features", type=Path, metavar="DIR", help=help)
+
+
+def add_roi(parser: argparse.ArgumentParser) -> None:
+    """``--roi DIR``: region-of-interest annotation files that restrict the training
+    instances (``data.roi_dir``)."""
+    parser.add_argument(
+        "--roi",
+        type=Path,
+        metavar="DIR",
+        help="train only inside annotated regions: DIR/<slide_id>.xml (ASAP/CAMELYON) or "
+        ".geojson (QuPath), every class but exclusions, minus exclusions, intersected with "
+        "the tissue mask; every slide needs a file (data.roi_dir)",
+    )
 
 
 def add_progress(parser: argparse.ArgumentParser) -> None:
@@ -144,6 +167,7 @@ def add_training(parser: argparse.ArgumentParser) -> None:
     add_recipe(parser)
     parser.add_argument("--mpp", type=float, help="resolution slides are streamed at (um/px)")
     add_slide_mpp(parser)
+    add_task(parser)
     add_positive_class(parser)
     parser.add_argument("--seed", type=int, help="seed of split, initialisation, order, dropout")
     parser.add_argument("--devices", type=int, help="devices (processes) to train on (DDP)")
@@ -298,6 +322,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     patches = _patch_overrides(args, kind)
     streamed = kind == "streaming"
     return {
+        "task": flag("task"),
         "positive_class": flag("positive_class"),
         "model": {
             "kind": flag("model_kind") or (None if features is None else "features"),
@@ -313,6 +338,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "slide_mpp": flag("slide_mpp"),
             "num_workers": args.workers,
             "features_dir": None if features is None else str(features),
+            "roi_dir": None if flag("roi") is None else str(flag("roi")),
         },
         "optim": {"lr": args.lr, "head_lr": args.head_lr},
         "train": {

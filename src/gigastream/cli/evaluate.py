@@ -4,7 +4,10 @@ By default the slides whose ``split`` is not ``train`` are scored (all of them w
 manifest has no split column); ``--split val|test|all`` chooses. The output says which
 slides were scored, the class order and the positive class (the checkpoint's), the AUC,
 the accuracy at p = 0.5 (and at the checkpoint's stored decision threshold, when it has
-one) and the calibration of p(positive): Brier score and ECE.
+one) and the calibration of p(positive): Brier score and ECE. With ``--annotations DIR``
+(ASAP/CAMELYON XML or QuPath GeoJSON ``<slide_id>.xml`` / ``.geojson`` / ``.json``) it also
+measures how much attention lies inside the annotated tumour, per slide and over the slides
+(:mod:`gigastream.train.annotation_eval`; ``annotations`` in metrics.json).
 """
 
 from __future__ import annotations
@@ -42,14 +45,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "feature files DIR/<slide_id>.h5 of the slides, for a checkpoint trained on cached "
         "features (default: those of its training run)",
     )
+    parser.add_argument(
+        "--annotations",
+        type=Path,
+        metavar="DIR",
+        help="annotation files <slide_id>.xml (ASAP/CAMELYON) or .geojson/.json (QuPath): the "
+        "attention mass and instance-level AUC inside their tumour, per slide and overall",
+    )
 
 
 def _number(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def _print_values(metrics: dict, args: argparse.Namespace) -> None:
+    """The summary of a regression checkpoint's evaluation."""
+    from gigastream.train.data import describe_skipped
+
+    print(
+        f"scored {metrics['scored_slides']} slide(s) of {args.manifest}, split "
+        f"{metrics['split']}; regression of the label's value"
+    )
+    print(
+        f"{metrics['slides']} slides: Spearman {_number(metrics['spearman'])}, Pearson "
+        f"{_number(metrics['pearson'])}, MAE {_number(metrics['mae'], 4)}, RMSE "
+        f"{_number(metrics['rmse'], 4)}, R² {_number(metrics['r2'])} -> "
+        f"{args.out / 'metrics.json'}, {args.out / 'predictions.csv'}"
+    )
+    skipped = metrics["skipped_slides"]
+    if skipped:
+        print(f"skipped {len(skipped)} slide(s): {describe_skipped(skipped)} (see metrics.json)")
+
+
+def _check_annotations(folder: Path | None, manifest: Path) -> None:
+    """``--annotations DIR``: every annotation file of the manifest's slides is read before
+    any work (a malformed one refuses); at least one slide must have one."""
+    if folder is None:
+        return
+    from gigastream.wsi.annotation_readers import read_annotation_folder
+    from gigastream.wsi.manifest import read_manifest
+
+    ids = [row.slide_id for row in read_manifest(manifest, check_files=False).rows]
+    if ids and not read_annotation_folder(folder, ids):
+        raise ValueError(
+            f"--annotations {folder}: no annotation file for any of the {len(ids)} slides of "
+            f"{manifest} (looked for e.g. {folder / ids[0]}.xml, .geojson, .json); name the "
+            "files after the manifest's slide_id"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     common.check_slide_mpp(args.slide_mpp)
+    _check_annotations(args.annotations, args.manifest)
     common.quiet_lightning(args)
     from gigastream.train.prediction import evaluate_manifest
 
@@ -63,9 +110,14 @@ def run(args: argparse.Namespace) -> int:
         features_dir=args.features,
         split=args.split,
         slide_mpp=args.slide_mpp,
+        annotations_dir=args.annotations,
     )
     from gigastream.train.data import describe_skipped
 
+    if metrics.get("task") == "regression":
+        _print_values(metrics, args)
+        _print_annotations(metrics)
+        return 0
     classes = metrics["class_names"]
     print(
         f"scored {metrics['scored_slides']} slide(s) of {args.manifest}, split "
@@ -96,4 +148,13 @@ def run(args: argparse.Namespace) -> int:
     skipped = metrics["skipped_slides"]
     if skipped:
         print(f"skipped {len(skipped)} slide(s): {describe_skipped(skipped)} (see metrics.json)")
+    _print_annotations(metrics)
     return 0
+
+
+def _print_annotations(metrics: dict) -> None:
+    """The one summary line of ``--annotations`` (``annotations`` in metrics.json)."""
+    if "annotations" in metrics:
+        from gigastream.train.annotation_eval import describe
+
+        print(describe(metrics["annotations"]))

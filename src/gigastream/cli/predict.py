@@ -7,7 +7,10 @@ import argparse
 from gigastream.cli import common
 
 COMMAND = ("predict",)
-HELP = "predict slide classes with a trained checkpoint: predictions.csv (p_<class> columns)"
+HELP = (
+    "predict slide classes (or values) with a trained checkpoint: predictions.csv (p_<class> "
+    "columns, or prediction)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_slides(parser)
 
 
+def _row(prediction: dict, class_names: list[str]) -> dict[str, str]:
+    """A slide's line of the printed table: ``p_<class>`` columns, or a regression's value."""
+    if "prediction" in prediction:
+        return {"slide_id": prediction["slide_id"], "prediction": f"{prediction['prediction']:.4g}"}
+    probs = zip(class_names, prediction["probs"], strict=True)
+    return {"slide_id": prediction["slide_id"], **{f"p_{c}": f"{v:.4f}" for c, v in probs}}
+
+
 def run(args: argparse.Namespace) -> int:
     common.check_slide_mpp(args.slide_mpp)
     common.quiet_lightning(args)
@@ -40,15 +51,7 @@ def run(args: argparse.Namespace) -> int:
         features_dir=args.features,
         slide_mpp=args.slide_mpp,
     )
-    rows = [
-        {
-            "slide_id": p["slide_id"],
-            **{
-                f"p_{c}": f"{v:.4f}" for c, v in zip(result["class_names"], p["probs"], strict=True)
-            },
-        }
-        for p in result["predictions"]
-    ]
+    rows = [_row(p, result["class_names"]) for p in result["predictions"]]
     if rows:
         common.print_table(rows, list(rows[0]))
     for slide_id, reason in result["skipped_slides"].items():

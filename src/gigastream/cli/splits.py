@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_out(parser, "splits CSV to write")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    common.add_task(parser)
     parser.add_argument(
         "--no-check-files", action="store_true", help="do not require the slide files"
     )
@@ -26,8 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.manifest, check_files=not args.no_check_files)
-    write_splits(manifest, args.out, folds=args.folds, seed=args.seed)
-    print(
-        f"{len(manifest)} slides, labels {manifest.label_to_index}; {args.folds} folds -> {args.out}"
-    )
+    if args.task == "regression":  # folds with similar spreads of the values
+        from gigastream.train.selection import check_targets, target_strata
+
+        check_targets(manifest.rows, args.manifest)
+        strata = [r.label for r in target_strata(manifest.rows)]
+        write_splits(manifest, args.out, folds=args.folds, seed=args.seed, strata=strata)
+        what = f"values stratified in {len(set(strata))} quantile strata"
+    else:
+        write_splits(manifest, args.out, folds=args.folds, seed=args.seed)
+        what = f"labels {manifest.label_to_index}"
+    print(f"{len(manifest)} slides, {what}; {args.folds} folds -> {args.out}")
     return 0

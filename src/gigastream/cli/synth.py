@@ -8,6 +8,7 @@ import time
 
 from gigastream.cli import common
 from gigastream.wsi.synth import SynthConfig, synthesize_dataset
+from gigastream.wsi.synth_targets import TARGETS
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--feather", type=int, default=defaults.feather, help="cross-fade between blocks (px)"
     )
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default=defaults.target,
+        help="the manifest's label: class (positive/negative), subtype (negative or the "
+        "lesion subtype: multi-class), lesion_count or lesion_area (%% of the tissue: "
+        f"regression targets; default {defaults.target})",
+    )
+    parser.add_argument(
+        "--subtypes",
+        type=int,
+        default=defaults.subtypes,
+        help=f"lesion subtypes of --target subtype (default {defaults.subtypes})",
+    )
     parser.add_argument("--tile-size", type=int, default=defaults.tile_size, help="TIFF tile edge")
     parser.add_argument("--quality", type=int, default=defaults.quality, help="JPEG quality")
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -60,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         feather=args.feather,
         tile_size=args.tile_size,
         quality=args.quality,
+        target=args.target,
+        subtypes=args.subtypes,
         seed=args.seed,
     )
     config.validate()

@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and chunks); train nothing",
     )
     common.add_training(parser)
+    common.add_roi(parser)
     common.add_patches(parser)
     common.add_features(
         parser,
@@ -79,14 +80,20 @@ def run(args: argparse.Namespace) -> int:
     if not args.dry_run:  # a dry run plans without the trunk's weights
         common.check_weights_file(config.model.weights)
     if args.folds == "all":
+        _check_roi(config)
         summary = fit_folds(config, args.out, resume=args.resume, overwrite=args.overwrite)
         _print_folds(summary, args.out)
         return 0
     # a dry run plans without the device and without loading trunk weights
     prepared = prepare(config, check_plan=not args.dry_run, check_device=not args.dry_run)
+    _check_roi(config, [*prepared.train_rows, *prepared.val_rows])
+    if prepared.config.task == "regression":
+        mean, std = prepared.config.target.scale()
+        what = f"regression of the label's value (training slides: mean {mean:.4g}, sd {std:.4g})"
+    else:
+        what = f"classes {prepared.class_names}, positive class {prepared.class_names[-1]!r}"
     print(
-        f"{len(prepared.train_rows)} training and {len(prepared.val_rows)} validation slides, "
-        f"classes {prepared.class_names}, positive class {prepared.class_names[-1]!r}"
+        f"{len(prepared.train_rows)} training and {len(prepared.val_rows)} validation slides, {what}"
     )
     if args.dry_run:
         report = dry_run(prepared)
@@ -100,9 +107,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_folds(summary: dict, out: Path) -> None:
-    from gigastream.train.recorder import auc_words
+def _check_roi(config, rows=None) -> None:
+    """``data.roi_dir`` (``--roi``): every slide trained or validated on (``rows``; all the
+    manifest's with ``--folds all``) has a readable ROI file, before any work; refused for a
+    head on cached features (its patches were chosen when the features were extracted)."""
+    if config.data.roi_dir is None:
+        return
+    if config.model.kind == "features":
+        raise ValueError(
+            "--roi restricts the slides' instances, but a head on cached features reads no "
+            "slide (its patches were chosen by gigastream features): drop --roi"
+        )
+    from gigastream.train.roi import check_roi_files
 
+    if rows is None:
+        from gigastream.wsi.manifest import read_manifest
+
+        rows = read_manifest(config.manifest, check_files=False).rows
+    check_roi_files(config.data.roi_dir, [row.slide_id for row in rows])
+
+
+def _print_folds(summary: dict, out: Path) -> None:
+    from gigastream.train.recorder import auc_words, scores_words
+
+    if summary.get("task") == "regression":
+        for row in summary["folds"]:
+            print(f"fold {row['fold']}: validation {scores_words(row)}")
+        mean, sd = summary["val_spearman_mean"], summary["val_spearman_sd"]
+        both = all(v is not None and math.isfinite(v) for v in (mean, sd))
+        print(
+            f"cross-validation Spearman {f'{mean:.3f} ± {sd:.3f}' if both else 'n/a'}"
+            f" over {len(summary['folds'])} folds -> {out / 'cv_metrics.json'}"
+        )
+        return
     for row in summary["folds"]:
         print(f"fold {row['fold']}: validation AUC {auc_words(row['val_auc'])}")
     mean, sd = summary["val_auc_mean"], summary["val_auc_sd"]
@@ -114,13 +151,12 @@ def _print_folds(summary: dict, out: Path) -> None:
 
 
 def _print_run(metrics: dict, out: Path) -> None:
-    from gigastream.train.recorder import auc_words
+    from gigastream.train.recorder import scores_words
 
     final = metrics["final"]
     print(
-        f"done in {metrics['seconds']:.0f} s: validation AUC {auc_words(final['val_auc'])}, "
-        f"accuracy {final['val_accuracy']:.3f} ({final['slides']} slides); best checkpoint "
-        f"{out / metrics['best_checkpoint']}"
+        f"done in {metrics['seconds']:.0f} s: validation {scores_words(final)} "
+        f"({final['slides']} slides); best checkpoint {out / metrics['best_checkpoint']}"
     )
     if metrics["skipped_slides"]:
         print(f"skipped {len(metrics['skipped_slides'])} slide(s): see metrics.json")

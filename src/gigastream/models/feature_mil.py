@@ -96,7 +96,7 @@ class FeatureMIL(nn.Module):
     Args:
         feature_dim: ``D`` of the features.
         head: a registered MIL head (:func:`~gigastream.mil.heads.list_mil_heads`).
-        num_classes: slide classes (>= 2).
+        num_classes: slide classes (>= 2), or 1 (a regression's one output).
         head_options: the head's options.
 
     Raises:

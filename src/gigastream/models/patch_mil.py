@@ -163,7 +163,7 @@ class PatchMIL(BagClassifier):
     Args:
         config: the patch settings (encoder, patch size, strategy).
         head: a registered MIL head (:func:`~gigastream.mil.heads.list_mil_heads`).
-        num_classes: slide classes (>= 2).
+        num_classes: slide classes (>= 2), or 1 (a regression's one output).
         head_options: the head's options.
         generator: random source of ``sample`` (``None``: torch's, reseeded by the engine).
 

@@ -62,7 +62,7 @@ class StreamingMILConfig:
             (torchvision's weights API; fails at once offline) or a local ``state_dict``
             file.
         num_classes: number of slide classes (>= 2: a softmax over the classes; a binary
-            task has two).
+            task has two), or 1: the one linear output of a regression.
         head: registered MIL head name (:func:`gigastream.mil.heads.list_mil_heads`):
             ``topk`` (top-k instance pooling with an instance loss), ``clam_sb``, ...
         head_options: options of the head, e.g. ``k`` and ``instance_weight`` of ``topk``,
@@ -106,10 +106,10 @@ class StreamingMILConfig:
             raise ValueError(f"kind must be streaming, patches or features, got {self.kind!r}")
         if self.arch not in list_trunks():
             raise ValueError(f"arch must be one of {', '.join(list_trunks())}, got {self.arch!r}")
-        if self.num_classes < 2:
+        if self.num_classes < 1:
             raise ValueError(
-                f"num_classes must be >= 2, got {self.num_classes}: the heads use a softmax over "
-                "the classes, so a binary task has two classes (e.g. negative, positive)"
+                f"num_classes must be >= 2 (classes; a binary task has two) or 1 (a "
+                f"regression's one output), got {self.num_classes}"
             )
         if self.tile_size is not None and self.tile_size < 1:
             raise ValueError(f"tile_size must be a positive number of pixels, got {self.tile_size}")

@@ -34,6 +34,7 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gigastream import precision as precisions
@@ -44,6 +45,9 @@ from gigastream.models.streaming_mil import StreamingMILConfig
 from gigastream.wsi.tissue import TissueMaskConfig
 
 NORMALIZATIONS = ("imagenet", "none")
+#: ``task``: slide classes (a softmax over them) or a slide value (one linear output).
+TASKS = ("classification", "regression")
+REGRESSION_LOSSES = ("mse", "huber")
 
 
 class ConfigError(ValueError):
@@ -144,6 +148,12 @@ class DataConfig:
         max_upsample: the most a slide scanned coarser than ``mpp`` may be upsampled
             (slide mpp / ``mpp``; 1.0: never, beyond the 1% mpp tolerance); a slide that
             needs more is skipped and listed, one that needs less is upsampled with a warning.
+        roi_dir: folder of region-of-interest annotation files ``<slide_id>.xml`` (ASAP/
+            CAMELYON) or ``.geojson`` / ``.json`` (QuPath) that restrict the training
+            instances (``--roi DIR``): each slide's tissue mask is intersected with its
+            regions minus exclusions (:mod:`gigastream.train.roi`); every slide needs a file.
+            Prediction from a checkpoint (``evaluate``, ``predict``, ``heatmap``) reads the
+            whole tissue (``None``: no ROI).
     """
 
     mpp: float = 1.0
@@ -160,6 +170,7 @@ class DataConfig:
     max_input_pixels: int | None = None  # None: what this machine's memory holds as RGB
     slide_mpp: float | None = None  # um/px of slides without mpp metadata (--slide-mpp)
     max_upsample: float = 1.0  # slide mpp / data.mpp allowed; 1.0: a coarser slide is skipped
+    roi_dir: str | None = None  # ROI annotation files <slide_id>.xml/.geojson (--roi)
 
     def validate(self) -> None:
         """Raise ConfigError on impossible settings."""
@@ -192,6 +203,12 @@ class DataConfig:
             )
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.roi_dir is not None and not Path(self.roi_dir).is_dir():
+            what = "is a file" if Path(self.roi_dir).exists() else "not found"
+            raise ConfigError(
+                f"data.roi_dir (--roi) {self.roi_dir}: {what}; give the folder of ROI "
+                "annotation files <slide_id>.xml or <slide_id>.geojson (or drop it)"
+            )
         check_finite(self, "data")  # what no check above named
 
 
@@ -315,6 +332,48 @@ class TrainConfig:
 
 
 @dataclass
+class TargetConfig:
+    """The slide value of a ``task: regression`` run (the manifest's ``label`` is a number).
+
+    Attributes:
+        loss: ``mse`` (squared error) or ``huber`` (squared within ``huber_delta``, linear
+            beyond: less pulled by outlying slides), of the standardised target.
+        huber_delta: where the Huber loss turns linear (in standard deviations of the
+            target when ``standardize``).
+        standardize: train on ``(value - mean) / std`` of the training slides' values (the
+            model's output is mapped back: predictions are in the label's own units).
+        mean: the training slides' mean value (filled in by the run; stored in
+            ``config.yaml`` and every checkpoint).
+        std: their standard deviation (filled in likewise; 1 for a constant target).
+    """
+
+    loss: str = "mse"
+    huber_delta: float = 1.0
+    standardize: bool = True
+    mean: float | None = None
+    std: float | None = None
+
+    def validate(self) -> None:
+        """ConfigError naming the first bad value."""
+        if self.loss not in REGRESSION_LOSSES:
+            raise ConfigError(
+                f"target.loss must be one of {', '.join(REGRESSION_LOSSES)}, got {self.loss!r}"
+            )
+        if not self.huber_delta > 0:
+            raise ConfigError(f"target.huber_delta must be > 0, got {self.huber_delta}")
+        if self.std is not None and not self.std > 0:
+            raise ConfigError(f"target.std must be > 0, got {self.std}")
+        check_finite(self, "target")
+
+    def scale(self) -> tuple[float, float]:
+        """``(mean, std)`` the model's output is mapped back with (``(0, 1)``: not
+        standardised or not resolved yet)."""
+        if not self.standardize or self.mean is None or self.std is None:
+            return 0.0, 1.0
+        return float(self.mean), float(self.std)
+
+
+@dataclass
 class RunConfig:
     """A whole training run.
 
@@ -323,7 +382,11 @@ class RunConfig:
         splits: folds CSV written by ``gigastream splits`` (``None``: the manifest's
             ``split`` column, or a stratified hold-out of ``train.val_fraction``).
         fold: the validation fold of ``splits``.
-        class_names: class names in index order (``None``: the manifest's sorted labels).
+        task: ``classification`` (the manifest's labels are classes) or ``regression``
+            (they are numbers: a score, an expression level, a lesion burden; one linear
+            output on the pooled slide embedding, ``target`` says how it is trained).
+        class_names: class names in index order (``None``: the manifest's sorted labels;
+            a regression run has the one output ``["value"]``).
         positive_class: the class whose probability a binary AUC, the calibration metrics
             and the decision threshold are of (``--positive-class``): put last in the class
             order (``None``: the last of ``class_names``, alphabetically the last label).
@@ -338,6 +401,7 @@ class RunConfig:
         features: the cached features of a ``model.kind: features`` run
             (:class:`~gigastream.models.feature_mil.FeatureConfig`; the files are
             ``data.features_dir``).
+        target: the slide value of a regression run (loss, standardisation).
         data: how slides are read.
         optim: the optimiser.
         train: the loop.
@@ -346,19 +410,27 @@ class RunConfig:
     manifest: str | None = None
     splits: str | None = None
     fold: int | None = None
+    task: str = "classification"
     class_names: list[str] | None = None
     positive_class: str | None = None  # put last in the class order (binary AUC: last class)
     model: StreamingMILConfig = field(default_factory=StreamingMILConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
         """Check every section; raise ConfigError naming the first bad value."""
-        for section in (self.data, self.optim, self.train):
+        for section in (self.data, self.optim, self.train, self.target):
             section.validate()
+        if self.task not in TASKS:
+            close = difflib.get_close_matches(str(self.task), TASKS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"task must be one of {', '.join(TASKS)}, got {self.task!r}{hint} (--task)"
+            )
         try:
             self.model.validate()
         except (ValueError, FileNotFoundError) as exc:
@@ -381,10 +453,31 @@ class RunConfig:
             )
         if self.fold is not None and self.fold < 0:
             raise ConfigError(f"fold must be >= 0, got {self.fold}")
-        if self.class_names is not None and len(self.class_names) < 2:
+        if self.task == "regression":
+            self._validate_regression()
+        elif self.model.num_classes == 1:
+            raise ConfigError(
+                "model.num_classes 1 is the one output of a regression: set task: regression "
+                "(--task regression), or give a classifier at least 2 classes"
+            )
+        elif self.class_names is not None and len(self.class_names) < 2:
             raise ConfigError(
                 f"class_names needs at least 2 classes, got {self.class_names}: a binary task "
                 "has two classes (e.g. [negative, positive]) with a softmax over them"
+            )
+
+    def _validate_regression(self) -> None:
+        """What a regression run cannot have: classes other than its one output, a
+        positive class, class-interleaved slide order."""
+        if self.class_names is not None and list(self.class_names) != ["value"]:
+            raise ConfigError(
+                f"task regression predicts one value; class_names {self.class_names} are for "
+                "task classification: drop class_names (or set task: classification)"
+            )
+        if self.positive_class is not None:
+            raise ConfigError(
+                "positive_class (--positive-class) is for classification; a regression run "
+                "has none: drop it"
             )
 
     def _validate_head(self) -> None:
@@ -397,7 +490,12 @@ class RunConfig:
         model = self.model
         if model.head not in list_mil_heads():
             return  # named by the model's own check
-        counts = [len(self.class_names)] if self.class_names else [model.num_classes, 16]
+        if self.task == "regression":
+            counts = [1]
+        elif self.class_names:
+            counts = [len(self.class_names)]
+        else:
+            counts = [model.num_classes, 16]
         first = None
         for count in counts:
             try:
@@ -433,7 +531,10 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "OptimConfig",
+    "REGRESSION_LOSSES",
+    "TASKS",
     "RunConfig",
+    "TargetConfig",
     "TrainConfig",
     "check_finite",
     "check_strategy",

@@ -19,6 +19,7 @@ from gigastream.train.files import check_writable_folder, write_json
 from gigastream.train.fitting import fit
 from gigastream.train.metrics import mean_sd
 from gigastream.train.preparation import prepare
+from gigastream.train.regression import REGRESSION_METRICS
 from gigastream.wsi.manifest import read_splits
 
 
@@ -35,7 +36,9 @@ def fit_folds(config: RunConfig, out: str | Path, **kwargs: Any) -> dict[str, An
 
     Returns:
         ``folds`` (``fold``, ``val_auc``, ``best_epoch_auc`` each), ``val_auc_mean`` and
-        ``val_auc_sd``.
+        ``val_auc_sd``; a regression run (``task: regression``): ``val_<m>`` per fold and
+        ``val_<m>_mean`` / ``val_<m>_sd`` of every regression metric (Spearman, Pearson,
+        MAE, RMSE, R²), and ``best_epoch_spearman``.
 
     Raises:
         ConfigError: no splits file, or a fold that does not validate.
@@ -46,13 +49,22 @@ def fit_folds(config: RunConfig, out: str | Path, **kwargs: Any) -> dict[str, An
     for fold in folds:  # validate every fold before training any
         prepare(replace(config, fold=fold), check_plan=fold == folds[0])
     out = check_writable_folder(out)
+    regression = config.task == "regression"
+    names = REGRESSION_METRICS if regression else ("auc",)
+    primary = names[0]
     rows = []
     for fold in folds:
         metrics = fit(replace(config, fold=fold), out / f"fold_{fold}", **kwargs)
-        best = max((e["val_auc"] or -1.0 for e in metrics["epochs"]), default=math.nan)
-        rows.append({"fold": fold, "val_auc": metrics["final"]["val_auc"], "best_epoch_auc": best})
-    mean, sd = mean_sd([r["val_auc"] for r in rows])
-    summary = {"folds": rows, "val_auc_mean": mean, "val_auc_sd": sd}
+        epochs = metrics["epochs"]
+        best = max((e[f"val_{primary}"] or -1.0 for e in epochs), default=math.nan)
+        row = {"fold": fold, **{f"val_{n}": metrics["final"][f"val_{n}"] for n in names}}
+        rows.append({**row, f"best_epoch_{primary}": best})
+    summary: dict[str, Any] = {"folds": rows}
+    if regression:
+        summary["task"] = "regression"
+    for name in names:
+        mean, sd = mean_sd([r[f"val_{name}"] for r in rows])
+        summary.update({f"val_{name}_mean": mean, f"val_{name}_sd": sd})
     write_json(out / "cv_metrics.json", summary)
     return summary
 

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from gigastream.models.patch_mil import PatchConfig
 from gigastream.train.config import DataConfig, RunConfig
 from gigastream.train.files import atomic_write_text, file_identity
+from gigastream.train.selection import LabelIndex
 from gigastream.wsi.manifest import ManifestRow
 from gigastream.wsi.reader import SlideError, SlideReader
 from gigastream.wsi.source import (
@@ -83,7 +84,8 @@ class SlideExample:
 
     Attributes:
         slide_id: the slide's id.
-        label: class index, or ``None`` when unknown (prediction).
+        label: class index (a regression run: the slide's value), or ``None`` when unknown
+            (prediction).
         path: the slide file.
         slide_mpp: mpp overriding the file's metadata (from the manifest), or ``None``.
         tissue_mask: the slide's tissue mask, or ``None`` (masking off).
@@ -93,7 +95,7 @@ class SlideExample:
     """
 
     slide_id: str
-    label: int | None
+    label: int | float | None
     path: str
     slide_mpp: float | None = None
     tissue_mask: TissueMask | None = None
@@ -209,10 +211,12 @@ def check_slide_input(slide: SlideReader, slide_id: str, data: DataConfig) -> tu
     return size
 
 
-def mask_key(slide: SlideReader, data: DataConfig) -> str | None:
+def mask_key(slide: SlideReader, data: DataConfig, slide_id: str | None = None) -> str | None:
     """What a slide's computed tissue mask depends on, as JSON: the slide file's identity
     (:func:`~gigastream.train.files.file_identity`: resolved path, size, mtime), its mpp
-    (the manifest's or the file's), the backend and every tissue setting; ``None`` for a
+    (the manifest's or the file's), the backend and every tissue setting, and with
+    ``data.roi_dir`` the identity of the slide's ROI file ``slide_id`` (its path and the
+    SHA-256 of its content, :func:`~gigastream.train.roi.roi_identity`); ``None`` for a
     slide without a file."""
     if slide.path is None:
         return None
@@ -227,6 +231,10 @@ def mask_key(slide: SlideReader, data: DataConfig) -> str | None:
         "backend": slide.backend,
         "tissue": asdict(data.tissue),
     }
+    if getattr(data, "roi_dir", None) is not None:  # the mask is cut to the ROI
+        from gigastream.train.roi import roi_identity
+
+        key["roi"] = None if slide_id is None else roi_identity(data.roi_dir, slide_id)
     return json.dumps(key, sort_keys=True)
 
 
@@ -280,21 +288,33 @@ def slide_tissue_mask(
     ``save``, cached at that path with its :func:`mask_key` (the key in a sidecar
     ``<slide_id>.png.json``, its digest in the PNG; both written atomically): a cached
     mask is used only for the same slide file, mpp and tissue settings; a stale, truncated
-    or corrupt one is computed again and replaced.
+    or corrupt one is computed again and replaced. With ``data.roi_dir`` the mask (given or
+    computed) is intersected with the slide's ROI (:func:`~gigastream.train.roi.restrict_to_roi`)
+    and cached so, keyed by the ROI file's content too.
 
     Raises:
-        SlideError: the slide cannot be read, or a given mask cannot be read.
+        SlideError: the slide cannot be read, or a given mask cannot be read; with
+            ``data.roi_dir``, no or a malformed ROI file, or no tissue inside the ROI.
     """
     mask_dir = data.mask_dir
+    roi_dir = getattr(data, "roi_dir", None)
     path = Path(mask_dir) / f"{slide_id}.png" if mask_dir is not None else None
-    key = mask_key(slide, data) if path is not None else None
+    key = mask_key(slide, data, slide_id) if path is not None else None
     if path is not None and path.is_file():
         mask = _stored_mask(path, slide, key)
         if mask is not None:
+            if roi_dir is not None and (stored_text(path) or {}).get(CACHE_KEY) is None:
+                from gigastream.train.roi import restrict_to_roi  # a given mask, not yet cut
+
+                mask = restrict_to_roi(mask, slide, slide_id, roi_dir)
             return mask
     width, height = slide.dimensions
     mpp = slide.require_mpp()
     mask = compute_tissue_mask(slide, data.tissue.scaled_to(width * mpp, height * mpp))
+    if roi_dir is not None:
+        from gigastream.train.roi import restrict_to_roi
+
+        mask = restrict_to_roi(mask, slide, slide_id, roi_dir)
     if path is not None and save and key is not None:
         # the sidecar first: a crash between the two writes leaves a PNG whose own digest
         # says what it was computed from
@@ -309,13 +329,14 @@ class SlideExamples(Dataset):
     Args:
         rows: the slides.
         class_names: class names in index order (labels map to their index; a row whose
-            label is not a class gets ``label=None``).
+            label is not a class gets ``label=None``); a regression run's
+            ``["value"]``: labels are numbers (:class:`~gigastream.train.selection.LabelIndex`).
         data: how slides are read.
     """
 
     def __init__(self, rows: Sequence[ManifestRow], class_names: Sequence[str], data: DataConfig):
         self.rows = list(rows)
-        self.index = {name: i for i, name in enumerate(class_names)}
+        self.index = LabelIndex(class_names)
         self._cache: dict[int, SlideExample] = {}  # slides read whole, per process
         self._cached_bytes = 0
         self.data = data

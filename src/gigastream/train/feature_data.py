@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from gigastream.models.feature_mil import FeatureBag
 from gigastream.train.config import ConfigError, DataConfig, RunConfig
+from gigastream.train.selection import LabelIndex
 from gigastream.wsi.feature_files import (
     FeatureFileError,
     read_attrs,
@@ -159,7 +160,7 @@ class FeatureExamples(Dataset):
         if data.features_dir is None:
             raise ConfigError("FeatureExamples needs data.features_dir (--features DIR)")
         self.rows = list(rows)
-        self.index = {name: i for i, name in enumerate(class_names)}
+        self.index = LabelIndex(class_names)
         self.data = data
         self.feature_dim = feature_dim
         self._cache: dict[int, FeatureExample] = {}

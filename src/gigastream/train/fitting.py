@@ -416,7 +416,7 @@ def _build_parts(
     if isinstance(model, StreamingMIL) and _launched_rank() == 0:  # before any slide is read
         check_compute(model, prepared, config)
     module = MILClassifier(
-        model, prepared.class_names, config.optim, data, train.seed, to_dict(config)
+        model, prepared.class_names, config.optim, data, train.seed, to_dict(config), config.target
     )
     checkpoints = out / "checkpoints"
     best, last = checkpoint_callbacks(checkpoints)
@@ -435,8 +435,9 @@ def _build_parts(
         grad_clip=config.optim.grad_clip,
     )
     patches = run_patches(config)
+    balanced = train.balanced and config.task != "regression"  # classes to interleave
     train_loader = slide_loader(
-        prepared.train_rows, prepared.class_names, data, train.seed, True, train.balanced, patches
+        prepared.train_rows, prepared.class_names, data, train.seed, True, balanced, patches
     )
     val_loader = slide_loader(prepared.val_rows, prepared.class_names, data, patches=patches)
     if resume:  # Lightning iterates the loader once before it sets the resumed epoch

@@ -1,6 +1,7 @@
-"""Slide-level classification metrics: ROC AUC and accuracy, the calibration of the
-positive class's probability (Brier score; expected calibration error, Guo et al., ICML
-2017, over equal-width bins) and a decision threshold by Youden's J (Youden, Cancer 1950).
+"""Slide-level metrics. Classification: ROC AUC and accuracy, a confusion matrix, the
+calibration of the positive class's probability (Brier score; expected calibration error,
+Guo et al., ICML 2017, over equal-width bins) and a decision threshold by Youden's J
+(Youden, Cancer 1950). Regression: Spearman and Pearson correlation, MAE, RMSE and R².
 
 The *positive class* is the last class of the class order (``RunConfig.positive_class``
 puts the chosen one there): a binary AUC, the calibration metrics and the threshold are of
@@ -43,6 +44,52 @@ def classification_metrics(labels: Sequence[int], probs: np.ndarray) -> dict[str
         elif len(present) == probs.shape[1]:
             auc = float(roc_auc_score(labels, probs, multi_class="ovr"))
     return {"auc": auc, "accuracy": accuracy}
+
+
+def confusion_matrix(labels: Sequence[int], probs: np.ndarray) -> list[list[int]]:
+    """The confusion matrix of argmax predictions: ``matrix[true][predicted]`` slide counts.
+
+    Example:
+        >>> confusion_matrix([0, 1, 2, 2], np.eye(3)[[0, 2, 2, 1]])
+        [[1, 0, 0], [0, 0, 1], [0, 1, 1]]
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    classes = probs.shape[1] if probs.ndim == 2 else 0
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    for true, predicted in zip(labels, probs.argmax(axis=1) if len(probs) else [], strict=True):
+        matrix[int(true), int(predicted)] += 1
+    return matrix.tolist()
+
+
+def regression_metrics(targets: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
+    """How well predicted slide values follow the true ones.
+
+    Returns:
+        ``spearman`` and ``pearson`` correlation (NaN with fewer than two slides or a
+        constant side), ``mae``, ``rmse`` and ``r2`` (1 - residual / total sum of squares;
+        NaN when the targets are constant); all NaN without slides.
+
+    Example:
+        >>> m = regression_metrics([1.0, 2.0, 3.0, 4.0], [1.5, 1.8, 3.9, 4.1])
+        >>> m["spearman"], round(m["mae"], 3)
+        (1.0, 0.375)
+    """
+    from scipy.stats import pearsonr, spearmanr
+
+    y = np.asarray(targets, dtype=np.float64)
+    p = np.asarray(predictions, dtype=np.float64)
+    nan = {"spearman": math.nan, "pearson": math.nan, "mae": math.nan, "rmse": math.nan}
+    if not len(y):
+        return {**nan, "r2": math.nan}
+    result = dict(nan)
+    if len(y) > 1 and np.ptp(y) > 0 and np.ptp(p) > 0:
+        result["spearman"] = float(spearmanr(y, p).statistic)
+        result["pearson"] = float(pearsonr(y, p).statistic)
+    result["mae"] = float(np.mean(np.abs(p - y)))
+    result["rmse"] = float(np.sqrt(np.mean((p - y) ** 2)))
+    total = float(np.sum((y - y.mean()) ** 2))
+    result["r2"] = 1.0 - float(np.sum((p - y) ** 2)) / total if total > 0 else math.nan
+    return result
 
 
 def _positive(labels: Sequence[int], probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,15 @@
-"""The one training engine: a LightningModule for MIL classifiers of slides and bags.
+"""The one training engine: a LightningModule for MIL models of slides and bags.
 
 :class:`MILClassifier` trains any model that keeps the :class:`MILModel` contract (one
 input - a whole slide, streamed, or a bag of instances - gives class logits and attention
 over instances; the model defines its own loss) with PyTorch Lightning: the ``Trainer``
 owns the loop, checkpoints, loggers, precision, devices and gradient accumulation over
-slides (``accumulate_grad_batches``). One step is one slide or bag. StreamingMIL on
+slides (``accumulate_grad_batches``). One step is one slide or bag. A classifier has a
+softmax over its classes; a regression run (class names ``["value"]``) has one linear
+output, trained with the MSE or Huber loss of its standardised target
+(:class:`~gigastream.train.config.TargetConfig`) and reported in the target's own units
+(Spearman, Pearson, MAE, RMSE, R²; the best checkpoint has the highest validation
+Spearman). StreamingMIL on
 whole slides (``gigastream train``, ``gigastream demo``), PatchMIL on the slides' bags of
 tissue patches (``gigastream train --model-kind patches``) and the MNIST-bags experiment
 run through it.
@@ -36,11 +41,13 @@ from typing import Any, Protocol, runtime_checkable
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gigastream.train.config import DataConfig, OptimConfig
+from gigastream.train.config import DataConfig, OptimConfig, TargetConfig
 from gigastream.train.files import RunError, jsonable
-from gigastream.train.metrics import classification_metrics
+from gigastream.train.metrics import classification_metrics, regression_metrics
+from gigastream.train.selection import is_regression
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +110,8 @@ class MILClassifier(L.LightningModule):
         data: how slides are read (used to open lazy slide inputs); ``None`` for bags.
         seed: the run's seed (per-epoch reseeding).
         run_config: the resolved run configuration stored in every checkpoint.
+        target: how a regression run's value is trained and mapped back (``class_names``
+            ``["value"]``; default :class:`~gigastream.train.config.TargetConfig`).
 
     Attributes:
         skipped: slide id -> reason, for slides that could not be used.
@@ -118,10 +127,13 @@ class MILClassifier(L.LightningModule):
         data: DataConfig | None = None,
         seed: int = 0,
         run_config: dict[str, Any] | None = None,
+        target: TargetConfig | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.class_names = list(class_names)
+        self.regression = is_regression(self.class_names)
+        self.target = target or TargetConfig()
         self.optim = optim or OptimConfig()
         self.data = data or DataConfig()
         self.seed = seed
@@ -187,8 +199,12 @@ class MILClassifier(L.LightningModule):
             opened.x = opened.x.augmented()  # seeded by the per-epoch RNG: resumable
         try:
             label = example.label
-            out = self.model(opened.x, label=label)
-            loss = None if label is None else self.model.loss(out, label)
+            if self.regression:  # no class for a head's instance loss: the value's loss only
+                out = self.model(opened.x, label=None)
+                loss = None if label is None else self._regression_loss(out.logits, label)
+            else:
+                out = self.model(opened.x, label=label)
+                loss = None if label is None else self.model.loss(out, label)
         except SlideError as exc:  # a read error mid-stream
             opened.close()
             example.error = str(exc)
@@ -201,6 +217,20 @@ class MILClassifier(L.LightningModule):
         else:
             opened.close()
         return out, loss
+
+    def _regression_loss(self, output: Tensor, value: float) -> Tensor:
+        """The loss of a regression output against the slide's value, both standardised."""
+        mean, std = self.target.scale()
+        prediction = output.reshape(-1)[:1]
+        target = torch.full_like(prediction, (float(value) - mean) / std)
+        if self.target.loss == "huber":
+            return F.huber_loss(prediction, target, delta=self.target.huber_delta)
+        return F.mse_loss(prediction, target)
+
+    def predicted_value(self, output: Tensor) -> float:
+        """A regression output in the target's own units."""
+        mean, std = self.target.scale()
+        return float(output.detach().double().reshape(-1)[0]) * std + mean
 
     def _close_input(self) -> None:
         opened, self._open_input = self._open_input, None
@@ -256,13 +286,16 @@ class MILClassifier(L.LightningModule):
         self._none_usable("training", sum(n for n, _ in parts), skipped)
 
     def _record(self, example: Any, out: Any, loss: Tensor | None) -> dict[str, Any]:
-        probs = torch.softmax(out.logits.detach().double(), dim=-1).cpu().numpy()
         record = {
             "slide_id": example.slide_id,
             "label": example.label,
-            "probs": probs,
             "loss": None if loss is None else float(loss.detach()),
         }
+        if self.regression:
+            record["prediction"] = self.predicted_value(out.logits)
+        else:
+            probs = torch.softmax(out.logits.detach().double(), dim=-1).cpu().numpy()
+            record["probs"] = probs
         attention_map = getattr(out, "attention_map", None)
         if attention_map is not None:
             instances = out.instances.cpu().numpy()
@@ -299,39 +332,51 @@ class MILClassifier(L.LightningModule):
             self._none_usable("validation", len(records), skipped)
         self.last_validation = records
         labelled = [r for r in records if r["label"] is not None]
-        if labelled:
-            metrics = classification_metrics(
-                [r["label"] for r in labelled], np.stack([r["probs"] for r in labelled])
-            )
-            val_loss = float(np.mean([r["loss"] for r in labelled]))
-        else:
-            metrics, val_loss = {"auc": math.nan, "accuracy": math.nan}, math.nan
-        auc = metrics["auc"]
-        # the checkpoint monitor needs a number: -1 when the AUC is undefined (one class)
-        self.log("val_auc", auc if math.isfinite(auc) else -1.0, sync_dist=False, batch_size=1)
-        # the best checkpoint: highest AUC, ties broken by the lower loss (better calibrated)
-        score = (auc if math.isfinite(auc) else -1.0) - 1e-3 * (
+        val_loss = float(np.mean([r["loss"] for r in labelled])) if labelled else math.nan
+        metrics = self._validation_metrics(labelled)
+        primary = metrics["spearman" if self.regression else "auc"]
+        for name, value in metrics.items():  # an undefined AUC (one class) is logged as -1
+            undefined = name == "auc" and not math.isfinite(value)
+            self.log(f"val_{name}", -1.0 if undefined else value, batch_size=1)
+        # the best checkpoint: highest AUC (regression: Spearman), ties broken by the lower
+        # loss (better calibrated); the monitor needs a number: -1 when it is undefined
+        score = (primary if math.isfinite(primary) else -1.0) - 1e-3 * (
             val_loss if math.isfinite(val_loss) else 1e3
         )
         self.log("val_score", score, batch_size=1)
         self.log("val_loss", val_loss, batch_size=1)
-        self.log("val_accuracy", metrics["accuracy"], batch_size=1)
         if self.trainer.sanity_checking:
             return
         train_loss = float(np.mean(self._train_losses)) if self._train_losses else math.nan
-        self.epoch_log.append(
-            {
-                "epoch": self.current_epoch + 1,
-                "train_loss": train_loss,
-                "train_slide_losses": list(self._train_losses),
-                "val_loss": val_loss,
-                "val_auc": auc,
-                "val_accuracy": metrics["accuracy"],
-                "val_slides": len(labelled),
-                "lr": [g["lr"] for g in self.optimizers().optimizer.param_groups]
-                if self.trainer.optimizers
-                else None,
-            }
+        epoch = {
+            "epoch": self.current_epoch + 1,
+            "train_loss": train_loss,
+            "train_slide_losses": list(self._train_losses),
+            "val_loss": val_loss,
+            "val_auc": None if self.regression else metrics["auc"],
+            "val_accuracy": None if self.regression else metrics["accuracy"],
+        }
+        if self.regression:
+            epoch.update({f"val_{name}": value for name, value in metrics.items()})
+        epoch["val_slides"] = len(labelled)
+        epoch["lr"] = (
+            [g["lr"] for g in self.optimizers().optimizer.param_groups]
+            if self.trainer.optimizers
+            else None
+        )
+        self.epoch_log.append(epoch)
+
+    def _validation_metrics(self, labelled: list[dict[str, Any]]) -> dict[str, float]:
+        """AUC and accuracy of a classifier, or the regression metrics, of the labelled
+        validation slides (NaN without any)."""
+        if self.regression:
+            return regression_metrics(
+                [r["label"] for r in labelled], [r["prediction"] for r in labelled]
+            )
+        if not labelled:
+            return {"auc": math.nan, "accuracy": math.nan}
+        return classification_metrics(
+            [r["label"] for r in labelled], np.stack([r["probs"] for r in labelled])
         )
 
     # ------------------------------------------------------------------ prediction

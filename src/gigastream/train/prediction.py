@@ -51,11 +51,17 @@ from gigastream.train.metrics import (
     accuracy_at,
     brier_score,
     classification_metrics,
+    confusion_matrix,
     expected_calibration_error,
     youden_threshold,
 )
 from gigastream.train.module import MILClassifier
 from gigastream.train.preparation import build_model
+from gigastream.train.regression import (
+    REGRESSION_METRICS,
+    summarize_values,
+    write_value_predictions,
+)
 from gigastream.train.selection import (
     EVAL_SPLITS,
     OTHER_SPLITS,
@@ -63,13 +69,16 @@ from gigastream.train.selection import (
     VAL_SPLITS,
     check_labels,
     check_split_names,
+    check_targets,
+    is_regression,
+    parse_target,
     with_slide_mpp,
 )
 from gigastream.train.trainer import build_trainer, resolve_device
 from gigastream.wsi.manifest import ManifestRow, read_manifest
 
 #: The metrics of :func:`summarize` that a caller names after its slides (:func:`prefixed`).
-METRICS = ("auc", "accuracy", "loss")
+METRICS = ("auc", "accuracy", "loss", *REGRESSION_METRICS)
 
 
 def run_predictions(
@@ -99,10 +108,14 @@ def summarize(results: Sequence[dict[str, Any]], class_names: Sequence[str]) -> 
 
     Returns:
         ``auc``, ``accuracy``, ``loss`` (of the labelled slides; NaN without any),
+        ``confusion_matrix`` (``[true][predicted]`` counts, classes in index order),
         ``slides`` (labelled slides), ``prob_range`` (of p(last class)), ``predictions``
         and ``skipped`` (slide id -> reason). :func:`prefixed` names the metrics after
-        the slides, e.g. ``val_auc``.
+        the slides, e.g. ``val_auc``. A regression run (class names ``["value"]``):
+        :func:`~gigastream.train.regression.summarize_values`.
     """
+    if is_regression(class_names):
+        return summarize_values(results)
     usable = [r for r in results if "probs" in r]
     labelled = [r for r in usable if r["label"] is not None]
     metrics: dict[str, Any] = {"auc": math.nan, "accuracy": math.nan, "loss": math.nan}
@@ -114,11 +127,16 @@ def summarize(results: Sequence[dict[str, Any]], class_names: Sequence[str]) -> 
         )
         metrics["loss"] = float(np.mean([r["loss"] for r in labelled]))
     positive = np.array([r["probs"][-1] for r in usable]) if usable else np.zeros(0)
+    labels = [r["label"] for r in labelled]
+    probs = (
+        np.stack([r["probs"] for r in labelled]) if labelled else np.zeros((0, len(class_names)))
+    )
     return {
         "auc": metrics["auc"],
         "accuracy": metrics["accuracy"],
         "loss": metrics["loss"],
         "slides": len(labelled),
+        "confusion_matrix": confusion_matrix(labels, probs),
         "prob_range": [float(positive.min()), float(positive.max())] if len(positive) else None,
         "predictions": [
             {
@@ -145,7 +163,10 @@ def prefixed(summary: dict[str, Any], prefix: str) -> dict[str, Any]:
 def write_predictions(
     path: Path, results: Sequence[dict[str, Any]], class_names: Sequence[str]
 ) -> Path:
-    """``predictions.csv``: ``slide_id``, ``label`` (empty when unknown), ``p_<class>`` columns."""
+    """``predictions.csv``: ``slide_id``, ``label`` (empty when unknown), ``p_<class>`` columns
+    (a regression run: ``prediction``)."""
+    if is_regression(class_names):
+        return write_value_predictions(path, results)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["slide_id", "label", *[f"p_{name}" for name in class_names]])
@@ -174,16 +195,23 @@ def _load_classifier(checkpoint: str | Path) -> tuple[MILClassifier, RunConfig, 
     if not isinstance(saved, dict) or "config" not in saved:
         raise RunError(f"{checkpoint}: not a gigastream checkpoint (no gigastream section)")
     try:  # the weights come from the checkpoint, not from the (maybe absent) files
-        stored = merge(saved["config"], {"model": {}, "patches": {"encoder": {}}})
+        stored = merge(saved["config"], {"model": {}, "patches": {"encoder": {}}, "data": {}})
         stored["model"]["weights"] = None
         stored["patches"]["encoder"]["weights"] = None
+        stored["data"]["roi_dir"] = None  # an ROI restricts training; prediction reads all tissue
         config = load_config(stored, source=f"{checkpoint} (stored config)")
     except ConfigError as exc:
         raise RunError(str(exc)) from None
     class_names = list(saved["class_names"])
     model = build_model(config, len(class_names))
     module = MILClassifier(
-        model, class_names, config.optim, config.data, config.train.seed, saved["config"]
+        model,
+        class_names,
+        config.optim,
+        config.data,
+        config.train.seed,
+        saved["config"],
+        config.target,
     )
     try:
         module.load_state_dict(state["state_dict"])
@@ -381,6 +409,7 @@ def evaluate_manifest(
     features_dir: str | Path | None = None,
     split: str | None = None,
     slide_mpp: float | None = None,
+    annotations_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on the slides of a manifest: ``metrics.json`` + ``predictions.csv``.
 
@@ -392,6 +421,9 @@ def evaluate_manifest(
             column, else all.
         slide_mpp: the mpp of slides without one of their own (no file metadata, no
             ``mpp`` in their row; :func:`~gigastream.train.selection.with_slide_mpp`).
+        annotations_dir: a folder of annotation files ``<slide_id>.xml`` / ``.geojson``:
+            the attention inside their tumour is measured (``annotations`` in the metrics,
+            :func:`~gigastream.train.annotation_eval.annotation_metrics`).
 
     Returns:
         The metrics: ``auc``, ``accuracy`` (at p = 0.5 for two classes: the most probable
@@ -414,7 +446,10 @@ def evaluate_manifest(
     rows, scored = scored_rows(rows, split, manifest)
     trained_on = training_slides(config)
     seen = sorted(r.slide_id for r in rows if Path(r.path).resolve() in trained_on)
-    check_labels([r.label for r in rows], module.class_names)
+    if module.regression:
+        check_targets(rows, manifest)
+    else:
+        check_labels([r.label for r in rows], module.class_names)
     _check_features(config, rows)
     if config.model.kind != "features":
         rows = with_slide_mpp(rows, slide_mpp, config.data.backend)
@@ -422,41 +457,63 @@ def evaluate_manifest(
     data = replace(config.data, mask_dir=str(out / "masks"))
     results = run_predictions(module, rows, config, data, progress=progress)
     final = summarize(results, module.class_names)
-    labelled = [r for r in results if "probs" in r and r["label"] is not None]
-    extra = evaluation_metrics(
-        [r["label"] for r in labelled],
-        np.stack([r["probs"] for r in labelled])
-        if labelled
-        else np.zeros((0, len(module.class_names))),
-        saved.get("threshold"),
-    )
     metrics = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "manifest": str(Path(manifest).resolve()),
         "split": scored,
         "scored_slides": len(rows),
         "training_slides_scored": seen,
-        "auc": final["auc"],
-        "accuracy": final["accuracy"],
-        **extra,
+        **_scores(module, results, final, saved.get("threshold")),
         "loss": final["loss"],
         "slides": final["slides"],
-        "class_names": module.class_names,
-        "positive_class": module.class_names[-1],
         "predictions": final["predictions"],
         "skipped_slides": final["skipped"],
     }
+    if annotations_dir is not None:
+        from gigastream.train.annotation_eval import annotation_metrics
+
+        metrics["annotations"] = annotation_metrics(module, results, rows, data, annotations_dir)
     write_predictions(out / "predictions.csv", results, module.class_names)
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _scores(
+    module: MILClassifier,
+    results: Sequence[dict[str, Any]],
+    final: dict[str, Any],
+    threshold: float | None,
+) -> dict[str, Any]:
+    """The scores of an evaluation: a classifier's AUC, accuracy, confusion matrix and
+    :func:`evaluation_metrics`, with its classes; a regression run's metrics."""
+    if module.regression:
+        return {"task": "regression", **{name: final[name] for name in REGRESSION_METRICS}}
+    labelled = [r for r in results if "probs" in r and r["label"] is not None]
+    labels = [r["label"] for r in labelled]
+    probs = (
+        np.stack([r["probs"] for r in labelled])
+        if labelled
+        else np.zeros((0, len(module.class_names)))
+    )
+    return {
+        "auc": final["auc"],
+        "accuracy": final["accuracy"],
+        **evaluation_metrics(labels, probs, threshold),
+        "confusion_matrix": confusion_matrix(labels, probs),
+        "class_names": module.class_names,
+        "positive_class": module.class_names[-1],
+    }
 
 
 def _with_labels(
     rows: list[ManifestRow], labels: dict[str, ManifestRow], class_names: Sequence[str]
 ) -> list[ManifestRow]:
     """``rows`` with the label and mpp of their slide id in ``labels`` (ConfigError: a label
-    that is not one of ``class_names``)."""
-    bad = sorted({r.label for r in labels.values()} - set(class_names))
+    that is not one of ``class_names``, or not a number for a regression run)."""
+    if is_regression(class_names):
+        bad = sorted({r.label for r in labels.values() if parse_target(r.label) is None})
+    else:
+        bad = sorted({r.label for r in labels.values()} - set(class_names))
     if bad:
         raise ConfigError(
             f"label(s) {', '.join(map(repr, bad))} not among the checkpoint's classes "
@@ -484,6 +541,7 @@ def predict_slide_files(
     labels: dict[str, ManifestRow] | None = None,
     opacity: float | None = None,
     slide_mpp: float | None = None,
+    annotations_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Class probabilities (``predictions.csv``) and optionally heatmaps of slide files
     (``gigastream predict``, and ``gigastream heatmap`` with ``heatmaps=True``).
@@ -498,6 +556,8 @@ def predict_slide_files(
         opacity: of the heatmaps' colours (0-1; default the heatmap style's).
         slide_mpp: the mpp of slides without one of their own (no file metadata, no
             ``mpp`` in ``labels``; ``--slide-mpp``); a slide with its own mpp keeps it.
+        annotations_dir: annotation files ``<slide_id>.xml`` / ``.geojson`` whose tumour
+            the heatmaps outline (instead of ``lesion_dir``'s masks).
 
     Returns:
         ``predictions``, ``skipped_slides`` and the written ``heatmaps``.
@@ -526,7 +586,15 @@ def predict_slide_files(
     paths = []
     if heatmaps:
         paths = write_heatmaps(
-            module, results, rows, out, data, tiff=tiff, lesion_dir=lesion_dir, opacity=opacity
+            module,
+            results,
+            rows,
+            out,
+            data,
+            tiff=tiff,
+            lesion_dir=lesion_dir,
+            opacity=opacity,
+            annotation_dir=annotations_dir,
         )
     return {
         "class_names": module.class_names,

@@ -27,7 +27,7 @@ from gigastream.models.patch_mil import PatchMIL
 from gigastream.models.streaming_mil import StreamingMIL
 from gigastream.train.config import ConfigError, RunConfig
 from gigastream.train.data import check_slide_input, describe_skipped
-from gigastream.train.selection import check_labels, split_rows
+from gigastream.train.selection import check_labels, check_targets, split_rows, target_scale
 from gigastream.train.trainer import resolve_device
 from gigastream.wsi.manifest import Manifest, ManifestRow, read_manifest
 from gigastream.wsi.reader import SlideError, SlideReader
@@ -187,11 +187,17 @@ def prepare(config: RunConfig, check_plan: bool = True, check_device: bool = Tru
         devices = 1
     features = config.model.kind == "features"
     manifest = read_manifest(config.manifest, check_files=not features)  # features: no slides
-    class_names = check_labels(
-        [r.label for r in manifest.rows], config.class_names, config.positive_class
-    )
+    if config.task == "regression":
+        class_names = check_targets(manifest.rows, config.manifest)
+    else:
+        class_names = check_labels(
+            [r.label for r in manifest.rows], config.class_names, config.positive_class
+        )
     manifest = Manifest(manifest.rows, class_names)
     train_rows, val_rows = split_rows(manifest, config)
+    if config.task == "regression" and config.target.mean is None:  # the training slides'
+        mean, std = target_scale(train_rows)
+        config = replace(config, target=replace(config.target, mean=mean, std=std))
     if check_plan and not features:  # every training (or validation) slide unusable?
         _check_usable(train_rows, "training", config)
         _check_usable(val_rows, "validation", config)

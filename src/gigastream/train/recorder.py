@@ -22,6 +22,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -54,6 +55,23 @@ def auc_words(auc: float | None) -> str:
     if auc is None or not math.isfinite(auc):
         return "n/a (one class among the validation slides)"
     return f"{auc:.3f}"
+
+
+def scores_words(metrics: dict[str, Any], prefix: str = "val_") -> str:
+    """A run's validation scores for a log line: a classifier's AUC and accuracy, a
+    regression's Spearman, MAE and R² (the keys ``<prefix><metric>``).
+
+    Example:
+        >>> scores_words({"val_auc": 0.9, "val_accuracy": 0.75})
+        'AUC 0.900, accuracy 0.750'
+    """
+    if f"{prefix}spearman" in metrics:
+        from gigastream.train.regression import value_words
+
+        return value_words(metrics, prefix)
+    accuracy = metrics.get(f"{prefix}accuracy")
+    shown = "n/a" if accuracy is None or not math.isfinite(accuracy) else f"{accuracy:.3f}"
+    return f"AUC {auc_words(metrics.get(f'{prefix}auc'))}, accuracy {shown}"
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -92,12 +110,11 @@ class RunRecorder(Callback):
             peak_rss_mib=peak_rss_mib(),
         )
         logger.info(
-            "epoch %d: train loss %.4f, val loss %.4f, val AUC %s, accuracy %.3f (%.0f s)",
+            "epoch %d: train loss %.4f, val loss %.4f, val %s (%.0f s)",
             last["epoch"],
             last["train_loss"],
             last["val_loss"],
-            auc_words(last["val_auc"]),
-            last["val_accuracy"],
+            scores_words(last),
             last["seconds"],
         )
 
@@ -150,6 +167,7 @@ __all__ = [
     "RunRecorder",
     "Signals",
     "auc_words",
+    "scores_words",
     "failure_reason",
     "is_interrupt",
 ]

@@ -1,5 +1,5 @@
-"""Which slides a run uses, and with which labels: the class order (the positive class last),
-the training/validation split of a manifest (its ``split`` column, a splits file's fold, or a
+"""Which slides a run uses, and with which labels: the class order (the positive class last)
+or, for a regression run, the slides' numeric values; the training/validation split of a manifest (its ``split`` column, a splits file's fold, or a
 stratified hold-out), and the checks that a split neither drops nor leaks slides.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,103 @@ OTHER_SPLITS = ("test", "testing", "holdout")
 SPLITS = TRAIN_SPLITS + VAL_SPLITS + OTHER_SPLITS
 #: ``evaluate --split``: the slides of :data:`VAL_SPLITS`, of :data:`OTHER_SPLITS` or all.
 EVAL_SPLITS = ("val", "test", "all")
+
+
+#: The class names of a regression run: its one output, the predicted value.
+REGRESSION_OUTPUT = ["value"]
+#: Quantile strata a regression run's slides are split by (fewer with fewer cases).
+TARGET_STRATA = 4
+
+
+def is_regression(class_names: Sequence[str]) -> bool:
+    """Whether ``class_names`` are a regression run's (one output; a classifier has >= 2)."""
+    return len(class_names) == 1
+
+
+def parse_target(label: str | None) -> float | None:
+    """The number a regression label holds (``None``: empty, or not a finite number)."""
+    if label is None:
+        return None
+    try:
+        value = float(str(label).strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+class LabelIndex:
+    """A slide's training target from its manifest label: the class index of a
+    classification run, the number of a regression run's label; ``None`` when the label is
+    not one (unlabelled slides are predicted, not trained on).
+
+    Example:
+        >>> LabelIndex(["benign", "tumour"]).get("tumour"), LabelIndex(["value"]).get("2.5")
+        (1, 2.5)
+    """
+
+    def __init__(self, class_names: Sequence[str]) -> None:
+        self.regression = is_regression(class_names)
+        self.index = {name: i for i, name in enumerate(class_names)}
+
+    def get(self, label: str | None) -> int | float | None:
+        if self.regression:
+            return parse_target(label)
+        return self.index.get(label)
+
+
+def check_targets(rows: Sequence[ManifestRow], manifest: str | Path | None = None) -> list[str]:
+    """The class names of a regression run (:data:`REGRESSION_OUTPUT`) after checking that
+    every slide's label is a finite number.
+
+    Raises:
+        ConfigError: labels that are not numbers (listed with their slides), or fewer than
+            two distinct values (nothing to learn).
+
+    Example:
+        >>> check_targets([ManifestRow("a", "a.tif", "0.5"), ManifestRow("b", "b.tif", "3")])
+        ['value']
+    """
+    bad = [f"{r.slide_id} ({r.label!r})" for r in rows if parse_target(r.label) is None]
+    if bad:
+        raise ConfigError(
+            f"{manifest or 'the manifest'}: task regression needs a number in the label column; "
+            f"{len(bad)} slide(s) have none: {_some(bad)}; fix those labels (or use "
+            "--task classification for class labels)"
+        )
+    values = sorted({parse_target(r.label) for r in rows})
+    if len(values) < 2:
+        raise ConfigError(
+            f"{manifest or 'the manifest'}: every slide has the value {values[0] if values else '?'}; "
+            "a regression needs at least two distinct values"
+        )
+    return list(REGRESSION_OUTPUT)
+
+
+def target_scale(rows: Sequence[ManifestRow]) -> tuple[float, float]:
+    """Mean and standard deviation (population; 1 when constant) of the slides' values."""
+    values = [v for v in (parse_target(r.label) for r in rows) if v is not None]
+    if not values:
+        return 0.0, 1.0
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return mean, std if std > 0 else 1.0
+
+
+def target_strata(rows: Sequence[ManifestRow], strata: int = TARGET_STRATA) -> list[ManifestRow]:
+    """``rows`` with each label replaced by its quantile stratum (``q1`` .. ``qK`` of the
+    values, K at most ``strata`` and at most a quarter of the slides), for splitting a
+    regression run's slides with :func:`~gigastream.wsi.manifest.stratified_folds`
+    (folds then get similar spreads of values). A row without a number keeps its label."""
+    values = sorted(v for v in (parse_target(r.label) for r in rows) if v is not None)
+    count = max(1, min(strata, len(values) // 4))
+    edges = [values[min(len(values) - 1, (len(values) * k) // count)] for k in range(1, count)]
+    resolved = []
+    for row in rows:
+        value = parse_target(row.label)
+        if value is not None:
+            row = dataclasses.replace(row, label=f"q{1 + sum(value >= e for e in edges)}")
+        resolved.append(row)
+    return resolved
 
 
 def _label_key(label: str) -> str:
@@ -159,8 +257,9 @@ def split_rows(
     else:
         folds = max(2, round(1 / config.train.val_fraction))
         _check_enough_cases(rows, folds, config)
+        strata = target_strata(rows) if config.task == "regression" else rows
         fold_of = stratified_folds(
-            Manifest(rows, manifest.labels), folds=folds, seed=config.train.seed
+            Manifest(strata, manifest.labels), folds=folds, seed=config.train.seed
         )
         train = [r for r in rows if fold_of[r.slide_id] != 0]
         val = [r for r in rows if fold_of[r.slide_id] == 0]
@@ -275,6 +374,13 @@ def _check_no_leak(train: Sequence[ManifestRow], val: Sequence[ManifestRow]) -> 
 
 __all__ = [
     "EVAL_SPLITS",
+    "REGRESSION_OUTPUT",
+    "LabelIndex",
+    "check_targets",
+    "is_regression",
+    "parse_target",
+    "target_scale",
+    "target_strata",
     "OTHER_SPLITS",
     "SPLITS",
     "TRAIN_SPLITS",

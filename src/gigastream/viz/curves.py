@@ -46,13 +46,19 @@ def best_epoch(epochs: Sequence[dict[str, Any]]) -> int | None:
     """
     best, top = None, -math.inf
     for record in epochs:
-        auc, loss = _value(record, "val_auc"), _value(record, "val_loss")
+        auc, loss = _value(record, _primary(record)), _value(record, "val_loss")
         score = (auc if math.isfinite(auc) else -1.0) - 1e-3 * (
             loss if math.isfinite(loss) else 1e3
         )
         if score > top:
             best, top = int(record["epoch"]), score
     return best
+
+
+def _primary(record: dict[str, Any]) -> str:
+    """The key of the validation score the best checkpoint is chosen by: ``val_auc``, or
+    ``val_spearman`` for a regression run."""
+    return "val_spearman" if "val_spearman" in record else "val_auc"
 
 
 def loss_terms(head: Any) -> str | None:
@@ -129,17 +135,18 @@ def training_curve_figure(
     ax_loss.plot(numbers, val_loss, "s-", label="validation")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
-    aucs = [_value(r, "val_auc") for r in epochs]
+    regression = bool(epochs) and _primary(epochs[0]) == "val_spearman"
+    aucs = [_value(r, _primary(r)) for r in epochs]
     undefined = [n for n, auc in zip(numbers, aucs, strict=True) if not math.isfinite(auc)]
-    auc_label = "validation AUC" + (" (undefined)" if undefined == numbers else "")
+    name = "Spearman" if regression else "AUC"
+    auc_label = f"validation {name}" + (" (undefined)" if undefined == numbers else "")
     ax_metric.plot(numbers, aucs, "o-", label=auc_label)
-    ax_metric.plot(
-        numbers, [_value(r, "val_accuracy") for r in epochs], "s--", label="validation accuracy"
-    )
-    ax_metric.axhline(0.5, color="0.6", lw=0.8, ls=":")
-    ax_metric.set_ylim(-0.02, 1.02)
+    second = ("val_r2", "validation R²") if regression else ("val_accuracy", "validation accuracy")
+    ax_metric.plot(numbers, [_value(r, second[0]) for r in epochs], "s--", label=second[1])
+    ax_metric.axhline(0.0 if regression else 0.5, color="0.6", lw=0.8, ls=":")
+    ax_metric.set_ylim(-1.02 if regression else -0.02, 1.02)
     ax_metric.set_xlabel("epoch")
-    ax_metric.set_ylabel("validation AUC / accuracy")
+    ax_metric.set_ylabel("validation Spearman / R²" if regression else "validation AUC / accuracy")
     best = best_epoch(epochs) if best is None else best
     if best in numbers:
         i = numbers.index(best)

@@ -157,6 +157,17 @@ def slide_title(
     return " — ".join(parts)
 
 
+def value_title(slide_id: str, label: str | None, prediction: float) -> str:
+    """A regression heatmap's title: the slide, its true value (if known) and the predicted.
+
+    Example:
+        >>> value_title("synth_003", "12", 10.41)
+        'synth_003 — label: 12 — predicted 10.4'
+    """
+    parts = [slide_id] + ([f"label: {label}"] if label is not None else [])
+    return " — ".join([*parts, f"predicted {prediction:.3g}"])
+
+
 def _check_scores(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or min(scores.shape) < 1:

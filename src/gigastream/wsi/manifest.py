@@ -26,7 +26,7 @@ import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -290,9 +290,24 @@ def stratified_folds(manifest: Manifest, folds: int = 5, seed: int = 0) -> dict[
     return {row.slide_id: fold_of_case[row.case_id] for row in manifest.rows}
 
 
-def write_splits(manifest: Manifest, path: str | Path, folds: int = 5, seed: int = 0) -> Path:
-    """Write stratified patient-level folds as CSV ``slide_id,case_id,label,fold``."""
-    fold_of = stratified_folds(manifest, folds, seed)
+def write_splits(
+    manifest: Manifest,
+    path: str | Path,
+    folds: int = 5,
+    seed: int = 0,
+    strata: Sequence[str] | None = None,
+) -> Path:
+    """Write stratified patient-level folds as CSV ``slide_id,case_id,label,fold``.
+
+    Args:
+        strata: what to stratify by, one per row (default: the labels; a regression's
+            slides: their value's quantile stratum).
+    """
+    if strata is not None:
+        rows = [replace(r, label=st) for r, st in zip(manifest.rows, strata, strict=True)]
+        fold_of = stratified_folds(Manifest(rows, manifest.labels), folds, seed)
+    else:
+        fold_of = stratified_folds(manifest, folds, seed)
     path = Path(path)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)

@@ -36,6 +36,7 @@ import numpy as np
 from gigastream.wsi.manifest import ManifestRow, write_manifest
 from gigastream.wsi.pyramid import PyramidConfig, write_pyramid
 from gigastream.wsi.resample import apply_axis, plan_axis
+from gigastream.wsi.synth_targets import slide_label, slide_subtypes
 from gigastream.wsi.tissue import saturation
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,13 @@ class SynthConfig:
         tile_size: TIFF tile edge.
         quality: JPEG quality.
         mask_downsample: the ground-truth lesion mask is level 0 shrunk by this factor.
+        target: the manifest's ``label`` (:mod:`gigastream.wsi.synth_targets`): ``class``
+            (``positive``/``negative``), ``subtype`` (``negative`` or the positive slide's
+            lesion subtype ``subtype_a``, ``subtype_b``, ...: a multi-class task),
+            ``lesion_count`` or ``lesion_area`` (the percentage of the tissue the lesions
+            cover: regression targets).
+        subtypes: lesion subtypes of ``target: subtype``: subtype ``k`` has the nuclear
+            pattern scaled by ``1.6 ** k`` (bigger nuclei, further apart; same mean colour).
         seed: random seed; the same seed and sources give the same dataset.
     """
 
@@ -88,6 +96,8 @@ class SynthConfig:
     tile_size: int = 256
     quality: int = 90
     mask_downsample: int = 16
+    target: str = "class"
+    subtypes: int = 2
     seed: int = 0
 
     def validate(self) -> None:
@@ -112,15 +122,24 @@ class SynthConfig:
             )
         if not 0 <= self.min_lesions <= self.max_lesions or self.max_lesions < 1:
             raise ValueError("need 0 <= min_lesions <= max_lesions and max_lesions >= 1")
+        from gigastream.wsi.synth_targets import check_target
+
+        check_target(self.target, self.subtypes)
 
 
 @dataclass(frozen=True)
 class Lesion:
-    """A planted lesion: centre ``(x, y)`` and ``radius`` in level-0 pixels."""
+    """A planted lesion: centre ``(x, y)`` and ``radius`` in level-0 pixels; its
+    ``subtype`` scales its nuclear pattern by :data:`SUBTYPE_SCALE` ``** subtype``."""
 
     x: int
     y: int
     radius: float
+    subtype: int = 0
+
+
+#: How much larger (nuclei and their spacing) each lesion subtype's pattern is than the last.
+SUBTYPE_SCALE = 1.6
 
 
 # ----------------------------------------------------------------------------- sources
@@ -236,9 +255,9 @@ def tissue_field(config: SynthConfig, rng: np.random.Generator, cells: int = 256
 
 
 def place_lesions(
-    field: np.ndarray, config: SynthConfig, rng: np.random.Generator, count: int
+    field: np.ndarray, config: SynthConfig, rng: np.random.Generator, count: int, subtype: int = 0
 ) -> list[Lesion]:
-    """Put ``count`` lesions well inside tissue, not overlapping each other."""
+    """Put ``count`` lesions (of ``subtype``) well inside tissue, not overlapping each other."""
     cells = field.shape[0]
     cell = config.size / cells
     radius = config.lesion_size / 2
@@ -255,7 +274,7 @@ def place_lesions(
         if not (radius < x < config.size - radius and radius < y < config.size - radius):
             continue
         if all(math.hypot(x - o.x, y - o.y) > 4 * radius for o in lesions):
-            lesions.append(Lesion(x, y, radius))
+            lesions.append(Lesion(x, y, radius, subtype))
     if len(lesions) < count:
         logger.warning("placed %d of %d lesions (too little tissue)", len(lesions), count)
     return lesions
@@ -271,12 +290,13 @@ def lesion_modulation(lesion: Lesion, config: SynthConfig, rng: np.random.Genera
     half = math.ceil(lesion.radius)
     size = 2 * half + 1
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float32)
-    period = config.nucleus_period
+    scale = SUBTYPE_SCALE**lesion.subtype
+    period = config.nucleus_period * scale
     nuclei = np.zeros((size, size), np.float32)
     for gy in np.arange(-half, half + period, period):
         for gx in np.arange(-half + (period / 2) * (round(gy / period) % 2), half + period, period):
-            cy, cx = gy + rng.normal(0, 0.7), gx + rng.normal(0, 0.7)
-            r = rng.uniform(1.8, 2.8)
+            cy, cx = gy + rng.normal(0, 0.7 * scale), gx + rng.normal(0, 0.7 * scale)
+            r = rng.uniform(1.8, 2.8) * scale
             nuclei = np.maximum(nuclei, np.clip(r + 0.5 - np.hypot(yy - cy, xx - cx), 0, 1))
     dist = np.hypot(yy, xx)
     envelope = np.clip((lesion.radius - dist) / 6.0, 0, 1)  # soft 6 px rim
@@ -300,7 +320,9 @@ def lesion_mask(lesions: Sequence[Lesion], size: int, downsample: int) -> np.nda
 class SlideRenderer:
     """Renders one synthetic slide strip by strip (:attr:`strip_rows` rows at a time)."""
 
-    def __init__(self, config: SynthConfig, bank: np.ndarray, index: int, positive: bool) -> None:
+    def __init__(
+        self, config: SynthConfig, bank: np.ndarray, index: int, positive: bool, subtype: int = 0
+    ) -> None:
         self.config = config
         self.bank = bank
         self.index = index
@@ -316,7 +338,7 @@ class SlideRenderer:
             tissue_px = float((self.field > 0.5).mean()) * config.size**2
             lesion_px = math.pi * (config.lesion_size / 2) ** 2
             count = min(count, int(config.max_lesion_fraction * tissue_px / lesion_px))
-            self.lesions = place_lesions(self.field, config, rng, max(count, 1))
+            self.lesions = place_lesions(self.field, config, rng, max(count, 1), subtype)
             self.patterns = [lesion_modulation(les, config, rng) for les in self.lesions]
 
     def _alpha(self, y0: int, height: int) -> np.ndarray:
@@ -476,12 +498,13 @@ def synthesize_dataset(
     rng = np.random.default_rng([config.seed, 3])
     n_pos = round(config.positive_fraction * config.slides)
     positives = set(rng.permutation(config.slides)[:n_pos].tolist())
+    subtype_of = slide_subtypes(config, sorted(positives))
     rows = []
     pyramid = PyramidConfig(tile_size=config.tile_size, quality=config.quality)
     for index in range(config.slides):
         slide_id = f"synth_{index:03d}"
         positive = index in positives
-        renderer = SlideRenderer(config, bank, index, positive)
+        renderer = SlideRenderer(config, bank, index, positive, subtype_of.get(index, 0))
         path = out / "slides" / f"{slide_id}.tif"
         strips = tqdm(
             renderer.strips(),
@@ -510,7 +533,7 @@ def synthesize_dataset(
                 indent=1,
             )
         )
-        label = "positive" if positive and renderer.lesions else "negative"
+        label = slide_label(config, renderer.lesions, float((renderer.field > 0.5).mean()))
         rows.append(ManifestRow(slide_id, path, label, slide_id, None, config.mpp))
         logger.info("%s: %s, %d lesions", slide_id, label, len(renderer.lesions))
     manifest = write_manifest(out / "manifest.csv", rows)
