@@ -207,6 +207,7 @@ def test_a_regression_run_reports_its_metrics_and_values(regression_run, count_m
     train = [float(labels[s]) for s in metrics["train_slides"]]
     assert f"mean: {np.mean(train)}" in config and f"std: {np.std(train)}" in config
     assert "task: regression" in config and (regression_run / "training_curve.png").is_file()
+    assert ".png" in [Path(p).suffix for p in metrics["outputs"]["heatmaps"]]  # titled by value
 
 
 def test_evaluate_and_predict_a_regression_checkpoint(

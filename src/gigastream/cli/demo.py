@@ -92,13 +92,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_result(out, metrics: dict, positive: str, total: float, synth_seconds: float) -> None:
+    from gigastream.train.recorder import scores_words
+
     final = metrics["final"]
-    auc = final["val_auc"]
     print(
         f"done in {total:.0f} s (data {synth_seconds:.0f} s, training+validation "
         f"{metrics['seconds']:.0f} s), peak RSS {metrics['peak_rss_mib']:.0f} MiB\n"
-        f"validation ({final['slides']} held-out slides): AUC "
-        f"{'n/a' if auc is None else f'{auc:.3f}'}, accuracy {final['val_accuracy']:.3f}, "
+        f"validation ({final['slides']} held-out slides): {scores_words(final)}, "
         f"loss {final['val_loss']:.4f} (best epoch {metrics['best_epoch']})\n"
         f"p({positive}) range on validation slides: "
         f"{final['prob_range'][0]:.3f}..{final['prob_range'][1]:.3f}\n"

@@ -1,0 +1,221 @@
+"""Beyond two classes (issue 18): a regression target and a three-class task, trained with
+``gigastream train`` and tested with ``gigastream evaluate`` on held-out synthetic slides.
+
+1. **Regression, and its resolution effect.** Slides labelled with their lesion burden
+   (``gigastream synth --target lesion_area``: the percentage of the tissue the lesions
+   cover; 0 on a negative slide), ``--task regression`` with a mean-pooling head, trained
+   at 1 um/px (the lesions' nuclear pattern is visible) and at 8 um/px (it averages away).
+2. **Multi-class.** Slides labelled ``negative``, ``subtype_a`` or ``subtype_b`` (``--target
+   subtype``: the two subtypes' nuclear patterns differ in scale by 1.6x), trained with the
+   multi-branch CLAM head (``clam_mb``) and with the default top-k recipe; macro one-vs-rest
+   AUC and the confusion matrix of the test slides.
+
+Each dataset is split 3:1:2 into train/val/test (stratified: by value quantile, or by
+class). Every run is a fresh ``gigastream train`` process; its test metrics are
+``gigastream evaluate --split test``'s ``metrics.json``.
+
+Usage (from the repository root)::
+
+    .venv/bin/python experiments/targets/run.py --out out/targets --results experiments/targets
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from gigastream.cli.common import find_shared_data
+from gigastream.train.selection import target_strata
+from gigastream.wsi.manifest import Manifest, read_manifest, stratified_folds, write_manifest
+from gigastream.wsi.synth import SynthConfig, synthesize_dataset
+
+SYNTH = {"size": 1024, "lesion_size": 160, "block_size": 256, "feather": 64}
+DATASETS = {
+    "regression": SynthConfig(target="lesion_area", positive_fraction=0.75, max_lesions=4, **SYNTH),
+    "multiclass": SynthConfig(target="subtype", positive_fraction=2 / 3, **SYNTH),
+}
+#: run name -> (dataset, extra flags of gigastream train)
+RUNS = {
+    "regression_1um": ("regression", ["--task", "regression", "--head", "mean", "--mpp", "1"]),
+    "regression_8um": ("regression", ["--task", "regression", "--head", "mean", "--mpp", "8"]),
+    "multiclass_clam_mb": ("multiclass", ["--head", "clam_mb", "--mpp", "1"]),
+    "multiclass_topk": ("multiclass", ["--mpp", "1"]),
+}
+
+
+def gigastream(*args: object) -> list[str]:
+    """The command line of ``gigastream ARGS`` in this interpreter's environment."""
+    exe = Path(sys.executable).parent / "gigastream"
+    return [str(exe), *map(str, args)]
+
+
+def dataset(name: str, out: Path, slides: int) -> Path:
+    """The dataset ``name`` (synthesised once) with a 3:1:2 train/val/test split column."""
+    split = out / name / "split_manifest.csv"
+    if split.is_file():
+        return split
+    config = DATASETS[name]
+    config.slides = slides
+    manifest = synthesize_dataset(out / name, config, find_shared_data("images", "slides"))
+    rows = read_manifest(manifest).rows
+    strata = target_strata(rows) if name == "regression" else rows
+    fold_of = stratified_folds(Manifest(strata, []), folds=6, seed=0)
+    parts = {0: "train", 1: "train", 2: "train", 3: "val", 4: "test", 5: "test"}
+    rows = [replace(row, split=parts[fold_of[row.slide_id]]) for row in rows]
+    write_manifest(split, rows)
+    return split
+
+
+def train_and_test(name: str, manifest: Path, flags: list[str], out: Path, seed: int) -> dict:
+    """Train one run (reused when finished) and evaluate its best checkpoint on the test split."""
+    run = out / "runs" / f"{name}_seed{seed}"
+    metrics_file = run / "metrics.json"
+    done = metrics_file.is_file() and json.loads(metrics_file.read_text())["status"] == "completed"
+    start = time.perf_counter()
+    if not done:
+        command = gigastream(
+            "train", "--manifest", manifest, "--out", run, "--seed", seed, "--no-progress",
+            "--overwrite", "--threads", "1", *flags,
+        )  # fmt: skip
+        subprocess.run(command, check=True)
+    seconds = time.perf_counter() - start
+    trained = json.loads(metrics_file.read_text())
+    test = run / "test"
+    subprocess.run(
+        gigastream(
+            "evaluate",
+            "--checkpoint",
+            run / trained["best_checkpoint"],
+            "--manifest",
+            manifest,
+            "--out",
+            test,
+            "--split",
+            "test",
+            "--no-progress",
+        ),  # fmt: skip
+        check=True,
+    )
+    tested = json.loads((test / "metrics.json").read_text())
+    keep = ("spearman", "pearson", "mae", "rmse", "r2", "auc", "accuracy", "confusion_matrix")
+    return {
+        "run": name,
+        "seed": seed,
+        "flags": flags,
+        "best_epoch": trained["best_epoch"],
+        "fit_seconds": trained["fit_seconds"],
+        "wall_seconds": seconds if not done else None,
+        "val": {k: v for k, v in trained["final"].items() if k != "predictions"},
+        "test": {k: tested[k] for k in keep if k in tested},
+        "test_slides": tested["slides"],
+        "class_names": tested.get("class_names"),
+        "predictions": tested["predictions"],
+    }
+
+
+def _f(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
+def summary_table(results: list[dict]) -> str:
+    """The README's tables (markdown) of every run."""
+    lines = [
+        "| run | seed | test slides | Spearman | Pearson | MAE (%) | R² | best epoch | fit s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        if "spearman" in r["test"]:
+            t = r["test"]
+            lines.append(
+                f"| {r['run']} | {r['seed']} | {r['test_slides']} | {_f(t['spearman'])} | "
+                f"{_f(t['pearson'])} | {_f(t['mae'])} | {_f(t['r2'])} | {r['best_epoch']} | "
+                f"{r['fit_seconds']:.0f} |"
+            )
+    lines += [
+        "",
+        "| run | seed | test slides | macro AUC | accuracy | confusion (rows: true) | best epoch | fit s |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for r in results:
+        if "auc" in r["test"]:
+            t = r["test"]
+            lines.append(
+                f"| {r['run']} | {r['seed']} | {r['test_slides']} | {_f(t['auc'])} | "
+                f"{_f(t['accuracy'])} | {t['confusion_matrix']} | {r['best_epoch']} | "
+                f"{r['fit_seconds']:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Predicted against true lesion burden of the test slides, one panel per regression run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results if "spearman" in r["test"]]
+    if not runs:
+        return
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4), squeeze=False)
+    for ax, r in zip(axes[0], runs, strict=True):
+        true = [p["label"] for p in r["predictions"]]
+        predicted = [p["prediction"] for p in r["predictions"]]
+        ax.scatter(true, predicted, s=18)
+        top = max(true + predicted)
+        ax.plot([0, top], [0, top], color="0.6", lw=0.8, ls=":")
+        ax.set_title(f"{r['run']} seed {r['seed']}: Spearman {_f(r['test']['spearman'])}")
+        ax.set_xlabel("true lesion area (% of tissue)")
+        ax.set_ylabel("predicted")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("out/targets"))
+    parser.add_argument("--results", type=Path, default=Path("experiments/targets"))
+    parser.add_argument("--slides", type=int, default=96)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs (quick checks)")
+    args = parser.parse_args(argv)
+    results = []
+    for seed in args.seeds:
+        for name in args.runs:
+            data, flags = RUNS[name]
+            flags = flags + (["--epochs", str(args.epochs)] if args.epochs else [])
+            manifest = dataset(data, args.out, args.slides)
+            results.append(train_and_test(name, manifest, flags, args.out, seed))
+            print(f"{name} seed {seed}: test {results[-1]['test']}", flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.results / "summary.md").write_text(summary_table(results))
+    plot(results, args.results / "regression.png")
+    with open(args.results / "test_predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "seed", "slide_id", "label", "prediction_or_probs"])
+        for r in results:
+            for p in r["predictions"]:
+                writer.writerow(
+                    [
+                        r["run"],
+                        r["seed"],
+                        p["slide_id"],
+                        p["label"],
+                        p.get("prediction", p.get("probs")),
+                    ]
+                )
+    print(summary_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
