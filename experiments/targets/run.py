@@ -41,9 +41,11 @@ DATASETS = {
     "multiclass": SynthConfig(target="subtype", positive_fraction=2 / 3, **SYNTH),
 }
 #: run name -> (dataset, extra flags of gigastream train)
+HERE = Path(__file__).resolve().parent
+REGRESSION = ["--config", str(HERE / "regression.yaml")]
 RUNS = {
-    "regression_1um": ("regression", ["--task", "regression", "--head", "mean", "--mpp", "1"]),
-    "regression_8um": ("regression", ["--task", "regression", "--head", "mean", "--mpp", "8"]),
+    "regression_1um": ("regression", [*REGRESSION, "--mpp", "1"]),
+    "regression_8um": ("regression", [*REGRESSION, "--mpp", "8"]),
     "multiclass_clam_mb": ("multiclass", ["--head", "clam_mb", "--mpp", "1"]),
     "multiclass_topk": ("multiclass", ["--mpp", "1"]),
 }

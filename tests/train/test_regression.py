@@ -116,6 +116,27 @@ def test_the_loss_is_of_the_standardised_target_and_predictions_are_in_its_units
     assert plain.predicted_value(out.logits) == pytest.approx(1.0)
 
 
+def test_the_instance_loss_regresses_every_instance_to_the_slide_value():
+    from gigastream.mil.pooling import MeanPoolMIL
+
+    torch.manual_seed(0)
+    head = MeanPoolMIL(4, 1, hidden_dim=3).double()
+    features = torch.randn(5, 4, dtype=torch.float64)
+    out = head(features)
+    assert torch.allclose(out.instance_logits.mean(dim=0), out.logits, atol=1e-12)
+    target = TargetConfig(instance_weight=0.5, mean=1.0, std=2.0)
+    module = MILClassifier(head, ["value"], target=target)
+    standard = (4.0 - 1.0) / 2.0
+    expected = (out.logits[0] - standard) ** 2 + 0.5 * (
+        (out.instance_logits - standard) ** 2
+    ).mean()
+    assert module._regression_loss(out.logits, 4.0, out).item() == pytest.approx(expected.item())
+    with pytest.raises(
+        ConfigError, match=r"target.instance_weight needs .*\(head mean\), not head clam_sb"
+    ):
+        tiny_config(Path("m.csv"), task="regression", target={"instance_weight": 1.0})
+
+
 def _regression_loss(value: float):
     module = MILClassifier(nn.Identity(), ["value"], target=TargetConfig(mean=1.0, std=2.0))
     return lambda out: module._regression_loss(out["logits"], value)

@@ -28,12 +28,16 @@ class MILOutput:
         embedding: the pooled bag embedding, shape ``(dim,)`` or ``(branches, dim)``.
         instance_loss: the head's instance-level loss (CLAM), a scalar, or ``None`` when the
             head has none or no label was given.
+        instance_logits: ``(N, num_classes)`` per-instance scores whose mean is ``logits``
+            (mean pooling), or ``None``: what a regression's instance loss trains
+            (:class:`~gigastream.train.config.TargetConfig`).
     """
 
     logits: Tensor
     attention: Tensor
     embedding: Tensor
     instance_loss: Tensor | None = None
+    instance_logits: Tensor | None = None
 
 
 def check_bag(features: Tensor, in_dim: int) -> None:

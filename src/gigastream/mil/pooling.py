@@ -1,7 +1,7 @@
 """Mean and max pooling MIL baselines (embedding-level pooling, as in Ilse et al. 2018).
 
 Their ``attention`` is the share of the bag embedding each instance contributes: ``1/N``
-each for mean pooling; for max pooling, the fraction of feature dimensions whose maximum an
+each for mean pooling (whose per-instance scores, ``instance_logits``, average to the bag's); for max pooling, the fraction of feature dimensions whose maximum an
 instance attains (ties share the credit equally), so it sums to 1 and permutes with the bag.
 """
 
@@ -32,7 +32,11 @@ class _PoolingMIL(MILHead):
     def pool(self, features: Tensor, label: Tensor | None) -> MILOutput:
         hidden = self.fc(features)  # (N, dim)
         embedding, attention = self.reduce(hidden)  # (dim,), (N,)
-        return MILOutput(self.classifier(embedding), attention, embedding)
+        return MILOutput(self.classifier(embedding), attention, embedding, **self.extra(hidden))
+
+    def extra(self, hidden: Tensor) -> dict[str, Tensor]:
+        """More of the output than logits, attention and embedding (none)."""
+        return {}
 
     def reduce(self, hidden: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -52,6 +56,11 @@ class MeanPoolMIL(_PoolingMIL):
     def reduce(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
         attention = hidden.new_full((hidden.shape[0],), 1.0 / hidden.shape[0])  # (N,)
         return hidden.mean(dim=0), attention
+
+    def extra(self, hidden: Tensor) -> dict[str, Tensor]:
+        """Each instance's own score (the classifier on its features): their mean is the
+        bag's (the classifier is linear); a regression's instance loss trains them."""
+        return {"instance_logits": self.classifier(hidden)}  # (N, num_classes)
 
 
 class MaxPoolMIL(_PoolingMIL):

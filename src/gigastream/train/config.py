@@ -345,10 +345,17 @@ class TargetConfig:
         mean: the training slides' mean value (filled in by the run; stored in
             ``config.yaml`` and every checkpoint).
         std: their standard deviation (filled in likewise; 1 for a constant target).
+        instance_weight: weight of an instance loss added to the slide's: every instance's
+            own score (a ``mean`` head's ``instance_logits``, which average to the slide's
+            prediction) regressed to its slide's value, with the same loss. The regression
+            analogue of the ``topk`` recipe's instance loss (every instance trained on its
+            slide's label): a lesion's instances occur only on slides with a high value, so
+            their scores rise before the slide's prediction does. 0: none.
     """
 
     loss: str = "mse"
     huber_delta: float = 1.0
+    instance_weight: float = 0.0
     standardize: bool = True
     mean: float | None = None
     std: float | None = None
@@ -363,6 +370,8 @@ class TargetConfig:
             raise ConfigError(f"target.huber_delta must be > 0, got {self.huber_delta}")
         if self.std is not None and not self.std > 0:
             raise ConfigError(f"target.std must be > 0, got {self.std}")
+        if self.instance_weight < 0:
+            raise ConfigError(f"target.instance_weight must be >= 0, got {self.instance_weight}")
         check_finite(self, "target")
 
     def scale(self) -> tuple[float, float]:
@@ -478,6 +487,12 @@ class RunConfig:
             raise ConfigError(
                 "positive_class (--positive-class) is for classification; a regression run "
                 "has none: drop it"
+            )
+        if self.target.instance_weight and self.model.head != "mean":
+            raise ConfigError(
+                f"target.instance_weight needs per-instance scores that average to the slide's "
+                f"(head mean), not head {self.model.head}: set --head mean or "
+                "target.instance_weight: 0"
             )
 
     def _validate_head(self) -> None:

@@ -201,7 +201,7 @@ class MILClassifier(L.LightningModule):
             label = example.label
             if self.regression:  # no class for a head's instance loss: the value's loss only
                 out = self.model(opened.x, label=None)
-                loss = None if label is None else self._regression_loss(out.logits, label)
+                loss = None if label is None else self._regression_loss(out.logits, label, out)
             else:
                 out = self.model(opened.x, label=label)
                 loss = None if label is None else self.model.loss(out, label)
@@ -218,14 +218,29 @@ class MILClassifier(L.LightningModule):
             opened.close()
         return out, loss
 
-    def _regression_loss(self, output: Tensor, value: float) -> Tensor:
-        """The loss of a regression output against the slide's value, both standardised."""
+    def _regression_loss(self, output: Tensor, value: float, out: Any = None) -> Tensor:
+        """The loss of a regression output against the slide's value, both standardised;
+        with ``target.instance_weight``, plus that times the mean loss of the instances'
+        own scores (``out``'s head output's ``instance_logits``) against the same value."""
         mean, std = self.target.scale()
-        prediction = output.reshape(-1)[:1]
-        target = torch.full_like(prediction, (float(value) - mean) / std)
+        loss = self._value_loss(output.reshape(-1)[:1], (float(value) - mean) / std)
+        if self.target.instance_weight:
+            head = getattr(out, "head_output", out)
+            scores = getattr(head, "instance_logits", None)
+            if scores is None:
+                raise RunError(
+                    "target.instance_weight needs a head with per-instance scores (head mean)"
+                )
+            instances = self._value_loss(scores.reshape(-1), (float(value) - mean) / std)
+            loss = loss + self.target.instance_weight * instances
+        return loss
+
+    def _value_loss(self, prediction: Tensor, target: float) -> Tensor:
+        """MSE or Huber loss of ``prediction`` against the (standardised) ``target``."""
+        target_tensor = torch.full_like(prediction, target)
         if self.target.loss == "huber":
-            return F.huber_loss(prediction, target, delta=self.target.huber_delta)
-        return F.mse_loss(prediction, target)
+            return F.huber_loss(prediction, target_tensor, delta=self.target.huber_delta)
+        return F.mse_loss(prediction, target_tensor)
 
     def predicted_value(self, output: Tensor) -> float:
         """A regression output in the target's own units."""
