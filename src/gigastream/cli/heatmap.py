@@ -1,4 +1,11 @@
-"""``gigastream heatmap``: attention heatmaps of slide files -> DIR/<slide_id>.png (+ .tif)."""
+"""``gigastream heatmap``: attention heatmaps of slide files -> DIR/<slide_id>.png (+ .tif),
+and the attention as QuPath GeoJSON tiles DIR/<slide_id>.attention.geojson.
+
+Lesion contours come from ``--lesions DIR`` (masks ``<slide_id>.png``), from ``--annotations
+DIR`` (ASAP/CAMELYON XML or QuPath GeoJSON ``<slide_id>.xml`` / ``.geojson`` / ``.json``:
+tumour minus exclusions, every file checked before any work), or, with neither, from the
+masks next to synthetic slides (``<slide folder>/../lesions``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,10 @@ from pathlib import Path
 from gigastream.cli import common
 
 COMMAND = ("heatmap",)
-HELP = "attention heatmaps of slides with a trained checkpoint (PNG, optional pyramidal TIFF)"
+HELP = (
+    "attention heatmaps of slides with a trained checkpoint (PNG, optional pyramidal TIFF, "
+    "QuPath GeoJSON)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,10 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write a full-resolution pyramidal TIFF overlay per slide",
     )
-    parser.add_argument(
+    lesions = parser.add_mutually_exclusive_group()
+    lesions.add_argument(
         "--lesions",
         type=Path,
         help="folder of ground-truth masks <slide_id>.png to draw as contours",
+    )
+    lesions.add_argument(
+        "--annotations",
+        type=Path,
+        metavar="DIR",
+        help="folder of annotation files <slide_id>.xml (ASAP/CAMELYON) or .geojson/.json "
+        "(QuPath) whose tumour regions (minus exclusions) are drawn as contours",
     )
     parser.add_argument(
         "--opacity",
@@ -56,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     check_opacity(args.opacity, "--opacity")  # every argument before any work
     common.check_slide_mpp(args.slide_mpp)
     _check_lesions(args.lesions)
+    if args.annotations is not None:  # every file read: a malformed one refuses here
+        from gigastream.wsi.annotation_readers import read_annotation_folder
+
+        read_annotation_folder(args.annotations, [Path(s).stem for s in args.slides])
     labels = slide_labels(args.slides, manifest=args.manifest, label=args.label)
     common.quiet_lightning(args)
     result = predict_slide_files(
@@ -71,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         labels=labels,
         opacity=args.opacity,
         slide_mpp=args.slide_mpp,
+        annotations_dir=args.annotations,
     )
     for path in result["heatmaps"]:
         print(path)

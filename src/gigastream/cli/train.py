@@ -77,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
     if args.folds == "all" and args.dry_run:
         raise ValueError("--dry-run plans one run: drop --folds all (or --dry-run)")
     config = _config(args)
+    if config.data.roi_dir is not None and config.model.kind == "features":
+        raise ValueError(
+            "--roi restricts the slides' instances, but a head on cached features reads no "
+            "slide (its patches were chosen by gigastream features): drop --roi"
+        )
     if not args.dry_run:  # a dry run plans without the trunk's weights
         common.check_weights_file(config.model.weights)
     if args.folds == "all":
@@ -109,15 +114,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_roi(config, rows=None) -> None:
     """``data.roi_dir`` (``--roi``): every slide trained or validated on (``rows``; all the
-    manifest's with ``--folds all``) has a readable ROI file, before any work; refused for a
-    head on cached features (its patches were chosen when the features were extracted)."""
+    manifest's with ``--folds all``) has a readable, non-empty ROI file, before any work."""
     if config.data.roi_dir is None:
         return
-    if config.model.kind == "features":
-        raise ValueError(
-            "--roi restricts the slides' instances, but a head on cached features reads no "
-            "slide (its patches were chosen by gigastream features): drop --roi"
-        )
     from gigastream.train.roi import check_roi_files
 
     if rows is None:

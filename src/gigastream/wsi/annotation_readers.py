@@ -4,7 +4,8 @@
 :func:`read_annotations` tells the format by the file's content; :func:`read_asap_xml`,
 :func:`read_geojson` and :func:`annotations_from_geojson` read one format each. A malformed
 file is one :class:`~gigastream.wsi.annotations.AnnotationError` line naming the file and
-the problem.
+the problem. :func:`read_annotation_folder` reads the files ``<slide_id>.xml`` /
+``.geojson`` / ``.json`` of a folder (``--annotations DIR``, ``--roi DIR``).
 """
 
 from __future__ import annotations
@@ -353,4 +354,88 @@ def _geojson_regions(
         )
 
 
-__all__ = ["annotations_from_geojson", "read_annotations", "read_asap_xml", "read_geojson"]
+# ---------------------------------------------------------------------------- folders
+#: The names an annotation file of a slide may have in a folder: ``<slide_id><suffix>``.
+ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
+
+
+def check_annotation_folder(folder: str | Path, flag: str = "--annotations") -> Path:
+    """``folder`` as a :class:`~pathlib.Path`, checked to be a folder (AnnotationError naming
+    ``flag`` and the fix otherwise)."""
+    path = Path(folder)
+    if not path.is_dir():
+        what = "is a file" if path.exists() else "not found"
+        raise AnnotationError(
+            f"{flag} {path}: {what}; give the folder of annotation files <slide_id>.xml "
+            "(ASAP/CAMELYON) or <slide_id>.geojson (QuPath)"
+        )
+    return path
+
+
+def find_annotation(folder: str | Path, slide_id: str) -> Path | None:
+    """The annotation file of a slide in ``folder``: ``<slide_id>.xml``, ``.geojson`` or
+    ``.json`` (``None`` when there is none).
+
+    Raises:
+        AnnotationError: two of them (which one is meant is not clear).
+    """
+    found = [
+        p for suffix in ANNOTATION_SUFFIXES if (p := Path(folder) / f"{slide_id}{suffix}").is_file()
+    ]
+    if len(found) > 1:
+        raise AnnotationError(
+            f"{folder}: {len(found)} annotation files for slide {slide_id!r} "
+            f"({', '.join(p.name for p in found)}); keep one"
+        )
+    return found[0] if found else None
+
+
+def read_annotation_folder(
+    folder: str | Path, slide_ids: Iterable[str], flag: str = "--annotations"
+) -> dict[str, Annotations]:
+    """The annotations of the slides that have a file in ``folder`` (:func:`find_annotation`),
+    every file read, so that a malformed one refuses before any work.
+
+    Args:
+        folder: the folder of ``<slide_id>.xml`` / ``.geojson`` / ``.json`` files.
+        slide_ids: the slides wanted (a slide without a file is left out).
+        flag: how messages name the folder.
+
+    Returns:
+        ``slide_id -> Annotations``, in the order of ``slide_ids``.
+
+    Raises:
+        AnnotationError: ``folder`` is not a folder, or a file is malformed (the first
+            problem, naming the file, and how many more files are malformed).
+
+    Example:
+        >>> notes = read_annotation_folder("annotations", ["tumor_001", "normal_001"])  # doctest: +SKIP
+        >>> list(notes)  # doctest: +SKIP
+        ['tumor_001']
+    """
+    folder = check_annotation_folder(folder, flag)
+    found: dict[str, Annotations] = {}
+    problems: list[str] = []
+    for slide_id in dict.fromkeys(slide_ids):
+        try:
+            path = find_annotation(folder, slide_id)
+            if path is not None:
+                found[slide_id] = read_annotations(path)
+        except AnnotationError as exc:
+            problems.append(str(exc))
+    if problems:
+        more = f" (and {len(problems) - 1} more malformed files)" if len(problems) > 1 else ""
+        raise AnnotationError(f"{problems[0]}{more}")
+    return found
+
+
+__all__ = [
+    "ANNOTATION_SUFFIXES",
+    "annotations_from_geojson",
+    "check_annotation_folder",
+    "find_annotation",
+    "read_annotation_folder",
+    "read_annotations",
+    "read_asap_xml",
+    "read_geojson",
+]

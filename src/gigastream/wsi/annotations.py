@@ -25,7 +25,8 @@ pixels** (origin at the top-left corner of the full-resolution image, pixel ``i`
 
 A region's class is ``Unclassified`` when the file gives none. Classes named in
 :data:`EXCLUSION_CLASSES` (``_2``, ``Exclusion``, ``Ignore*``) are subtracted from the others
-by default (:meth:`Annotations.geometry`, :meth:`Annotations.mask`).
+by default (:meth:`Annotations.geometry`, :meth:`Annotations.mask`); :data:`TUMOUR_CLASSES`
+are the classes taken as tumour (lesion contours on heatmaps, ``evaluate --annotations``).
 
 Rasterising (:meth:`Annotations.mask`, :func:`rasterize`) gives a
 :class:`~gigastream.wsi.tissue.TissueMask` at any mpp (or level-0 downsample) covering the
@@ -66,6 +67,20 @@ UNCLASSIFIED = "Unclassified"
 #: Classes subtracted from the others by default (case-insensitive; ``*`` ends a prefix):
 #: CAMELYON16's exclusion group ``_2`` (``Exclusion`` in its test set) and QuPath's ``Ignore*``.
 EXCLUSION_CLASSES = ("_2", "Exclusion", "Ignore*")
+#: Classes drawn as lesion contours and scored as tumour (``heatmap``/``evaluate
+#: --annotations``; case-insensitive, ``*`` ends a prefix): CAMELYON16's groups ``_0``/``_1``,
+#: ``Tumor``/``Tumour`` (QuPath's class, and derived ones such as ``Tumor: Positive``),
+#: CAMELYON17's ``metastases``, ``Lesion*``, ``Carcinoma*``, and regions without a class.
+TUMOUR_CLASSES = (
+    "_0",
+    "_1",
+    "Tumor*",
+    "Tumour*",
+    "Metasta*",
+    "Lesion*",
+    "Carcinoma*",
+    UNCLASSIFIED,
+)
 #: Colours of the classes QuPath knows by default (RGB), used by :func:`geometry_feature`.
 CLASS_COLOURS = {
     "Tumor": (200, 0, 0),
@@ -396,6 +411,7 @@ __all__ = [
     "CLASS_COLOURS",
     "DEFAULT_COLOUR",
     "EXCLUSION_CLASSES",
+    "TUMOUR_CLASSES",
     "UNCLASSIFIED",
     "AnnotationError",
     "Annotations",
