@@ -226,7 +226,7 @@ def test_flags_of_other_models_are_one_line(features, slides, tmp_path, capsys, 
 
 def test_features_of_a_streaming_checkpoint_is_refused(tmp_path, capsys):
     from gigastream.train.config_files import load_config
-    from gigastream.train.prediction import _prediction_config
+    from gigastream.train.prediction import prediction_config
 
     with pytest.raises(ValueError, match="--features f: this checkpoint is a model.kind streaming"):
-        _prediction_config(load_config({}), "cpu", None, "f")
+        prediction_config(load_config({}), "cpu", None, "f")

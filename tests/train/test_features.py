@@ -244,7 +244,7 @@ def test_the_checkpoint_records_the_features_and_predicts_like_validation(featur
 
 
 def test_evaluate_refuses_features_of_another_dimension(feature_run, extracted, tmp_path):
-    from gigastream.train.prediction import evaluate_manifest
+    from gigastream.train.evaluation import evaluate_manifest
 
     out, metrics = feature_run
     manifest = extracted[0]

@@ -117,7 +117,7 @@ def test_validation_threshold_is_youdens_and_is_stored_in_the_checkpoint(tmp_pat
 
 
 def test_scored_rows_by_split():
-    from gigastream.train.prediction import scored_rows
+    from gigastream.train.evaluation import scored_rows
     from gigastream.wsi.manifest import ManifestRow
 
     rows = [
@@ -166,7 +166,7 @@ def test_predict_slide_mpp_reads_a_slide_without_metadata(tmp_path, trained_run,
 
 
 def test_evaluation_metrics_of_no_slides_and_of_three_classes():
-    from gigastream.train.prediction import evaluation_metrics
+    from gigastream.train.evaluation import evaluation_metrics
 
     empty = evaluation_metrics([], np.zeros((0, 2)), 0.4)
     assert math.isnan(empty["brier"]) and math.isnan(empty["ece"])

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     common.check_slide_mpp(args.slide_mpp)
     _check_annotations(args.annotations, args.manifest)
     common.quiet_lightning(args)
-    from gigastream.train.prediction import evaluate_manifest
+    from gigastream.train.evaluation import evaluate_manifest
 
     metrics = evaluate_manifest(
         args.checkpoint,

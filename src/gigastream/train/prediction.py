@@ -4,22 +4,18 @@ Lightning's predict loop, summarised and written.
 :func:`load_classifier` rebuilds the model of a checkpoint (nothing else is needed: the
 config, the class names, the normalisation and the tissue settings travel in it);
 :func:`run_predictions` gives per-slide results; :func:`summarize` their metrics under
-neutral names (``auc``, ``accuracy``, ``loss``; :func:`prefixed` names them after the
-slides, e.g. ``val_auc``); :func:`write_predictions` writes ``predictions.csv``.
-:func:`evaluate_manifest` (``gigastream evaluate``) and :func:`predict_slide_files`
-(``gigastream predict`` and ``heatmap``) give the same probabilities as a run's validation
-for the same slide; for a checkpoint trained on cached features (``model.kind: features``)
-both take the slides' feature files from ``features_dir`` (default: the training run's).
-:func:`evaluate_manifest` scores the slides not trained on (:func:`scored_rows`: by default
-those whose split is not train), says when some are the checkpoint's training slides
-(:func:`training_slides`) and adds the calibration of p(positive) and the accuracy at the
-checkpoint's decision threshold (:func:`evaluation_metrics`); :func:`validation_threshold`
-chooses that threshold on validation results and :func:`store_threshold` stores it.
+neutral names (``auc``, ``accuracy``, ``loss``; a regression's ``spearman``, ...;
+:func:`prefixed` names them after the slides, e.g. ``val_auc``); :func:`write_predictions`
+writes ``predictions.csv``. :func:`predict_slide_files` (``gigastream predict`` and
+``heatmap``) gives the same probabilities as a run's validation for the same slide; for a
+checkpoint trained on cached features (``model.kind: features``) it takes the slides'
+feature files from ``features_dir`` (default: the training run's).
+:func:`validation_threshold` chooses a decision threshold on validation results and
+:func:`store_threshold` stores it. Evaluating a manifest (``gigastream evaluate``) is
+:mod:`gigastream.train.evaluation`.
 
 Example:
-    >>> metrics = evaluate_manifest("RUN/checkpoints/best.ckpt", "test.csv", "eval")  # doctest: +SKIP
-    >>> metrics["auc"]  # doctest: +SKIP
-    0.93
+    >>> results = predict_slide_files("RUN/checkpoints/best.ckpt", ["a.tif"], "pred")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -43,16 +39,12 @@ from gigastream.train.files import (
     atomic_write_text,
     check_writable_folder,
     load_checkpoint_file,
-    write_json,
 )
 from gigastream.train.heatmaps import write_heatmaps
 from gigastream.train.loaders import slide_loader
 from gigastream.train.metrics import (
-    accuracy_at,
-    brier_score,
     classification_metrics,
     confusion_matrix,
-    expected_calibration_error,
     youden_threshold,
 )
 from gigastream.train.module import MILClassifier
@@ -63,19 +55,12 @@ from gigastream.train.regression import (
     write_value_predictions,
 )
 from gigastream.train.selection import (
-    EVAL_SPLITS,
-    OTHER_SPLITS,
-    TRAIN_SPLITS,
-    VAL_SPLITS,
-    check_labels,
-    check_split_names,
-    check_targets,
     is_regression,
     parse_target,
     with_slide_mpp,
 )
 from gigastream.train.trainer import build_trainer, resolve_device
-from gigastream.wsi.manifest import ManifestRow, read_manifest
+from gigastream.wsi.manifest import ManifestRow
 
 #: The metrics of :func:`summarize` that a caller names after its slides (:func:`prefixed`).
 METRICS = ("auc", "accuracy", "loss", *REGRESSION_METRICS)
@@ -184,12 +169,15 @@ def load_classifier(checkpoint: str | Path) -> tuple[MILClassifier, RunConfig]:
     Raises:
         RunError: a missing, corrupt or foreign checkpoint (the message names the file).
     """
-    module, config, _ = _load_classifier(checkpoint)
+    module, config, _ = load_checkpoint_parts(checkpoint)
     return module, config
 
 
-def _load_classifier(checkpoint: str | Path) -> tuple[MILClassifier, RunConfig, dict[str, Any]]:
-    """:func:`load_classifier` and the checkpoint's ``gigastream`` section."""
+def load_checkpoint_parts(
+    checkpoint: str | Path,
+) -> tuple[MILClassifier, RunConfig, dict[str, Any]]:
+    """:func:`load_classifier` and the checkpoint's ``gigastream`` section (its class names,
+    config, stored decision threshold)."""
     state = load_checkpoint_file(checkpoint)
     saved = state.get("gigastream")
     if not isinstance(saved, dict) or "config" not in saved:
@@ -270,7 +258,7 @@ def _slide_rows(slides: Sequence[str | Path]) -> list[ManifestRow]:
     return rows
 
 
-def _prediction_config(
+def prediction_config(
     config: RunConfig,
     device: str | None,
     workers: int | None,
@@ -296,7 +284,7 @@ def _prediction_config(
     return config
 
 
-def _check_features(config: RunConfig, rows: Sequence[ManifestRow]) -> None:
+def check_feature_files(config: RunConfig, rows: Sequence[ManifestRow]) -> None:
     """A feature model: every existing feature file of ``rows`` has the checkpoint's
     dimension (FeatureFileError naming the file and both dimensions otherwise)."""
     if config.model.kind == "features":
@@ -304,205 +292,6 @@ def _check_features(config: RunConfig, rows: Sequence[ManifestRow]) -> None:
 
         features = config.features
         check_feature_files(config.data.features_dir, rows, features.feature_dim, features.encoder)
-
-
-def scored_rows(
-    rows: Sequence[ManifestRow], split: str | None, manifest: str | Path | None = None
-) -> tuple[list[ManifestRow], str]:
-    """The rows ``evaluate`` scores, and which they are in words.
-
-    Args:
-        rows: the manifest's rows.
-        split: ``val`` (split ``val``/``valid``/``validation``), ``test``
-            (``test``/``testing``/``holdout``), ``all``, or ``None``: the slides whose split
-            is not train when the manifest has a split column, else all.
-        manifest: how messages name the manifest.
-
-    Returns:
-        The rows and e.g. ``"split not train (val: 8, test: 8)"``.
-
-    Raises:
-        ConfigError: an unknown ``split``, unknown split values in the manifest (each with
-            the closest valid one), ``val``/``test`` on a manifest without a split column,
-            or no slide of the asked split.
-    """
-    name = manifest or "the manifest"
-    if split is not None and split not in EVAL_SPLITS:
-        raise ConfigError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
-    has_split = any(r.split for r in rows)
-    if has_split:
-        check_split_names(rows, manifest)
-    if split == "all" or (split is None and not has_split):
-        why = _split_counts(rows) if has_split else "the manifest has no split column"
-        return list(rows), f"all ({why})"
-    if not has_split:
-        raise ConfigError(
-            f"--split {split}: {name} has no split column; score every slide with --split all "
-            "(or give the manifest a split column: train/val/test)"
-        )
-    wanted = {"val": VAL_SPLITS, "test": OTHER_SPLITS}.get(split or "")
-    if wanted is None:  # the default: every slide not trained on
-        chosen = [r for r in rows if (r.split or "").lower() not in TRAIN_SPLITS]
-        what = "not train"
-    else:
-        chosen = [r for r in rows if (r.split or "").lower() in wanted]
-        what = split
-    if not chosen:
-        raise ConfigError(
-            f"{name}: no slide has split {what} (splits: {_split_counts(rows)}); choose "
-            "another --split"
-        )
-    return chosen, f"{what} ({_split_counts(chosen)})"
-
-
-def _split_counts(rows: Sequence[ManifestRow]) -> str:
-    counts: dict[str, int] = {}
-    for row in rows:
-        key = row.split or "(none)"
-        counts[key] = counts.get(key, 0) + 1
-    return ", ".join(f"{key}: {n}" for key, n in counts.items())
-
-
-def training_slides(config: RunConfig) -> set[Path]:
-    """The slide files (resolved) a checkpoint was trained on: its stored manifest split as
-    its run split it (:func:`~gigastream.train.selection.split_rows`); empty when that manifest
-    or splits file is no longer readable."""
-    from gigastream.train.selection import split_rows
-    from gigastream.wsi.manifest import Manifest
-
-    if config.manifest is None:
-        return set()
-    config = replace(config, data=replace(config.data, slide_mpp=None))  # no slide opened
-    try:
-        manifest = read_manifest(config.manifest, check_files=False)
-        train, _ = split_rows(Manifest(manifest.rows, manifest.labels), config)
-    except (OSError, ValueError):  # moved, edited or gone: nothing to compare with
-        return set()
-    return {Path(row.path).resolve() for row in train}
-
-
-def evaluation_metrics(
-    labels: Sequence[int], probs: np.ndarray, threshold: float | None
-) -> dict[str, Any]:
-    """Calibration and threshold metrics of labelled slides (``evaluate``), of the positive
-    (last) class's probability: ``brier``, ``ece`` (10 equal-width bins), ``threshold`` and
-    ``accuracy_at_threshold`` (the checkpoint's stored threshold; ``None`` without one or
-    for more than two classes); NaN without slides."""
-    probs = np.asarray(probs, dtype=np.float64)  # (slides, classes)
-    binary = probs.shape[1] == 2
-    use = threshold if binary else None
-    return {
-        "brier": brier_score(labels, probs),
-        "ece": expected_calibration_error(labels, probs, bins=10),
-        "threshold": use,
-        "accuracy_at_threshold": None if use is None else accuracy_at(labels, probs, use),
-    }
-
-
-def evaluate_manifest(
-    checkpoint: str | Path,
-    manifest: str | Path,
-    out: str | Path,
-    device: str | None = None,
-    progress: bool = True,
-    num_workers: int | None = None,
-    features_dir: str | Path | None = None,
-    split: str | None = None,
-    slide_mpp: float | None = None,
-    annotations_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Evaluate a checkpoint on the slides of a manifest: ``metrics.json`` + ``predictions.csv``.
-
-    Args:
-        features_dir: the slides' feature files ``<slide_id>.h5``, for a checkpoint trained
-            on cached features (default: its training run's ``data.features_dir``).
-        split: which slides are scored (:func:`scored_rows`): ``val``, ``test``, ``all``;
-            ``None``: the slides whose split is not train when the manifest has a split
-            column, else all.
-        slide_mpp: the mpp of slides without one of their own (no file metadata, no
-            ``mpp`` in their row; :func:`~gigastream.train.selection.with_slide_mpp`).
-        annotations_dir: a folder of annotation files ``<slide_id>.xml`` / ``.geojson``:
-            the attention inside their tumour is measured (``annotations`` in the metrics,
-            :func:`~gigastream.train.annotation_eval.annotation_metrics`).
-
-    Returns:
-        The metrics: ``auc``, ``accuracy`` (at p = 0.5 for two classes: the most probable
-        class), ``brier``, ``ece``, ``threshold`` and ``accuracy_at_threshold`` (the
-        checkpoint's stored decision threshold, when it has one), ``loss``, ``split``
-        (which slides were scored, in words), ``scored_slides`` (how many),
-        ``training_slides_scored`` (the ids of those the checkpoint was trained on:
-        :func:`training_slides`), ``slides`` (of them, the labelled ones that could be read), ``class_names``, ``positive_class``,
-        per-slide predictions and skipped slides.
-
-    Raises:
-        RunError: a missing or foreign checkpoint.
-        ConfigError: ``features_dir`` for a checkpoint that reads slides, or not a folder;
-            a bad ``split`` (see :func:`scored_rows`) or ``slide_mpp``.
-        FeatureFileError: a feature file of another dimension than the checkpoint's model.
-    """
-    module, config, saved = _load_classifier(checkpoint)
-    config = _prediction_config(config, device, num_workers, features_dir, slide_mpp)
-    rows = read_manifest(manifest, check_files=config.model.kind != "features").rows
-    rows, scored = scored_rows(rows, split, manifest)
-    trained_on = training_slides(config)
-    seen = sorted(r.slide_id for r in rows if Path(r.path).resolve() in trained_on)
-    if module.regression:
-        check_targets(rows, manifest)
-    else:
-        check_labels([r.label for r in rows], module.class_names)
-    _check_features(config, rows)
-    if config.model.kind != "features":
-        rows = with_slide_mpp(rows, slide_mpp, config.data.backend)
-    out = check_writable_folder(out)
-    data = replace(config.data, mask_dir=str(out / "masks"))
-    results = run_predictions(module, rows, config, data, progress=progress)
-    final = summarize(results, module.class_names)
-    metrics = {
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "manifest": str(Path(manifest).resolve()),
-        "split": scored,
-        "scored_slides": len(rows),
-        "training_slides_scored": seen,
-        **_scores(module, results, final, saved.get("threshold")),
-        "loss": final["loss"],
-        "slides": final["slides"],
-        "predictions": final["predictions"],
-        "skipped_slides": final["skipped"],
-    }
-    if annotations_dir is not None:
-        from gigastream.train.annotation_eval import annotation_metrics
-
-        metrics["annotations"] = annotation_metrics(module, results, rows, data, annotations_dir)
-    write_predictions(out / "predictions.csv", results, module.class_names)
-    write_json(out / "metrics.json", metrics)
-    return metrics
-
-
-def _scores(
-    module: MILClassifier,
-    results: Sequence[dict[str, Any]],
-    final: dict[str, Any],
-    threshold: float | None,
-) -> dict[str, Any]:
-    """The scores of an evaluation: a classifier's AUC, accuracy, confusion matrix and
-    :func:`evaluation_metrics`, with its classes; a regression run's metrics."""
-    if module.regression:
-        return {"task": "regression", **{name: final[name] for name in REGRESSION_METRICS}}
-    labelled = [r for r in results if "probs" in r and r["label"] is not None]
-    labels = [r["label"] for r in labelled]
-    probs = (
-        np.stack([r["probs"] for r in labelled])
-        if labelled
-        else np.zeros((0, len(module.class_names)))
-    )
-    return {
-        "auc": final["auc"],
-        "accuracy": final["accuracy"],
-        **evaluation_metrics(labels, probs, threshold),
-        "confusion_matrix": confusion_matrix(labels, probs),
-        "class_names": module.class_names,
-        "positive_class": module.class_names[-1],
-    }
 
 
 def _with_labels(
@@ -573,9 +362,9 @@ def predict_slide_files(
 
         check_opacity(opacity, "--opacity")
     module, config = load_classifier(checkpoint)
-    config = _prediction_config(config, device, num_workers, features_dir, slide_mpp)
+    config = prediction_config(config, device, num_workers, features_dir, slide_mpp)
     rows = _with_labels(_slide_rows(slides), labels or {}, module.class_names)
-    _check_features(config, rows)
+    check_feature_files(config, rows)
     if config.model.kind != "features":
         rows = with_slide_mpp(rows, slide_mpp, config.data.backend)
     out = check_writable_folder(out)
@@ -606,16 +395,15 @@ def predict_slide_files(
 
 __all__ = [
     "METRICS",
-    "evaluate_manifest",
-    "evaluation_metrics",
+    "check_feature_files",
+    "load_checkpoint_parts",
     "load_classifier",
     "predict_slide_files",
     "prefixed",
+    "prediction_config",
     "run_predictions",
-    "scored_rows",
     "store_threshold",
     "summarize",
-    "training_slides",
     "validation_threshold",
     "write_predictions",
 ]

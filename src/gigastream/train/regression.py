@@ -10,7 +10,7 @@ the label's own units) where a classifier's hold ``probs``;
 Example:
     >>> summary = summarize_values([{"slide_id": "a", "label": 1.0, "prediction": 1.2, "loss": 0.1},
     ...                             {"slide_id": "b", "label": 3.0, "prediction": 2.5, "loss": 0.2}])
-    >>> summary["spearman"], round(summary["mae"], 2)
+    >>> round(summary["spearman"], 6), round(summary["mae"], 2)
     (1.0, 0.35)
 """
 

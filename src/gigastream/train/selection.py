@@ -78,7 +78,7 @@ def check_targets(rows: Sequence[ManifestRow], manifest: str | Path | None = Non
             two distinct values (nothing to learn).
 
     Example:
-        >>> check_targets([ManifestRow("a", "a.tif", "0.5"), ManifestRow("b", "b.tif", "3")])
+        >>> check_targets([ManifestRow("a", "a.tif", "0.5", "a"), ManifestRow("b", "b.tif", "3", "b")])
         ['value']
     """
     bad = [f"{r.slide_id} ({r.label!r})" for r in rows if parse_target(r.label) is None]
