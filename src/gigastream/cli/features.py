@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mpp", type=float, help="resolution patches are read at (um/px)")
     parser.add_argument("--min-tissue", type=float, help="tissue fraction a patch needs (0-1)")
     parser.add_argument("--chunk-size", type=int, help="patches encoded at a time")
+    common.add_slide_mpp(parser)
     common.add_device(parser)
     parser.add_argument(
         "--precision",
@@ -65,8 +66,12 @@ def run(args: argparse.Namespace) -> int:
     from gigastream.train.features import extract_features
     from gigastream.wsi.manifest import read_manifest
 
+    from gigastream.train.selection import with_slide_mpp
+
+    common.check_slide_mpp(args.slide_mpp)
     data, patches = _settings(args)
     rows = read_manifest(args.manifest, check_files=False).rows  # a missing slide: a failure
+    rows = with_slide_mpp(rows, args.slide_mpp, data.backend)  # part of each file's key
     summary = extract_features(
         rows,
         args.out,
