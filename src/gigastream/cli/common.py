@@ -90,8 +90,9 @@ def add_task(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--task",
         choices=["classification", "regression"],
-        help="classification: the manifest's labels are classes (default); regression: they "
-        "are numbers (a score, a level, a burden) predicted by one linear output",
+        help="classification: the manifest's labels are classes; regression: they are "
+        "numbers (a score, a level, a burden) predicted by one linear output (default: "
+        "classification)",
     )
 
 
@@ -107,7 +108,10 @@ def add_sources(parser: argparse.ArgumentParser) -> None:
 
 def add_workers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--workers", type=int, help="DataLoader worker processes that open and read slides"
+        "--workers",
+        type=int,
+        help="DataLoader worker processes that open and read slides (default: the config's "
+        "data.num_workers)",
     )
 
 
@@ -135,27 +139,58 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
 
 def add_recipe(parser: argparse.ArgumentParser) -> None:
     """The flags of a run's settings: config file, model, optimisation, device and precision
-    (``train`` and ``demo``; the resolution experiment in ``experiments/resolution`` reuses them)."""
+    (``train`` and ``demo``; the resolution experiment in ``experiments/resolution`` reuses them).
+    A flag left out takes the ``--config`` file's value, else the default its help names
+    (:class:`~gigastream.train.config.RunConfig`'s)."""
+    from gigastream.mil.heads import list_mil_heads
     from gigastream.models.trunks import list_trunks
+    from gigastream.train.config import RunConfig
 
+    run = RunConfig()
     parser.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
-    parser.add_argument("--arch", choices=list_trunks(), help="CNN trunk")
+    parser.add_argument(
+        "--arch", choices=list_trunks(), help=f"CNN trunk (default: {run.model.arch})"
+    )
     parser.add_argument(
         "--weights",
-        help="trunk (patch models: encoder) weights: imagenet (torchvision) or a local file",
+        help="trunk (patch models: encoder) weights: imagenet (torchvision) or a local file "
+        "(default: none, random initialisation)",
     )
-    parser.add_argument("--head", help="MIL head (see gigastream.list_mil_heads())")
-    parser.add_argument("--epochs", type=int, help="passes over the training slides")
-    parser.add_argument("--tile-size", type=int, help="streaming tile edge in pixels")
-    parser.add_argument("--memory-budget", help="streaming memory budget, e.g. 8GiB")
-    parser.add_argument("--lr", type=float, help="trunk learning rate")
-    parser.add_argument("--head-lr", type=float, help="MIL head learning rate")
-    parser.add_argument("--accumulate", type=int, help="slides per optimiser step")
+    parser.add_argument(
+        "--head",
+        choices=list_mil_heads(),
+        help=f"MIL head (default: {run.model.head} with {run.model.head_options})",
+    )
+    parser.add_argument(
+        "--epochs", type=int, help=f"passes over the training slides (default: {run.train.epochs})"
+    )
+    parser.add_argument(
+        "--tile-size",
+        type=int,
+        help=f"streaming tile edge in pixels (default: {run.model.tile_size}; with "
+        "--memory-budget: planned from it)",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        help="streaming memory budget, e.g. 8GiB: the tiles are planned to fit it (default: "
+        "none, --tile-size)",
+    )
+    parser.add_argument("--lr", type=float, help=f"trunk learning rate (default: {run.optim.lr:g})")
+    parser.add_argument(
+        "--head-lr", type=float, help="MIL head learning rate (default: the trunk's, --lr)"
+    )
+    parser.add_argument(
+        "--accumulate",
+        type=int,
+        help=f"slides per optimiser step (default: {run.train.accumulate_grad_batches})",
+    )
     add_device(parser)
     parser.add_argument(
-        "--precision", choices=["32", "64", "bf16-mixed", "16-mixed"], help="numeric precision"
+        "--precision",
+        choices=["32", "64", "bf16-mixed", "16-mixed"],
+        help=f"numeric precision (default: {run.train.precision})",
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     add_workers(parser)
     add_progress(parser)
 
@@ -164,19 +199,36 @@ def add_training(parser: argparse.ArgumentParser) -> None:
     """The flags of a training run (``train`` and ``demo``): :func:`add_recipe` and the
     run's resolution (and ``--slide-mpp``), positive class, seed, distribution, early
     stopping, resume and overwrite."""
+    from gigastream.train.config import RunConfig
+
+    run = RunConfig()
     add_recipe(parser)
-    parser.add_argument("--mpp", type=float, help="resolution slides are streamed at (um/px)")
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        help=f"resolution slides are streamed at (um/px; default: {run.data.mpp:g})",
+    )
     add_slide_mpp(parser)
     add_task(parser)
     add_positive_class(parser)
-    parser.add_argument("--seed", type=int, help="seed of split, initialisation, order, dropout")
-    parser.add_argument("--devices", type=int, help="devices (processes) to train on (DDP)")
-    parser.add_argument("--strategy", help="Lightning strategy: auto, ddp, ...")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help=f"seed of split, initialisation, order, dropout (default: {run.train.seed})",
+    )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        help=f"devices (processes) to train on (DDP; default: {run.train.devices})",
+    )
+    parser.add_argument(
+        "--strategy", help=f"Lightning strategy: auto, ddp, ... (default: {run.train.strategy})"
+    )
     parser.add_argument(
         "--early-stopping",
         type=int,
         metavar="EPOCHS",
-        help="stop after EPOCHS epochs without a better validation AUC",
+        help="stop after EPOCHS epochs without a better validation AUC (default: never)",
     )
     parser.add_argument(
         "--resume",
@@ -214,23 +266,46 @@ def add_patches(parser: argparse.ArgumentParser) -> None:
         "over the slide's tissue patches (the patch flags below); features: a MIL head on "
         "cached patch features (--features DIR)",
     )
+    from gigastream.models.patch_mil import PatchConfig
+
+    patches = PatchConfig()
     parser.add_argument(
         "--encoder",
-        help="patch encoder: a registered trunk (resnet18, ...), small_cnn or timm:<model name>",
+        help="patch encoder: a registered trunk (resnet18, ...), small_cnn or timm:<model name> "
+        f"(default: {patches.encoder.name})",
     )
-    parser.add_argument("--patch-size", type=int, help="patch edge in pixels at --mpp")
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        help=f"patch edge in pixels at --mpp (default: {patches.patch_size})",
+    )
     parser.add_argument(
         "--bag-strategy",
         choices=STRATEGIES,
         help="how a training step sees a bag: accumulate (exact, chunked), baseline (whole "
         "bag in one graph), sample (--sample-size random patches) or frozen (the encoder "
-        "does not train; each bag's features are computed once and cached in memory)",
+        "does not train; each bag's features are computed once and cached in memory; "
+        f"default: {patches.strategy})",
     )
-    parser.add_argument("--chunk-size", type=int, help="patches per chunk (accumulate, eval)")
-    parser.add_argument("--sample-size", type=int, help="patches per training step (sample)")
-    parser.add_argument("--min-tissue", type=float, help="tissue fraction a patch needs (0-1)")
     parser.add_argument(
-        "--finetune", help="which encoder parameters train: full, frozen, last:N or lora"
+        "--chunk-size",
+        type=int,
+        help=f"patches per chunk (accumulate, eval; default: {patches.chunk_size})",
+    )
+    parser.add_argument(
+        "--sample-size",
+        type=int,
+        help=f"patches per training step (sample; default: {patches.sample_size})",
+    )
+    parser.add_argument(
+        "--min-tissue",
+        type=float,
+        help=f"tissue fraction a patch needs (0-1; default: {patches.min_tissue})",
+    )
+    parser.add_argument(
+        "--finetune",
+        help="which encoder parameters train: full, frozen, last:N or lora (default: "
+        f"{patches.encoder.finetune})",
     )
 
 

@@ -64,9 +64,8 @@ def _settings(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from gigastream.train.features import extract_features
-    from gigastream.wsi.manifest import read_manifest
-
     from gigastream.train.selection import with_slide_mpp
+    from gigastream.wsi.manifest import read_manifest
 
     common.check_slide_mpp(args.slide_mpp)
     data, patches = _settings(args)

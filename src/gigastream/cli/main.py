@@ -90,6 +90,33 @@ def _command_modules() -> list:
     return modules
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` that shows every flag's default (where it has one of its own: a flag whose
+    default comes from the run's config says so in its help) and marks required flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.help is argparse.SUPPRESS:
+            return action.help
+        if action.required and action.option_strings:
+            text += " (required)"
+        default = action.default
+        shown = default not in (None, False, argparse.SUPPRESS) and not isinstance(default, list)
+        if shown and "default" not in text and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _add_verbose(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default,
+        help="more logging, and the traceback of an error (-vv: debug)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gigastream",
@@ -98,13 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"gigastream {gigastream.__version__}"
     )
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=0,
-        help="more logging, and the traceback of an error (-vv: debug)",
-    )
+    _add_verbose(parser, 0)
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
         (): parser.add_subparsers(dest="command", metavar="COMMAND")
     }
@@ -122,9 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
             elif prefix not in groups:
                 groups[prefix] = parsers[prefix].add_subparsers(metavar="COMMAND")
         leaf = groups[path[:-1]].add_parser(
-            path[-1], help=getattr(module, "HELP", ""), description=getattr(module, "HELP", "")
+            path[-1],
+            help=getattr(module, "HELP", ""),
+            description=getattr(module, "HELP", ""),
+            formatter_class=HelpFormatter,
         )
         module.add_arguments(leaf)
+        _add_verbose(leaf, argparse.SUPPRESS)  # also after the command: gigastream train -v
         leaf.set_defaults(_run=module.run)
         parsers[path] = leaf
     return parser

@@ -25,9 +25,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lesion-size", type=int, default=defaults.lesion_size, help="lesion diameter (px)"
     )
-    parser.add_argument("--min-lesions", type=int, default=defaults.min_lesions)
-    parser.add_argument("--max-lesions", type=int, default=defaults.max_lesions)
-    parser.add_argument("--lesion-contrast", type=float, default=defaults.lesion_contrast)
+    parser.add_argument(
+        "--min-lesions",
+        type=int,
+        default=defaults.min_lesions,
+        help="fewest lesions per positive slide",
+    )
+    parser.add_argument(
+        "--max-lesions",
+        type=int,
+        default=defaults.max_lesions,
+        help="most lesions per positive slide",
+    )
+    parser.add_argument(
+        "--lesion-contrast",
+        type=float,
+        default=defaults.lesion_contrast,
+        help="strength of the lesions' nuclear pattern (0: invisible)",
+    )
     parser.add_argument(
         "--positive-fraction",
         type=float,
@@ -56,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tile-size", type=int, default=defaults.tile_size, help="TIFF tile edge")
     parser.add_argument("--quality", type=int, default=defaults.quality, help="JPEG quality")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the dataset")
     common.add_sources(parser)
     common.add_progress(parser)
 
