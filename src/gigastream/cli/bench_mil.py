@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeats", type=_positive_int, default=3, help="timed steps per run (median reported)"
     )
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per run (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument(
         "--threads", type=_positive_int, default=None, help="torch threads per worker process"
     )

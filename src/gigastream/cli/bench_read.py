@@ -20,12 +20,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ReadBenchConfig()
     parser.add_argument("--slide", type=Path, required=True, help="slide file")
     common.add_out(parser, "JSON file (default: print only)", required=False)
-    parser.add_argument("--backends", nargs="+", default=list(defaults.backends))
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=list(defaults.backends),
+        help=f"slide readers to time (default: {' '.join(defaults.backends)})",
+    )
     parser.add_argument(
         "--region-size", type=int, default=defaults.region_size, help="region edge (px)"
     )
     parser.add_argument("--reads", type=int, default=defaults.reads, help="timed reads per level")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the reads")
 
 
 def run(args: argparse.Namespace) -> int:

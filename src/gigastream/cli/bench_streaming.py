@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="e.g. 64GiB: host memory for offloaded maps (default: what is available)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="forward+backward runs per mode")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument(
         "--modes",
         default="conventional,checkpoint,streaming",

@@ -17,8 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--manifest", type=Path, required=True, help="CSV slide_id,path,label[,case_id,...]"
     )
     common.add_out(parser, "splits CSV to write")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folds", type=int, default=5, help="number of folds")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the assignment of cases to folds"
+    )
     common.add_task(parser)
     parser.add_argument(
         "--no-check-files", action="store_true", help="do not require the slide files"

@@ -29,7 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--mpp", type=float, default=defaults.mpp, help="mask resolution (um/px)")
     common.add_slide_mpp(parser)
-    parser.add_argument("--min-tissue-fraction", type=float, default=defaults.min_tissue_fraction)
+    parser.add_argument(
+        "--min-tissue-fraction",
+        type=float,
+        default=defaults.min_tissue_fraction,
+        help="below this fraction of the slide area a slide has no tissue",
+    )
     parser.add_argument(
         "--geojson",
         action="store_true",
