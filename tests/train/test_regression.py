@@ -132,9 +132,31 @@ def test_the_instance_loss_regresses_every_instance_to_the_slide_value():
     ).mean()
     assert module._regression_loss(out.logits, 4.0, out).item() == pytest.approx(expected.item())
     with pytest.raises(
-        ConfigError, match=r"target.instance_weight needs .*\(head mean\), not head clam_sb"
+        ConfigError,
+        match=r"target.instance_weight needs per-instance scores \(head mean or fraction\), not head clam_sb",
     ):
         tiny_config(Path("m.csv"), task="regression", target={"instance_weight": 1.0})
+
+
+def test_the_positive_instance_loss_calls_every_instance_of_a_slide_above_the_threshold():
+    from gigastream.mil.pooling import FractionMIL
+
+    torch.manual_seed(0)
+    head = FractionMIL(4, 1, hidden_dim=3).double()
+    out = head(torch.randn(6, 4, dtype=torch.float64))
+    called = torch.sigmoid(out.instance_logits).mean(dim=0)
+    assert torch.allclose(out.logits, head.scale * called + head.offset, atol=1e-12)
+    assert torch.allclose(out.attention.sum(), torch.ones((), dtype=torch.float64))
+    target = TargetConfig(instance_weight=2.0, instance_target="positive", positive_above=0.5)
+    module = MILClassifier(head, ["value"], target=target)
+    z = out.instance_logits.reshape(-1)
+    for value, positive in ((3.0, 1.0), (0.5, 0.0)):  # 0.5 is not above 0.5
+        bag = (out.logits[0] - value) ** 2  # standardize: mean/std unresolved -> (0, 1)
+        instances = torch.nn.functional.binary_cross_entropy_with_logits(
+            z, torch.full_like(z, positive)
+        )
+        got = module._regression_loss(out.logits, value, out).item()
+        assert got == pytest.approx((bag + 2.0 * instances).item())
 
 
 def _regression_loss(value: float):

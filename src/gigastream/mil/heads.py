@@ -6,7 +6,8 @@ Every registered head shares the interface of :class:`gigastream.mil.base.MILHea
 
 Registered heads: ``abmil`` and ``gated_abmil`` (Ilse et al. 2018), ``clam_sb`` and
 ``clam_mb`` (Lu et al. 2021), ``mean`` and ``max`` pooling, ``topk`` instance-score
-pooling (:mod:`gigastream.mil.topk`).
+pooling (:mod:`gigastream.mil.topk`), ``fraction`` (the share of instances called positive:
+a burden head for regression).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from gigastream.mil.attention import AttentionMIL
 from gigastream.mil.base import MILHead
 from gigastream.mil.clam import CLAM
-from gigastream.mil.pooling import MaxPoolMIL, MeanPoolMIL
+from gigastream.mil.pooling import FractionMIL, MaxPoolMIL, MeanPoolMIL
 from gigastream.mil.topk import TopKMIL
 from gigastream.registry import Registry
 
@@ -32,6 +33,7 @@ _HEADS: Registry[HeadFactory] = Registry(
         "clam_mb": functools.partial(CLAM, multi_branch=True),
         "mean": MeanPoolMIL,
         "max": MaxPoolMIL,
+        "fraction": FractionMIL,
         "topk": TopKMIL,
     },
 )
@@ -56,7 +58,7 @@ def list_mil_heads() -> list[str]:
 
     Example:
         >>> list_mil_heads()
-        ['abmil', 'clam_mb', 'clam_sb', 'gated_abmil', 'max', 'mean', 'topk']
+        ['abmil', 'clam_mb', 'clam_sb', 'fraction', 'gated_abmil', 'max', 'mean', 'topk']
     """
     return _HEADS.names()
 

@@ -1,4 +1,5 @@
-"""Mean and max pooling MIL baselines (embedding-level pooling, as in Ilse et al. 2018).
+"""Mean and max pooling MIL baselines (embedding-level pooling, as in Ilse et al. 2018), and
+the fraction of instances called positive (a burden head for regression targets).
 
 Their ``attention`` is the share of the bag embedding each instance contributes: ``1/N``
 each for mean pooling (whose per-instance scores, ``instance_logits``, average to the bag's); for max pooling, the fraction of feature dimensions whose maximum an
@@ -7,6 +8,7 @@ instance attains (ties share the credit equally), so it sums to 1 and permutes w
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from gigastream.mil.base import MILHead, MILOutput, projection
@@ -79,3 +81,42 @@ class MaxPoolMIL(_PoolingMIL):
         winners = (hidden == embedding).to(hidden.dtype).detach()  # (N, dim), 1 where max
         share = winners / winners.sum(dim=0, keepdim=True)  # ties split each feature's credit
         return embedding, share.mean(dim=1)  # (dim,), (N,)
+
+
+class FractionMIL(MILHead):
+    """The fraction of instances called positive: a burden head (``fraction``).
+
+    Every instance gets a score ``z_i`` per class (a linear instance classifier on the
+    optionally projected features); the bag's output is ``scale * mean_i sigmoid(z_i) +
+    offset`` per class (``scale`` and ``offset`` learned, from 1 and 0). For a regression
+    of a lesion burden the mean is the share of instances called lesion; the instance
+    classifier is trained by the regression's ``positive`` instance loss
+    (:class:`~gigastream.train.config.TargetConfig`: every instance of a slide whose value
+    is above ``positive_above`` as positive). ``attention`` is each instance's share of the
+    called fraction (uniform when none is called).
+
+    Example:
+        >>> import torch
+        >>> out = FractionMIL(8, 1)(torch.randn(5, 8))
+        >>> out.logits.shape, out.instance_logits.shape
+        (torch.Size([1]), torch.Size([5, 1]))
+    """
+
+    def __init__(
+        self, in_dim: int, num_classes: int, hidden_dim: int | None = None, dropout: float = 0.0
+    ) -> None:
+        super().__init__(in_dim, num_classes)
+        self.fc, dim = projection(in_dim, hidden_dim, dropout)
+        self.instance_classifier = nn.Linear(dim, num_classes)
+        self.scale = nn.Parameter(torch.ones(num_classes))
+        self.offset = nn.Parameter(torch.zeros(num_classes))
+
+    def pool(self, features: Tensor, label: Tensor | None) -> MILOutput:
+        scores = self.instance_classifier(self.fc(features))  # (N, C)
+        called = torch.sigmoid(scores)
+        fraction = called.mean(dim=0)  # (C,)
+        share = called.sum(dim=1)
+        attention = (share + 1e-12) / (share + 1e-12).sum()  # (N,)
+        return MILOutput(
+            self.scale * fraction + self.offset, attention, fraction, instance_logits=scores
+        )

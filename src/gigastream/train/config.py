@@ -48,6 +48,10 @@ NORMALIZATIONS = ("imagenet", "none")
 #: ``task``: slide classes (a softmax over them) or a slide value (one linear output).
 TASKS = ("classification", "regression")
 REGRESSION_LOSSES = ("mse", "huber")
+#: ``target.instance_target``: what a regression's instance loss trains instance scores on.
+INSTANCE_TARGETS = ("value", "positive")
+#: The heads with per-instance scores (``instance_logits``) a regression's instance loss needs.
+INSTANCE_SCORE_HEADS = ("mean", "fraction")
 
 
 class ConfigError(ValueError):
@@ -345,17 +349,26 @@ class TargetConfig:
         mean: the training slides' mean value (filled in by the run; stored in
             ``config.yaml`` and every checkpoint).
         std: their standard deviation (filled in likewise; 1 for a constant target).
-        instance_weight: weight of an instance loss added to the slide's: every instance's
-            own score (a ``mean`` head's ``instance_logits``, which average to the slide's
-            prediction) regressed to its slide's value, with the same loss. The regression
-            analogue of the ``topk`` recipe's instance loss (every instance trained on its
-            slide's label): a lesion's instances occur only on slides with a high value, so
-            their scores rise before the slide's prediction does. 0: none.
+        instance_weight: weight of an instance loss added to the slide's, on the head's
+            per-instance scores (``instance_logits`` of the ``mean`` and ``fraction`` heads).
+            The regression analogue of the ``topk`` recipe's instance loss (every instance
+            trained on its slide's label): a lesion's instances occur only on slides with a
+            high value, so their scores rise before the slide's prediction does. 0: none.
+        instance_target: what the instance loss trains each instance's score towards:
+            ``value`` (its slide's standardised value, with ``loss``; a ``mean`` head, whose
+            instance scores average to the slide's prediction) or ``positive`` (binary
+            cross-entropy: positive on a slide whose value is above ``positive_above``, e.g.
+            a burden above 0; a ``fraction`` head, whose prediction is the share of
+            instances called positive).
+        positive_above: the value above which a slide's instances are positive
+            (``instance_target: positive``).
     """
 
     loss: str = "mse"
     huber_delta: float = 1.0
     instance_weight: float = 0.0
+    instance_target: str = "value"
+    positive_above: float = 0.0
     standardize: bool = True
     mean: float | None = None
     std: float | None = None
@@ -372,6 +385,11 @@ class TargetConfig:
             raise ConfigError(f"target.std must be > 0, got {self.std}")
         if self.instance_weight < 0:
             raise ConfigError(f"target.instance_weight must be >= 0, got {self.instance_weight}")
+        if self.instance_target not in INSTANCE_TARGETS:
+            raise ConfigError(
+                f"target.instance_target must be one of {', '.join(INSTANCE_TARGETS)}, got "
+                f"{self.instance_target!r}"
+            )
         check_finite(self, "target")
 
     def scale(self) -> tuple[float, float]:
@@ -488,11 +506,11 @@ class RunConfig:
                 "positive_class (--positive-class) is for classification; a regression run "
                 "has none: drop it"
             )
-        if self.target.instance_weight and self.model.head != "mean":
+        if self.target.instance_weight and self.model.head not in INSTANCE_SCORE_HEADS:
             raise ConfigError(
-                f"target.instance_weight needs per-instance scores that average to the slide's "
-                f"(head mean), not head {self.model.head}: set --head mean or "
-                "target.instance_weight: 0"
+                f"target.instance_weight needs per-instance scores (head "
+                f"{' or '.join(INSTANCE_SCORE_HEADS)}), not head {self.model.head}: set --head "
+                "mean (or fraction), or target.instance_weight: 0"
             )
 
     def _validate_head(self) -> None:

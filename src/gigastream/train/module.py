@@ -221,7 +221,9 @@ class MILClassifier(L.LightningModule):
     def _regression_loss(self, output: Tensor, value: float, out: Any = None) -> Tensor:
         """The loss of a regression output against the slide's value, both standardised;
         with ``target.instance_weight``, plus that times the mean loss of the instances'
-        own scores (``out``'s head output's ``instance_logits``) against the same value."""
+        own scores (``out``'s head output's ``instance_logits``): against the same value, or
+        (``instance_target: positive``) the binary cross-entropy of whether the slide's value
+        is above ``positive_above``."""
         mean, std = self.target.scale()
         loss = self._value_loss(output.reshape(-1)[:1], (float(value) - mean) / std)
         if self.target.instance_weight:
@@ -229,9 +231,16 @@ class MILClassifier(L.LightningModule):
             scores = getattr(head, "instance_logits", None)
             if scores is None:
                 raise RunError(
-                    "target.instance_weight needs a head with per-instance scores (head mean)"
+                    "target.instance_weight needs a head with per-instance scores (head mean "
+                    "or fraction)"
                 )
-            instances = self._value_loss(scores.reshape(-1), (float(value) - mean) / std)
+            if self.target.instance_target == "positive":
+                positive = float(float(value) > self.target.positive_above)
+                instances = F.binary_cross_entropy_with_logits(
+                    scores.reshape(-1), torch.full_like(scores.reshape(-1), positive)
+                )
+            else:
+                instances = self._value_loss(scores.reshape(-1), (float(value) - mean) / std)
             loss = loss + self.target.instance_weight * instances
         return loss
 
