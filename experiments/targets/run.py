@@ -37,7 +37,13 @@ from gigastream.wsi.synth import SynthConfig, synthesize_dataset
 
 SYNTH = {"size": 1024, "lesion_size": 160, "block_size": 256, "feather": 64}
 DATASETS = {
-    "regression": SynthConfig(target="lesion_area", positive_fraction=0.75, max_lesions=4, **SYNTH),
+    "regression": SynthConfig(
+        target="lesion_area",
+        positive_fraction=0.75,
+        max_lesions=8,
+        max_lesion_fraction=0.3,
+        **SYNTH,
+    ),
     "multiclass": SynthConfig(target="subtype", positive_fraction=2 / 3, **SYNTH),
 }
 #: run name -> (dataset, extra flags of gigastream train)
