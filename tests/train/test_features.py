@@ -243,6 +243,33 @@ def test_the_checkpoint_records_the_features_and_predicts_like_validation(featur
     assert got == pytest.approx(want, abs=2e-6)
 
 
+def test_a_moved_features_folder_is_up_to_date_and_gives_the_same_predictions(
+    feature_run, extracted, tmp_path
+):
+    """``mv`` of a features folder: its files stay up to date (a key holds the slide and the
+    settings, not the folder) and a checkpoint evaluated on it predicts as on the original."""
+    import shutil
+
+    from gigastream.train.evaluation import evaluate_manifest
+
+    out, metrics = feature_run
+    manifest, folder, summary = extracted
+    shutil.copytree(folder, tmp_path / "copy")  # the module's folder stays for other tests
+    moved = tmp_path / "elsewhere" / "feats"
+    moved.parent.mkdir()
+    os.rename(tmp_path / "copy", moved)  # mv
+    again = extract_features(_rows(manifest), moved, DATA, PATCHES, "cpu", progress=False)
+    assert again.written == [] and sorted(again.skipped) == sorted(summary.written)
+    checkpoint = out / metrics["best_checkpoint"]
+    scores = {}
+    for name, where in (("original", folder), ("moved", moved)):
+        result = evaluate_manifest(
+            checkpoint, manifest, tmp_path / name, "cpu", False, features_dir=where, split="all"
+        )
+        scores[name] = {p["slide_id"]: p["probs"] for p in result["predictions"]}
+    assert scores["moved"] == scores["original"] and len(scores["moved"]) == len(summary.written)
+
+
 def test_evaluate_refuses_features_of_another_dimension(feature_run, extracted, tmp_path):
     from gigastream.train.evaluation import evaluate_manifest
 
