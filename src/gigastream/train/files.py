@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from gigastream.atomic import atomic_write
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,17 +55,7 @@ def describe_os_error(
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError) and exc.filename in (None, str(tmp), tmp):
-            exc.filename = str(path)  # write(2) names no file; the temporary is ours
-        raise
-    return path
+    return atomic_write(path, write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

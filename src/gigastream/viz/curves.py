@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gigastream.atomic import atomic_write
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -223,7 +225,7 @@ def plot_training_curve(
     if title is None:
         title = f"training curve: {out.resolve().parent.name}"
     fig = training_curve_figure(epochs, title, best, loss)
-    fig.savefig(out, metadata={"Title": title})
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", metadata={"Title": title}))
     return out
 
 

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gigastream.atomic import atomic_write
 from gigastream.viz.scale_bar import _add_scale_bar
 from gigastream.wsi.reader import SlideReader
 
@@ -517,7 +518,12 @@ def heatmap_png(
     )
     out = Path(out)
     metadata = {"Title": title} if title else None
-    fig.savefig(out, dpi=fig.dpi, bbox_inches="tight", metadata=metadata)
+    atomic_write(  # a viewer or a resumed run never sees half a PNG
+        out,
+        lambda tmp: fig.savefig(
+            tmp, format="png", dpi=fig.dpi, bbox_inches="tight", metadata=metadata
+        ),
+    )
     logger.info("wrote heatmap %s", out)
     return out
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gigastream.atomic import atomic_write
 from gigastream.viz.heatmap import mask_under, picture_um
 
 if TYPE_CHECKING:
@@ -75,7 +76,8 @@ def tissue_overlay_png(
     from PIL import Image
 
     out = Path(out)
-    Image.fromarray(tissue_overlay(slide, mask, max_size)).save(out, format="PNG")
+    image = Image.fromarray(tissue_overlay(slide, mask, max_size))
+    atomic_write(out, lambda tmp: image.save(tmp, format="PNG"))
     logger.info("wrote tissue overlay %s", out)
     return out
 

@@ -23,11 +23,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
+from gigastream.atomic import atomic_write
 from gigastream.wsi.annotations import (
     CLASS_COLOURS,
     DEFAULT_COLOUR,
@@ -270,15 +269,7 @@ def write_geojson(data: Mapping[str, Any] | Sequence[Any], path: str | Path) -> 
     """Write GeoJSON as strict JSON (no NaN), atomically (a temporary file renamed into place)."""
     path = Path(path)
     text = json.dumps(data, allow_nan=False, separators=(",", ":"))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 __all__ = [

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from gigastream.atomic import atomic_write
 from gigastream.wsi.reader import SlideError
 
 
@@ -96,8 +96,8 @@ def write_features(
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("features", data=features)
             dset = f.create_dataset("coords", data=coords)
@@ -107,12 +107,8 @@ def write_features(
                 f.attrs[key] = value
                 if key in ("patch_size", "patch_level", "level", "mpp", "patch_size_level0"):
                     dset.attrs[key] = value
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def _attrs(f: Any) -> dict[str, Any]:

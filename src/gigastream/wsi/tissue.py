@@ -23,14 +23,13 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from gigastream.atomic import atomic_write
 from gigastream.wsi.reader import SlideError, SlideReader
 
 logger = logging.getLogger(__name__)
@@ -140,16 +139,8 @@ class TissueMask:
         info.add_text(MPP_KEY, repr(float(self.mpp)))
         if key is not None:
             info.add_text(CACHE_KEY, key)
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            Image.fromarray(self.mask.astype(np.uint8) * 255).save(tmp, format="PNG", pnginfo=info)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        return path
+        image = Image.fromarray(self.mask.astype(np.uint8) * 255)
+        return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
     @classmethod
     def load(
