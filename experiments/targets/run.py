@@ -39,7 +39,7 @@ SYNTH = {"size": 1024, "lesion_size": 160, "block_size": 256, "feather": 64}
 DATASETS = {
     "regression": SynthConfig(
         target="lesion_area",
-        positive_fraction=0.75,
+        positive_fraction=0.5,
         max_lesions=8,
         max_lesion_fraction=0.3,
         **SYNTH,

@@ -159,6 +159,33 @@ def test_the_positive_instance_loss_calls_every_instance_of_a_slide_above_the_th
         assert got == pytest.approx((bag + 2.0 * instances).item())
 
 
+def test_the_presence_loss_is_of_the_top_k_instance_scores():
+    from gigastream.mil.pooling import FractionMIL
+
+    torch.manual_seed(1)
+    head = FractionMIL(4, 1).double()
+    out = head(torch.randn(10, 4, dtype=torch.float64))
+    z = out.instance_logits.reshape(-1)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    base = TargetConfig(instance_weight=1.0, instance_target="positive")
+    plain = MILClassifier(head, ["value"], target=base)._regression_loss(out.logits, 2.0, out)
+    target = TargetConfig(**{**base.__dict__, "presence_weight": 0.5, "presence_k": 3})
+    both = MILClassifier(head, ["value"], target=target)._regression_loss(out.logits, 2.0, out)
+    top = z.topk(3).values.mean()
+    assert (both - plain).item() == pytest.approx(0.5 * bce(top, torch.ones_like(top)).item())
+    with pytest.raises(ConfigError, match="presence_weight needs target.instance_target"):
+        TargetConfig(presence_weight=1.0).validate()
+
+
+def test_a_balanced_regression_interleaves_slides_with_and_without_a_value():
+    from gigastream.train.fitting import _strata
+
+    rows = _rows("0", "2.5", "0", "7", "x")
+    config = tiny_config(Path("m.csv"), task="regression", target={"positive_above": 1.0})
+    assert _strata(rows, config) == [0, 1, 0, 1, None]
+    assert _strata(rows, tiny_config(Path("m.csv"))) is None  # a classifier: its classes
+
+
 def _regression_loss(value: float):
     module = MILClassifier(nn.Identity(), ["value"], target=TargetConfig(mean=1.0, std=2.0))
     return lambda out: module._regression_loss(out["logits"], value)

@@ -270,7 +270,8 @@ class TrainConfig:
         accumulate_grad_batches: slides per optimiser step (gradient accumulation over
             slides: the multi-bag accumulation of Andersson et al.).
         balanced: interleave the classes in the slide order, so every gradient-accumulation
-            step sees both classes.
+            step sees both classes (a regression: the slides above
+            ``target.positive_above`` and the others).
         early_stopping_patience: stop after this many epochs without a better validation
             AUC (``None``: never).
         val_fraction: held-out fraction when the manifest has no ``split`` column and no
@@ -361,7 +362,14 @@ class TargetConfig:
             a burden above 0; a ``fraction`` head, whose prediction is the share of
             instances called positive).
         positive_above: the value above which a slide's instances are positive
-            (``instance_target: positive``).
+            (``instance_target: positive``); with ``train.balanced`` the slides above it and
+            the others are interleaved in the slide order, as a classifier's classes are.
+        presence_weight: weight of a slide-level presence loss on the same instance scores
+            (``instance_target: positive``): the binary cross-entropy of the mean of the
+            ``presence_k`` highest scores against whether the slide's value is above
+            ``positive_above`` - the ``topk`` head's slide loss, which trains on the most
+            lesion-like instances of negative slides (hard negatives). 0: none.
+        presence_k: how many of the highest instance scores the presence loss averages.
     """
 
     loss: str = "mse"
@@ -369,6 +377,8 @@ class TargetConfig:
     instance_weight: float = 0.0
     instance_target: str = "value"
     positive_above: float = 0.0
+    presence_weight: float = 0.0
+    presence_k: int = 8
     standardize: bool = True
     mean: float | None = None
     std: float | None = None
@@ -385,6 +395,16 @@ class TargetConfig:
             raise ConfigError(f"target.std must be > 0, got {self.std}")
         if self.instance_weight < 0:
             raise ConfigError(f"target.instance_weight must be >= 0, got {self.instance_weight}")
+        if self.presence_weight < 0 or self.presence_k < 1:
+            raise ConfigError(
+                f"target.presence_weight must be >= 0 and target.presence_k >= 1, got "
+                f"{self.presence_weight} and {self.presence_k}"
+            )
+        if self.presence_weight and self.instance_target != "positive":
+            raise ConfigError(
+                "target.presence_weight needs target.instance_target: positive (it is a loss "
+                "of whether the slide's value is above target.positive_above)"
+            )
         if self.instance_target not in INSTANCE_TARGETS:
             raise ConfigError(
                 f"target.instance_target must be one of {', '.join(INSTANCE_TARGETS)}, got "

@@ -445,12 +445,16 @@ def example_loader(
     seed: int = 0,
     shuffle: bool = False,
     balanced: bool = False,
+    strata: Sequence[int | None] | None = None,
 ) -> DataLoader:
     """A DataLoader of single examples (no batching: one slide or bag per step).
 
-    ``balanced`` interleaves the classes (needs ``dataset.labels``, see :class:`EpochSampler`).
+    ``balanced`` interleaves the classes (needs ``dataset.labels``, see :class:`EpochSampler`),
+    or the groups of ``strata`` (one per example) where given.
     """
-    labels = getattr(dataset, "labels", None) if balanced else None
+    labels = (
+        (strata if strata is not None else getattr(dataset, "labels", None)) if balanced else None
+    )
     return DataLoader(
         dataset,
         batch_size=None,

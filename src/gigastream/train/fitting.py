@@ -76,7 +76,9 @@ from gigastream.train.recorder import (
     failure_reason,
     is_interrupt,
 )
+from gigastream.train.selection import parse_target
 from gigastream.train.trainer import build_trainer, checkpoint_callbacks
+from gigastream.wsi.manifest import ManifestRow
 
 logger = logging.getLogger(__name__)
 
@@ -435,9 +437,15 @@ def _build_parts(
         grad_clip=config.optim.grad_clip,
     )
     patches = run_patches(config)
-    balanced = train.balanced and config.task != "regression"  # classes to interleave
     train_loader = slide_loader(
-        prepared.train_rows, prepared.class_names, data, train.seed, True, balanced, patches
+        prepared.train_rows,
+        prepared.class_names,
+        data,
+        train.seed,
+        True,
+        train.balanced,
+        patches,
+        strata=_strata(prepared.train_rows, config),
     )
     val_loader = slide_loader(prepared.val_rows, prepared.class_names, data, patches=patches)
     if resume:  # Lightning iterates the loader once before it sets the resumed epoch
@@ -445,6 +453,15 @@ def _build_parts(
     else:
         calibrate_model(model, config, train_loader.dataset, data)
     return _Parts(module, trainer, best, train_loader, val_loader, data)
+
+
+def _strata(rows: Sequence[ManifestRow], config: RunConfig) -> list[int | None] | None:
+    """What a balanced slide order interleaves: a classifier's classes (``None``), a
+    regression's slides above ``target.positive_above`` and the others."""
+    if config.task != "regression":
+        return None
+    values = [parse_target(row.label) for row in rows]
+    return [None if v is None else int(v > config.target.positive_above) for v in values]
 
 
 def _train(parts: _Parts, checkpoints: Path, resume: bool, signals: Signals) -> float:

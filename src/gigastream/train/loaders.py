@@ -36,11 +36,13 @@ def slide_loader(
     shuffle: bool = False,
     balanced: bool = False,
     patches: PatchConfig | None = None,
+    strata: Sequence[int | None] | None = None,
 ) -> DataLoader:
     """A DataLoader of the slides in ``rows`` (workers as configured in ``data``): whole
     slides (:class:`~gigastream.train.data.SlideExamples`), with ``patches`` their patch bags
     (:class:`~gigastream.train.patch_data.PatchExamples`), or with ``data.features_dir``
-    their cached features (:class:`~gigastream.train.feature_data.FeatureExamples`)."""
+    their cached features (:class:`~gigastream.train.feature_data.FeatureExamples`).
+    ``balanced`` interleaves the classes, or the groups of ``strata`` (one per row)."""
     workers = min(data.num_workers, len(rows))
     if data.features_dir is not None:
         dataset: Dataset = FeatureExamples(rows, class_names, data)
@@ -48,7 +50,7 @@ def slide_loader(
         dataset = SlideExamples(rows, class_names, data)
     else:
         dataset = PatchExamples(rows, class_names, data, patches)
-    loader = example_loader(dataset, workers, seed, shuffle, balanced)
+    loader = example_loader(dataset, workers, seed, shuffle, balanced, strata)
     if workers:
         loader.worker_init_fn = functools.partial(
             _die_with_parent, os.getpid(), loader.worker_init_fn

@@ -223,7 +223,8 @@ class MILClassifier(L.LightningModule):
         with ``target.instance_weight``, plus that times the mean loss of the instances'
         own scores (``out``'s head output's ``instance_logits``): against the same value, or
         (``instance_target: positive``) the binary cross-entropy of whether the slide's value
-        is above ``positive_above``."""
+        is above ``positive_above``, and ``presence_weight`` times that of the mean of the
+        ``presence_k`` highest scores."""
         mean, std = self.target.scale()
         loss = self._value_loss(output.reshape(-1)[:1], (float(value) - mean) / std)
         if self.target.instance_weight:
@@ -236,9 +237,16 @@ class MILClassifier(L.LightningModule):
                 )
             if self.target.instance_target == "positive":
                 positive = float(float(value) > self.target.positive_above)
+                flat = scores.reshape(-1)
                 instances = F.binary_cross_entropy_with_logits(
-                    scores.reshape(-1), torch.full_like(scores.reshape(-1), positive)
+                    flat, torch.full_like(flat, positive)
                 )
+                if self.target.presence_weight:  # the top-k scores: the slide's presence
+                    top = flat.topk(min(self.target.presence_k, flat.numel())).values.mean()
+                    presence = F.binary_cross_entropy_with_logits(
+                        top, torch.full_like(top, positive)
+                    )
+                    loss = loss + self.target.presence_weight * presence
             else:
                 instances = self._value_loss(scores.reshape(-1), (float(value) - mean) / std)
             loss = loss + self.target.instance_weight * instances
