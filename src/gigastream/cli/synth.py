@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="most lesions per positive slide",
     )
     parser.add_argument(
+        "--max-lesion-fraction",
+        type=float,
+        default=defaults.max_lesion_fraction,
+        help="lesions cover at most this fraction of a positive slide's tissue",
+    )
+    parser.add_argument(
         "--lesion-contrast",
         type=float,
         default=defaults.lesion_contrast,
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         lesion_size=args.lesion_size,
         min_lesions=args.min_lesions,
         max_lesions=args.max_lesions,
+        max_lesion_fraction=args.max_lesion_fraction,
         lesion_contrast=args.lesion_contrast,
         positive_fraction=args.positive_fraction,
         block_size=args.block_size,
