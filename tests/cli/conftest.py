@@ -6,7 +6,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.train.conftest import planned_once
+
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _each_plan_once():
+    """Each distinct streaming plan is computed once per session, shared with ``tests/train``
+    (:func:`tests.train.conftest.planned_once`; module scope: never active outside these
+    tests, e.g. in the planner's own tests)."""
+    with planned_once():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,9 @@ def _copy_run(trained_run: Path, out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- 1. relocatable
-def test_moved_run_resumes_from_its_own_checkpoints(tmp_path, manifest, capsys, monkeypatch):
+def test_moved_run_resumes_from_its_own_checkpoints(
+    tmp_path, trained_run, manifest, capsys, monkeypatch
+):
     runs = tmp_path / "runs"
     config = write_tiny_yaml(tmp_path / "t.yaml", train={"epochs": 1, "heatmaps": 0})
 
@@ -82,10 +84,11 @@ def test_moved_run_resumes_from_its_own_checkpoints(tmp_path, manifest, capsys, 
     assert code == 1
     own_predictions = (runs / "a" / "predictions.csv").read_bytes()
 
-    (runs / "a").rename(runs / "a_old")  # mv runs/a runs/a_old; a new run at runs/a
-    code, _, _ = _cli(capsys, *_train(manifest, runs / "a", config), "--seed", "1")
-    assert code == 0
+    (runs / "a").rename(runs / "a_old")  # mv runs/a runs/a_old; another run at runs/a
+    _copy_run(trained_run, runs / "a")
     new_run = _files(runs / "a")
+    # other weights: a report from runs/a's best model would not give a's own predictions
+    assert new_run["predictions.csv"] != own_predictions
 
     old = runs / "a_old"
     code, printed, err = _cli(capsys, *_train(manifest, old, config), "--resume")
@@ -136,7 +139,7 @@ def test_resume_without_config_yaml_refuses_other_settings(tmp_path, trained_run
     out = _copy_run(trained_run, tmp_path / "run")
     (out / "config.yaml").unlink()
     before = _files(out)
-    config = write_tiny_yaml(tmp_path / "t.yaml")
+    config = write_tiny_yaml(tmp_path / "t.yaml", train={"heatmaps": 0})
     flags = ("--resume", "--epochs", "3")
     code, _, err = _cli(
         capsys, *_train(manifest, out, config), *flags, "--seed", "3", "--lr", "0.05"
@@ -145,7 +148,7 @@ def test_resume_without_config_yaml_refuses_other_settings(tmp_path, trained_run
     assert "epochs" not in line.split("only")[0]  # more epochs is no difference
     assert _files(out) == before
 
-    # what may change on resume: more epochs, the device, progress bars, workers
+    # what may change on resume: more epochs, the device, progress bars, workers, heatmaps
     code, _, err = _cli(
         capsys, *_train(manifest, out, config), *flags, "--device", "cpu", "--workers", "0"
     )

@@ -164,7 +164,7 @@ def test_second_run_into_the_same_folder(tmp_path, trained_run, manifest, capsys
     out = tmp_path / "run"
     shutil.copytree(trained_run, out)
     before = (out / "metrics.json").read_bytes()
-    config = write_tiny_yaml(tmp_path / "t.yaml", train={"epochs": 1})
+    config = write_tiny_yaml(tmp_path / "t.yaml", train={"epochs": 1, "heatmaps": 0})
 
     code, _, err = _cli(capsys, *_train(manifest, out, config))
     _one_line_error(code, err, "already holds a run", "--overwrite")

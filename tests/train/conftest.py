@@ -2,11 +2,20 @@
 
 Eight 512^2 px slides (0.5 um/px) streamed at 1 um/px (256^2 px inputs) with 192 px
 tiles through ``vgg_small``: a two-epoch run takes a few seconds on one CPU thread.
+
+Each distinct streaming plan is computed once per session (:func:`planned_once`, active in
+every test module here and in ``tests/cli``): every tiny run plans the same trunk at the
+same input twice, for the settings check and for the model, and each plan took about 2 s
+on a loaded 2-core machine, over half of a test that trains (measured: 123 of 199 s of
+``tests/cli/test_faults_runs.py`` and ``test_train_cli.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +41,68 @@ TINY: dict[str, Any] = {
 }
 
 _CACHE: dict[str, Path] = {}
+
+#: This session's plans (``"plans"``) and the free memory read once per device type.
+_PLANS: dict[str, dict[Any, Any]] = {"plans": {}, "memory": {}}
+
+
+def _trunk_key(units) -> tuple:
+    """What a plan of ``(name, module)`` units depends on: each module's repr (its layers
+    and their settings) and the shapes of its parameters and buffers."""
+    return tuple(
+        (
+            name,
+            type(module).__qualname__,
+            repr(module),
+            tuple((key, tuple(value.shape)) for key, value in module.state_dict().items()),
+        )
+        for name, module in units
+    )
+
+
+@contextlib.contextmanager
+def planned_once() -> Iterator[None]:
+    """Within the context ``StreamingModule`` plans through this session's memo.
+
+    :func:`~gigastream.streaming.planner.plan_trunk` is a pure function of its arguments:
+    each distinct call is planned for real once and copied for the calls that repeat it
+    (errors are never stored: a refused plan is planned again). The machine's free memory,
+    an argument of every plan, is read once per device type so that repeated calls are
+    equal. The planner itself is tested in ``tests/streaming``, without the memo.
+    """
+    from gigastream.streaming import module
+
+    if getattr(module.plan_trunk, "planned_once", False):  # already within the context
+        yield
+        return
+    plans, memory = _PLANS["plans"], _PLANS["memory"]
+    plan_trunk, available_memory = module.plan_trunk, module.available_memory
+
+    def memoized(units, input_shape, **kwargs):
+        key = (_trunk_key(units), tuple(input_shape), repr(sorted(kwargs.items())))
+        if key not in plans:
+            plans[key] = plan_trunk(units, input_shape, **kwargs)
+        return copy.deepcopy(plans[key])
+
+    memoized.planned_once = True
+
+    def read_once(device):
+        if device.type not in memory:
+            memory[device.type] = available_memory(device)
+        return memory[device.type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "plan_trunk", memoized)
+        patch.setattr(module, "available_memory", read_once)
+        yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _each_plan_once():
+    """The plan memo (module scope: never active outside these tests, e.g. in the planner's
+    own tests)."""
+    with planned_once():
+        yield
 
 
 def dataset_manifest(root: Path) -> Path:
@@ -96,7 +167,8 @@ def trained_run_folder(tmp_path_factory, manifest: Path) -> Path:
         from gigastream.train.fitting import fit
 
         out = tmp_path_factory.mktemp("trained") / "run"
-        fit(tiny_config(manifest), out)
+        with planned_once():  # session fixtures are set up before the module's memo
+            fit(tiny_config(manifest), out)
         _CACHE["run"] = out
     return _CACHE["run"]
 
@@ -111,6 +183,7 @@ __all__ = [
     "TINY",
     "copy_manifest",
     "dataset_manifest",
+    "planned_once",
     "tiny_config",
     "trained_run_folder",
     "write_tiny_yaml",

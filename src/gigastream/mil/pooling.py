@@ -88,7 +88,9 @@ class FractionMIL(MILHead):
 
     Every instance gets a score ``z_i`` per class (a linear instance classifier on the
     optionally projected features); the bag's output is ``scale * mean_i sigmoid(z_i) +
-    offset`` per class (``scale`` and ``offset`` learned, from 1 and 0). For a regression
+    offset`` per class (``scale`` and ``offset`` learned, from 4 and -2: a share from 0 to 1
+    spans -2 to 2, the range of a standardised target, so the output need not first grow to
+    it). For a regression
     of a lesion burden the mean is the share of instances called lesion; the instance
     classifier is trained by the regression's ``positive`` instance loss
     (:class:`~gigastream.train.config.TargetConfig`: every instance of a slide whose value
@@ -108,8 +110,8 @@ class FractionMIL(MILHead):
         super().__init__(in_dim, num_classes)
         self.fc, dim = projection(in_dim, hidden_dim, dropout)
         self.instance_classifier = nn.Linear(dim, num_classes)
-        self.scale = nn.Parameter(torch.ones(num_classes))
-        self.offset = nn.Parameter(torch.zeros(num_classes))
+        self.scale = nn.Parameter(torch.full((num_classes,), 4.0))
+        self.offset = nn.Parameter(torch.full((num_classes,), -2.0))
 
     def pool(self, features: Tensor, label: Tensor | None) -> MILOutput:
         scores = self.instance_classifier(self.fc(features))  # (N, C)
