@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from gigastream.cli.main import main
+
+#: The start of a refused command's line: ``gigastream train: error: ``, ``gigastream bench
+#: mil: error: ``, ...
+ERROR = re.compile(r"^gigastream( [a-z]+)+: error: ")
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -13,11 +19,11 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def one_line_error(code: int, err: str, *needles: str) -> str:
-    """Assert a refused command: exit 1, one line ``gigastream: error: ...`` holding every
-    needle; returns the line."""
+    """Assert a refused command: exit 1, one line ``gigastream <command>: error: ...`` holding
+    every needle; returns the line."""
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1, err
-    assert len(lines) == 1 and lines[0].startswith("gigastream: error: "), err
+    assert len(lines) == 1 and ERROR.match(lines[0]), err
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]

@@ -58,7 +58,7 @@ def test_failed_slides_exit_1_with_one_line_while_the_others_are_written(feature
     assert sorted(p.stem for p in out.glob("*.h5")) == [f"s{i}" for i in range(8)]
     assert "8 written, 0 up to date, 3 failed (64 features per patch" in printed
     assert str(out / "features.json") in printed
-    lines = [line for line in err.splitlines() if line.startswith("gigastream: error:")]
+    lines = [line for line in err.splitlines() if line.startswith("gigastream features: error:")]
     assert len(lines) == 1
     assert "3 of 11 slides failed: glass, missing, corrupt" in lines[0]
     assert str(out / "failures.csv") in lines[0]

@@ -15,6 +15,7 @@ from gigastream.cli.main import main
 from gigastream.viz.heatmap import mask_under
 from gigastream.wsi.reader import SlideReader
 from gigastream.wsi.tissue import TissueMask
+from tests.cli.clitools import ERROR
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +104,7 @@ def test_bad_flags_are_refused_before_any_output(
     slide = manifest.parent / "slides" / "synth_000.tif"
     code, _, err = _heatmap(capsys, checkpoint, tmp_path / "out", *flags, slide)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("gigastream: error: "), err
+    assert code == 1 and len(lines) == 1 and ERROR.match(lines[0]), err
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert not (tmp_path / "out").exists()

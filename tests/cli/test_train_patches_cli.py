@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from tests.cli.clitools import ERROR
 from tests.cli.clitools import cli as _cli
 from tests.cli.clitools import train_args as _train
 from tests.train.conftest import write_tiny_yaml
@@ -79,7 +80,7 @@ def test_bad_patch_flags_are_one_line_before_writing(tmp_path, manifest, capsys,
     config = write_tiny_yaml(tmp_path / "t.yaml")
     code, _, err = _cli(capsys, *_train(manifest, out, config), *flags)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("gigastream: error: "), err
+    assert code == 1 and len(lines) == 1 and ERROR.match(lines[0]), err
     assert message in lines[0], lines[0]
     assert not out.exists()
 

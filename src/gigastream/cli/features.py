@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         names = ", ".join(list(summary.failed)[:10])
         more = f" and {len(summary.failed) - 10} more" if len(summary.failed) > 10 else ""
         print(
-            f"gigastream: error: {len(summary.failed)} of {len(rows)} slides failed: {names}"
+            f"gigastream features: error: {len(summary.failed)} of {len(rows)} slides failed: {names}"
             f"{more} (reasons in {args.out / 'failures.csv'})",
             file=sys.stderr,
         )

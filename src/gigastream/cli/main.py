@@ -12,11 +12,12 @@ Subcommands are discovered, so adding one never touches this file.
 SIGTERM (a scheduler's stop) and SIGINT (Ctrl+C) stop any command at once: the signal
 raises :class:`Stopped` where the command is, outputs not yet written stay unwritten (each
 is written atomically), and the command exits ``128 + signal`` (143, 130) with one line
-``gigastream: interrupted: stopped by SIGTERM``. ``train`` handles them itself while it
+``gigastream <command>: interrupted: stopped by SIGTERM``. ``train`` handles them itself while it
 trains (its run records ``interrupted`` and saves ``interrupted.ckpt``).
 
 Errors a user can fix (gigastream's own, and what libraries raise for bad files, a full
-disk or too little memory) are turned into one line ``gigastream: error: ...`` at one place,
+disk or too little memory) are turned into one line ``gigastream <command>: error: ...`` (as
+argparse names its own usage errors, e.g. ``gigastream train: error: ...``) at one place,
 :func:`error_line` (``-v`` prints the traceback too), and exit 1; anything else is a bug
 and keeps its traceback.
 """
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         module.add_arguments(leaf)
         _add_verbose(leaf, argparse.SUPPRESS)  # also after the command: gigastream train -v
-        leaf.set_defaults(_run=module.run)
+        leaf.set_defaults(_run=module.run, _prog=leaf.prog)  # "gigastream train"
         parsers[path] = leaf
     return parser
 
@@ -169,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run is None:
         parser.print_help()
         return 2
+    prog = getattr(args, "_prog", "gigastream")  # named as argparse names its usage errors
     received: list[int] = []
     try:
         with stop_on_signals(received):
@@ -180,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reason = f"stopped by {signal.Signals(received[0]).name}"
         else:  # train's own handler (RunInterrupted) or a KeyboardInterrupt of the code
             reason = str(exc) or "stopped"
-        print(f"gigastream: interrupted: {reason}", file=sys.stderr)
+        print(f"{prog}: interrupted: {reason}", file=sys.stderr)
         return 128 + (received[0] if received else signal.SIGINT)
     except Exception as exc:  # the known errors (error_line) as one line; others re-raised
         line = error_line(exc)
@@ -188,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if args.verbose:
             traceback.print_exception(exc)
-        print(f"gigastream: error: {line}", file=sys.stderr)
+        print(f"{prog}: error: {line}", file=sys.stderr)
         return 1
 
 
