@@ -1,14 +1,16 @@
 """Beyond two classes (issue 18): a regression target and a three-class task, trained with
 ``gigastream train`` and tested with ``gigastream evaluate`` on held-out synthetic slides.
 
-1. **Regression, and its resolution effect.** Slides labelled with their lesion burden
-   (``gigastream synth --target lesion_area``: the percentage of the tissue the lesions
-   cover; 0 on a negative slide), ``--task regression`` with a mean-pooling head, trained
-   at 1 um/px (the lesions' nuclear pattern is visible) and at 8 um/px (it averages away).
-2. **Multi-class.** Slides labelled ``negative``, ``subtype_a`` or ``subtype_b`` (``--target
-   subtype``: the two subtypes' nuclear patterns differ in scale by 1.6x), trained with the
-   multi-branch CLAM head (``clam_mb``) and with the default top-k recipe; macro one-vs-rest
-   AUC and the confusion matrix of the test slides.
+1. **Regression, and its resolution effect.** 96 slides labelled with their lesion burden
+   (``gigastream synth --target lesion_area``: the percentage of the tissue that 1-8
+   lesions cover, at most 30%; 0 on the half of the slides without lesions),
+   ``--task regression`` with the recipe of ``regression.yaml`` (a ``fraction`` head and the
+   top-k recipe's instance and presence losses), trained at 1 um/px (the lesions' nuclear
+   pattern is visible) and at 8 um/px (it averages away).
+2. **Multi-class.** 96 slides labelled ``negative``, ``subtype_a`` or ``subtype_b``
+   (``--target subtype``: the two subtypes' nuclear patterns differ in scale by 1.6x),
+   trained with the default top-k recipe and with the multi-branch CLAM head
+   (``clam_mb``); macro one-vs-rest AUC and the confusion matrix of the test slides.
 
 Each dataset is split 3:1:2 into train/val/test (stratified: by value quantile, or by
 class). Every run is a fresh ``gigastream train`` process; its test metrics are

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from gigastream.train.config import ConfigError, RunConfig
-from gigastream.train.files import check_writable_folder, write_json
+from gigastream.train.files import write_json
 from gigastream.train.metrics import (
     accuracy_at,
     brier_score,
@@ -33,10 +33,9 @@ from gigastream.train.metrics import (
 )
 from gigastream.train.module import MILClassifier
 from gigastream.train.prediction import (
-    check_feature_files,
     load_checkpoint_parts,
+    predict_rows,
     prediction_config,
-    run_predictions,
     summarize,
     write_predictions,
 )
@@ -49,7 +48,6 @@ from gigastream.train.selection import (
     check_labels,
     check_split_names,
     check_targets,
-    with_slide_mpp,
 )
 from gigastream.wsi.manifest import ManifestRow, read_manifest
 
@@ -198,12 +196,7 @@ def evaluate_manifest(
         check_targets(rows, manifest)
     else:
         check_labels([r.label for r in rows], module.class_names)
-    check_feature_files(config, rows)
-    if config.model.kind != "features":
-        rows = with_slide_mpp(rows, slide_mpp, config.data.backend)
-    out = check_writable_folder(out)
-    data = replace(config.data, mask_dir=str(out / "masks"))
-    results = run_predictions(module, rows, config, data, progress=progress)
+    rows, out, data, results = predict_rows(module, config, rows, out, slide_mpp, progress)
     final = summarize(results, module.class_names)
     metrics = {
         "checkpoint": str(Path(checkpoint).resolve()),

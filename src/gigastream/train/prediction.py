@@ -294,6 +294,30 @@ def check_feature_files(config: RunConfig, rows: Sequence[ManifestRow]) -> None:
         check_feature_files(config.data.features_dir, rows, features.feature_dim, features.encoder)
 
 
+def predict_rows(
+    module: MILClassifier,
+    config: RunConfig,
+    rows: Sequence[ManifestRow],
+    out: str | Path,
+    slide_mpp: float | None,
+    progress: bool,
+) -> tuple[list[ManifestRow], Path, DataConfig, list[dict[str, Any]]]:
+    """The predictions of ``module`` on ``rows`` into the folder ``out`` (its tissue masks in
+    ``out/masks``), after checking the feature files and filling in ``slide_mpp``.
+
+    Returns:
+        ``(rows, out, data, results)``: the rows as predicted (with their mpp), the checked
+        folder, how the slides were read, and :func:`run_predictions`'s per-slide results.
+    """
+    check_feature_files(config, rows)
+    rows = list(rows)
+    if config.model.kind != "features":
+        rows = with_slide_mpp(rows, slide_mpp, config.data.backend)
+    out = check_writable_folder(out)
+    data = replace(config.data, mask_dir=str(out / "masks"))
+    return rows, out, data, run_predictions(module, rows, config, data, progress=progress)
+
+
 def _with_labels(
     rows: list[ManifestRow], labels: dict[str, ManifestRow], class_names: Sequence[str]
 ) -> list[ManifestRow]:
@@ -364,12 +388,7 @@ def predict_slide_files(
     module, config = load_classifier(checkpoint)
     config = prediction_config(config, device, num_workers, features_dir, slide_mpp)
     rows = _with_labels(_slide_rows(slides), labels or {}, module.class_names)
-    check_feature_files(config, rows)
-    if config.model.kind != "features":
-        rows = with_slide_mpp(rows, slide_mpp, config.data.backend)
-    out = check_writable_folder(out)
-    data = replace(config.data, mask_dir=str(out / "masks"))
-    results = run_predictions(module, rows, config, data, progress=progress)
+    rows, out, data, results = predict_rows(module, config, rows, out, slide_mpp, progress)
     final = summarize(results, module.class_names)
     write_predictions(out / "predictions.csv", results, module.class_names)
     paths = []
@@ -400,6 +419,7 @@ __all__ = [
     "load_classifier",
     "predict_slide_files",
     "prefixed",
+    "predict_rows",
     "prediction_config",
     "run_predictions",
     "store_threshold",
