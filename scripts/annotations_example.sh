@@ -11,7 +11,7 @@ PY=${PYTHON:-.venv/bin/python}
 E=${1:-out/annotations}
 rm -rf "$E"
 start=$(date +%s)
-$G synth --out $E/data --slides 32 --size 1024 --lesion-size 160 --block-size 256 --feather 64 \
+$G synth --out $E/data --slides 64 --size 1024 --lesion-size 160 --block-size 256 --feather 64 \
          --no-progress
 # annotations/<id>.geojson: the lesions of every positive slide as QuPath "Tumor" annotations;
 # rois/<id>.geojson: every slide's ROI, the whole slide ("Region*") minus a 96 px strip along
@@ -36,7 +36,7 @@ for row in csv.DictReader(open(data / "manifest.csv", newline="")):
     write_geojson(feature_collection(roi), E / "rois" / f"{sid}.geojson")
 PYEOF
 t0=$(date +%s)
-$G train --manifest $E/data/manifest.csv --out $E/run --mpp 1.0 --epochs 12 --roi $E/rois \
+$G train --manifest $E/data/manifest.csv --out $E/run --mpp 1.0 --roi $E/rois \
          --no-progress
 train_s=$(( $(date +%s) - t0 ))
 $G heatmap  --checkpoint $E/run/checkpoints/best.ckpt --out $E/maps --annotations $E/annotations \
