@@ -82,11 +82,16 @@ def dataset(name: str, out: Path, slides: int) -> Path:
     return split
 
 
+def _finished(run: Path) -> bool:
+    metrics = run / "metrics.json"
+    return metrics.is_file() and json.loads(metrics.read_text())["status"] == "completed"
+
+
 def train_and_test(name: str, manifest: Path, flags: list[str], out: Path, seed: int) -> dict:
     """Train one run (reused when finished) and evaluate its best checkpoint on the test split."""
     run = out / "runs" / f"{name}_seed{seed}"
     metrics_file = run / "metrics.json"
-    done = metrics_file.is_file() and json.loads(metrics_file.read_text())["status"] == "completed"
+    done = _finished(run)
     start = time.perf_counter()
     if not done:
         command = gigastream(
@@ -196,11 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (quick checks)")
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="collect the finished runs only (train nothing): the tables of what ran",
+    )
     args = parser.parse_args(argv)
     results = []
     for seed in args.seeds:
         for name in args.runs:
             data, flags = RUNS[name]
+            if args.finished_only and not _finished(args.out / "runs" / f"{name}_seed{seed}"):
+                continue
             flags = flags + (["--epochs", str(args.epochs)] if args.epochs else [])
             manifest = dataset(data, args.out, args.slides)
             results.append(train_and_test(name, manifest, flags, args.out, seed))
