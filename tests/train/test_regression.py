@@ -338,3 +338,20 @@ def test_cross_validation_of_a_regression_reports_mean_and_sd(count_manifest, tm
     maes = [f["val_mae"] for f in summary["folds"]]
     assert summary["val_mae_mean"] == pytest.approx(np.mean(maes))
     assert summary["val_mae_sd"] == pytest.approx(np.std(maes, ddof=1))
+
+
+def test_a_regression_curve_shows_spearman_and_picks_its_best_epoch():
+    from gigastream.viz.curves import best_epoch, training_curve_figure
+
+    base = {"train_loss": 1.0, "val_loss": 1.0, "val_auc": None, "val_accuracy": None}
+    epochs = [
+        {**base, "epoch": 1, "val_spearman": 0.2, "val_r2": 0.1},
+        {**base, "epoch": 2, "val_spearman": 0.6, "val_r2": -0.3},
+        {**base, "epoch": 3, "val_spearman": 0.5, "val_r2": 0.4},
+    ]
+    assert best_epoch(epochs) == 2  # by Spearman, not by R² or the (absent) AUC
+    fig = training_curve_figure(epochs, "t", None, None)
+    texts = [
+        t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
+    ]
+    assert "best: epoch 2, Spearman 0.600" in texts and "validation R²" in texts

@@ -164,7 +164,7 @@ def training_curve_figure(
                 color=BEST_COLOUR,
                 markersize=11,
                 zorder=3,
-                label=f"best: epoch {best}, AUC {aucs[i]:.3f}",
+                label=f"best: epoch {best}, {name} {aucs[i]:.3f}",
             )
         else:
             ax_metric.plot(
