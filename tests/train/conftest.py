@@ -105,17 +105,21 @@ def _each_plan_once():
         yield
 
 
+def synth_manifest(root: Path, **settings: Any) -> Path:
+    """A tiny synthetic dataset (512^2 px slides cut from the shared H&E images; skips when
+    they are absent) with ``SynthConfig`` ``settings`` written under ``root``; its manifest."""
+    from gigastream.wsi.synth import SynthConfig, synthesize_dataset
+
+    if not (DATA / "images").is_dir():
+        pytest.skip(f"shared H&E images not found at {DATA / 'images'}")
+    config = SynthConfig(**{"slides": 8, "size": 512, "lesion_size": 96, "seed": 0, **settings})
+    return synthesize_dataset(root, config, [str(DATA / "images")], progress=False)
+
+
 def dataset_manifest(root: Path) -> Path:
     """Synthesize the tiny dataset once per session under ``root``; its manifest."""
     if "manifest" not in _CACHE:
-        from gigastream.wsi.synth import SynthConfig, synthesize_dataset
-
-        if not (DATA / "images").is_dir():
-            pytest.skip(f"shared H&E images not found at {DATA / 'images'}")
-        config = SynthConfig(slides=8, size=512, lesion_size=96, seed=0)
-        _CACHE["manifest"] = synthesize_dataset(
-            root / "synth", config, [str(DATA / "images")], progress=False
-        )
+        _CACHE["manifest"] = synth_manifest(root / "synth")
     return _CACHE["manifest"]
 
 

@@ -17,7 +17,7 @@ from skimage.measure import label as connected
 from gigastream.wsi.synth import Lesion, SynthConfig, lesion_modulation
 from gigastream.wsi.synth_targets import slide_label, slide_subtypes
 from tests.cli.clitools import cli
-from tests.train.conftest import DATA, tiny_config
+from tests.train.conftest import synth_manifest, tiny_config
 
 
 def test_subtypes_are_dealt_in_turn_and_named():
@@ -51,15 +51,8 @@ def test_a_subtype_scales_the_nuclear_pattern_and_keeps_its_mean_colour():
 @pytest.fixture(scope="module")
 def subtype_manifest(tmp_path_factory) -> Path:
     """Nine tiny synthetic slides: three of each of negative, subtype_a, subtype_b."""
-    from gigastream.wsi.synth import synthesize_dataset
-
-    if not (DATA / "images").is_dir():
-        pytest.skip(f"shared H&E images not found at {DATA / 'images'}")
-    config = SynthConfig(
-        slides=9, size=512, lesion_size=96, seed=0, target="subtype", positive_fraction=2 / 3
-    )
     root = tmp_path_factory.mktemp("subtypes")
-    return synthesize_dataset(root, config, [str(DATA / "images")], progress=False)
+    return synth_manifest(root, slides=9, target="subtype", positive_fraction=2 / 3)
 
 
 def test_a_three_class_run_reports_macro_auc_and_a_confusion_matrix(

@@ -31,7 +31,7 @@ from gigastream.train.selection import (
 from gigastream.wsi.manifest import ManifestRow
 from tests.cli.clitools import cli, one_line_error
 from tests.exactness import assert_same_gradients
-from tests.train.conftest import DATA, tiny_config, write_tiny_yaml
+from tests.train.conftest import synth_manifest, tiny_config, write_tiny_yaml
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -238,13 +238,7 @@ def test_chunked_patch_bag_regression_gradients_equal_the_whole_bag_float64():
 @pytest.fixture(scope="module")
 def count_manifest(tmp_path_factory) -> Path:
     """Eight tiny synthetic slides labelled with their lesion count (0-3)."""
-    from gigastream.wsi.synth import SynthConfig, synthesize_dataset
-
-    if not (DATA / "images").is_dir():
-        pytest.skip(f"shared H&E images not found at {DATA / 'images'}")
-    config = SynthConfig(slides=8, size=512, lesion_size=96, seed=0, target="lesion_count")
-    root = tmp_path_factory.mktemp("counts")
-    return synthesize_dataset(root, config, [str(DATA / "images")], progress=False)
+    return synth_manifest(tmp_path_factory.mktemp("counts"), target="lesion_count")
 
 
 @pytest.fixture(scope="module")

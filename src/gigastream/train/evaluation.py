@@ -28,7 +28,6 @@ from gigastream.train.files import write_json
 from gigastream.train.metrics import (
     accuracy_at,
     brier_score,
-    confusion_matrix,
     expected_calibration_error,
 )
 from gigastream.train.module import MILClassifier
@@ -240,7 +239,7 @@ def _scores(
         "auc": final["auc"],
         "accuracy": final["accuracy"],
         **evaluation_metrics(labels, probs, threshold),
-        "confusion_matrix": confusion_matrix(labels, probs),
+        "confusion_matrix": final["confusion_matrix"],  # of summarize: the same slides
         "class_names": module.class_names,
         "positive_class": module.class_names[-1],
     }
