@@ -120,3 +120,21 @@ def test_a_budget_smaller_than_the_input_rereads_the_rest():
 def test_bad_cache_budget_is_refused():
     with pytest.raises(ValueError, match="lots"):
         StreamingModule(residual_net(), tile_size=40, input_cache="lots")
+
+
+def test_the_plan_says_what_the_input_cache_keeps():
+    """The plan of a lazy input counts the uint8 pixels the forward keeps (what the step
+    then holds at most) and says whether they fit the cache or are decoded again."""
+    src = _Uint8Source(_image())
+    net = residual_net().double()
+    streamed = StreamingModule(net, tile_size=40)
+    plan = streamed.plan(tuple(src.shape), torch.float64, lazy_input=True)
+    streamed(src)
+    held = streamed.last_input_stats.cached_bytes
+    assert plan.input_cache_bytes == pytest.approx(held, rel=0.02)
+    assert plan.input_decoded_once and "decoded once per step" in str(plan)
+    small = StreamingModule(net, tile_size=40, input_cache=held // 2)
+    plan = small.plan(tuple(src.shape), torch.float64, lazy_input=True)
+    assert not plan.input_decoded_once and "decoded again in backward" in str(plan)
+    tensor_plan = small.plan(tuple(src.shape), torch.float64)  # a tensor input: no cache
+    assert "input:" not in str(tensor_plan)

@@ -88,3 +88,72 @@ def test_no_readable_training_or_validation_slide_is_refused(tmp_path, manifest,
     side = "training" if unreadable == "train" else "validation"
     assert f"none of the {count} {side} slides can be used" in text and "\n" not in text
     assert "synth_00" in text and "garbage.tif" in text
+
+
+def _classes_split(rows, garbage, unreadable_class: str | None, val_class: str | None):
+    """Three slides of each class in training, one of each in validation (or, with
+    ``val_class``, validation holds only that class); ``unreadable_class``'s training files
+    are garbage."""
+    out, seen = [], {}
+    for row in sorted(rows, key=lambda r: r["slide_id"]):
+        k = seen[row["label"]] = seen.get(row["label"], -1) + 1
+        split = "train" if k < 3 else "val"
+        if split == "val" and val_class is not None and row["label"] != val_class:
+            split = "train"
+        if split == "train" and row["label"] == unreadable_class:
+            row = {**row, "path": str(garbage)}
+        out.append({**row, "split": split})
+    return out
+
+
+def test_a_class_without_a_readable_training_slide_is_refused(tmp_path, manifest):
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"\x00not a slide" * 100)
+    bad = copy_manifest(
+        manifest,
+        tmp_path / "manifest.csv",
+        lambda rows: _classes_split(rows, garbage, "positive", None),
+    )
+    with pytest.raises(ConfigError) as info:
+        prepare(tiny_config(bad))
+    text = str(info.value)
+    assert text.startswith("class 'positive' has no training slide that can be used (")
+    assert "garbage.tif" in text and "\n" not in text
+    assert "the run would learn without it" in text
+    # every class with a readable training slide: accepted
+    ok = copy_manifest(
+        manifest, tmp_path / "ok.csv", lambda rows: _classes_split(rows, garbage, None, None)
+    )
+    prepare(tiny_config(ok))
+
+
+def test_a_one_class_validation_set_is_refused(tmp_path, manifest):
+    one = copy_manifest(
+        manifest,
+        tmp_path / "manifest.csv",
+        lambda rows: _classes_split(rows, None, None, "negative"),
+    )
+    with pytest.raises(ConfigError) as info:
+        prepare(tiny_config(one))
+    text = str(info.value)
+    assert "the validation slides that can be used are all of class 'negative'" in text
+    assert "synth_0" in text and "validation AUC" in text and "\n" not in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unreadable_validation_class_leaves_one_class_and_is_refused(tmp_path, manifest):
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"\x00not a slide" * 100)
+
+    def edit(rows):
+        out = _classes_split(rows, None, None, None)
+        return [
+            {**r, "path": str(garbage)} if r["split"] == "val" and r["label"] == "positive" else r
+            for r in out
+        ]
+
+    bad = copy_manifest(manifest, tmp_path / "manifest.csv", edit)
+    with pytest.raises(
+        ConfigError, match=r"all of class 'negative' .*garbage\.tif.* cannot be used"
+    ):
+        prepare(tiny_config(bad))

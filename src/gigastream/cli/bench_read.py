@@ -31,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--reads", type=int, default=defaults.reads, help="timed reads per level")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the reads")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=list(defaults.workers),
+        help="threads reading at once; each count is timed (e.g. --workers 1 2)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
         region_size=args.region_size,
         reads=args.reads,
         seed=args.seed,
+        workers=tuple(args.workers),
     )
+    if min(config.workers) < 1:
+        raise ValueError(f"--workers must be 1 or more threads, got {min(config.workers)}")
     report = benchmark_reads(args.slide, config)
     text = json.dumps(report, indent=1)
     if args.out is not None:
@@ -50,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             f"level {r['level']}" if r["level"] is not None else f"{r['mpp']:.3g} um/px (resized)"
         )
         print(
-            f"{r['backend']:>10} {where:<24} {r['megapixels_per_s']:8.1f} MP/s  {r['ms_per_read']:7.1f} ms/read"
+            f"{r['backend']:>10} {where:<24} {r['workers']:>2} worker(s) "
+            f"{r['megapixels_per_s']:8.1f} MP/s  {r['ms_per_read']:7.1f} ms/read"
         )
     for backend, error in report["failures"].items():
         print(f"{backend:>10} failed: {error}")

@@ -16,7 +16,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--arch", default="resnet34", help="torchvision architecture (default resnet34)"
     )
     parser.add_argument("--size", type=int, default=3072, help="square image side in pixels")
-    parser.add_argument("--tile", type=int, default=None, help="largest tile in pixels")
+    parser.add_argument(
+        "--tile-size",
+        "--tile",
+        dest="tile",
+        type=int,
+        default=None,
+        help="largest tile in pixels, as train's --tile-size (--tile: the same flag)",
+    )
     parser.add_argument(
         "--memory-budget", default=None, help="e.g. 2GiB; the planner picks the plan"
     )

@@ -192,6 +192,12 @@ def add_recipe(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     add_workers(parser)
+    parser.add_argument(
+        "--read-workers",
+        type=int,
+        help="threads that read a streamed slide's tiles ahead of the compute (default: "
+        f"{run.data.read_workers})",
+    )
     add_progress(parser)
 
 
@@ -412,6 +418,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "mpp": flag("mpp"),
             "slide_mpp": flag("slide_mpp"),
             "num_workers": args.workers,
+            "read_workers": flag("read_workers"),
             "features_dir": None if features is None else str(features),
             "roi_dir": None if flag("roi") is None else str(flag("roi")),
         },

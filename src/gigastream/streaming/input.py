@@ -9,6 +9,7 @@ source with ``cache_reads = True``, the tensors) for the backward recompute.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -107,21 +108,33 @@ def _nbytes(item: Any) -> int:
     return int(item.nbytes)
 
 
+def read_workers(source: Any) -> int:
+    """How many threads may read ``source`` at once (its ``read_workers``, default 1)."""
+    try:
+        workers = int(getattr(source, "read_workers", 1))
+    except (TypeError, ValueError):
+        return 1
+    return max(1, workers)
+
+
 def _reads_ahead(
     source: Tensor | InputSource,
     indices: Sequence[Index],
     read: Callable[[Index], Any] | None = None,
 ) -> Iterator[Any]:
     """``source[index]`` for each index in order; a lazy source read on the host (a slide:
-    decoding on the CPU) is read on a background thread, ahead of its use, so reading
+    decoding on the CPU) is read on background threads, ahead of its use, so reading
     overlaps the compute.
 
     A source says so with ``read_ahead = True`` (``SlideSource`` does, whatever its device);
-    without the attribute, sources on the CPU are read ahead. One thread reads, in order, so
-    a source is never read by two threads at once. A tensor, or a source that generates its
-    pixels on an accelerator (``ProceduralSource`` on CUDA), is read in the caller's thread:
-    its reads are queued device work already. ``read``: what to call per index instead of
-    ``source.read`` (e.g. a read that also keeps the compact form)."""
+    without the attribute, sources on the CPU are read ahead. ``read_workers`` threads
+    (the source's attribute, default 1) read the next pieces in the order they are used,
+    at most that many pieces ahead; with one thread a source is never read by two threads
+    at once, with more the source must allow it (``SlideSource`` does). A tensor, or a
+    source that generates its pixels on an accelerator (``ProceduralSource`` on CUDA), is
+    read in the caller's thread: its reads are queued device work already. ``read``: what
+    to call per index instead of ``source.read`` (e.g. a read that also keeps the compact
+    form)."""
     ahead = not isinstance(source, Tensor) and getattr(
         source, "read_ahead", torch.device(source.device).type == "cpu"
     )
@@ -131,10 +144,17 @@ def _reads_ahead(
         for index in indices:
             yield read(index)
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="gigastream-read") as pool:
-        pending = pool.submit(read, indices[0])
-        for k in range(len(indices)):
-            current = pending.result()
-            if k + 1 < len(indices):
-                pending = pool.submit(read, indices[k + 1])
-            yield current
+    workers = min(read_workers(source), len(indices))
+    with ThreadPoolExecutor(workers, thread_name_prefix="gigastream-read") as pool:
+        pending = deque(pool.submit(read, indices[k]) for k in range(workers))
+        submitted = workers
+        try:
+            while pending:
+                current = pending.popleft().result()
+                if submitted < len(indices):
+                    pending.append(pool.submit(read, indices[submitted]))
+                    submitted += 1
+                yield current
+        finally:  # an error or an abandoned stream: reads not started are not made
+            for future in pending:
+                future.cancel()

@@ -255,8 +255,22 @@ class StreamingModule(nn.Module):
                 host_memory_budget=self.host_memory_budget,
                 available_host_bytes=available_host_bytes,
             )
+            if lazy_input:
+                self._plan_input_cache(self._plans[key])
             logger.info("%s", self._plans[key])
         return self._plans[key]
+
+    def _plan_input_cache(self, plan: StreamingPlan) -> None:
+        """Fill in what the input cache will hold: the first (streamed) segment's tile
+        inputs as uint8 pixels (overlap x the input's positions x 3 bytes), and the budget
+        in force now (``"auto"`` follows the memory available at each step)."""
+        first = plan.segments[0]
+        batch, _, height, width = plan.input_shape
+        plan.input_cache_bytes = int(3 * batch * height * width * first.overlap)
+        try:
+            plan.input_cache_budget = self._input_cache_bytes()
+        except ValueError:  # a bad budget is refused when the step runs
+            plan.input_cache_budget = None
 
     def _check_modes(self) -> None:
         names = training_batchnorms(self.trunk)

@@ -129,9 +129,13 @@ class DataConfig:
             file is damaged.
         mask_input: blank non-tissue pixels of the input (and skip reading them).
         normalize: ``imagenet`` (torchvision's statistics) or ``none`` (pixels in [0, 1]).
-        backend: slide reader backend: ``auto``, ``openslide`` or ``tiffslide``.
+        backend: slide reader backend: ``auto``, ``openslide``, ``tiffslide`` or ``cucim``
+            (optional, :mod:`gigastream.wsi.cucim_backend`).
         num_workers: DataLoader worker processes that open slides, compute tissue masks
             and read small slides ahead of the training step (0: in the main process).
+        read_workers: threads that read a lazily streamed slide's tiles ahead of the
+            compute, in the order the stream uses them (1: one read-ahead thread; OpenSlide
+            reads one handle in parallel, tiffslide gets a handle per thread).
         preload_pixels: a slide whose input has at most this many pixels is read whole
             by the worker (off the training thread); larger ones stay lazy and are read
             tile by tile while streaming.
@@ -167,6 +171,7 @@ class DataConfig:
     normalize: str = "imagenet"
     backend: str = "auto"
     num_workers: int = 2
+    read_workers: int = 1
     preload_pixels: int = 4096 * 4096
     cache_bytes: int = 2 * 2**30
     augment: bool = True
@@ -201,12 +206,17 @@ class DataConfig:
             raise ConfigError(
                 f"data.normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}"
             )
-        if self.backend not in ("auto", "openslide", "tiffslide"):
+        if self.backend not in ("auto", "openslide", "tiffslide", "cucim"):
             raise ConfigError(
-                f"data.backend must be auto, openslide or tiffslide, got {self.backend!r}"
+                "data.backend must be auto, openslide, tiffslide or cucim (optional: "
+                f"pip install cucim-cu13), got {self.backend!r}"
             )
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.read_workers < 1:
+            raise ConfigError(
+                f"data.read_workers must be >= 1 (threads reading a slide), got {self.read_workers}"
+            )
         if self.roi_dir is not None and not Path(self.roi_dir).is_dir():
             what = "is a file" if Path(self.roi_dir).exists() else "not found"
             raise ConfigError(

@@ -164,6 +164,8 @@ class SlideInput:
 
     def close(self) -> None:
         """Release the slide file."""
+        if isinstance(self.x, SlideSource):
+            self.x.close()  # the handles of its reading threads
         if self.reader is not None:
             self.reader.close()
 
@@ -175,6 +177,7 @@ def make_source(reader: SlideReader, mask: TissueMask | None, data: DataConfig) 
         mpp=data.mpp,
         tissue_mask=mask if data.mask_input else None,
         normalize=normalization(data.normalize),
+        read_workers=data.read_workers,
     )
 
 

@@ -51,9 +51,14 @@ def warn_costly_plan(plan: StreamingPlan, model: StreamingMILConfig) -> float:
 
 
 def check_compute(model: StreamingMIL, prepared: PreparedRun, config: RunConfig) -> None:
-    """:func:`warn_costly_plan` for the first usable training slide (before training); a
-    slide that cannot be planned is left to training, which reports it."""
+    """:func:`warn_costly_plan` for the first usable training slide (before training): the
+    plan :func:`~gigastream.train.preparation.prepare` made, else planned here; a slide
+    that cannot be planned is left to training, which reports it."""
     from gigastream import precision as precisions
+
+    if prepared.plan is not None:
+        warn_costly_plan(prepared.plan, config.model)
+        return
     from gigastream.wsi.source import SlideSource
 
     data = config.data

@@ -25,9 +25,16 @@ from gigastream.models.encoders import EncoderError
 from gigastream.models.feature_mil import FeatureMIL
 from gigastream.models.patch_mil import PatchMIL
 from gigastream.models.streaming_mil import StreamingMIL
+from gigastream.streaming.planner import StreamingPlan
 from gigastream.train.config import ConfigError, RunConfig
 from gigastream.train.data import check_slide_input, describe_skipped
-from gigastream.train.selection import check_labels, check_targets, split_rows, target_scale
+from gigastream.train.selection import (
+    check_labels,
+    check_targets,
+    is_regression,
+    split_rows,
+    target_scale,
+)
 from gigastream.train.trainer import resolve_device
 from gigastream.wsi.manifest import Manifest, ManifestRow, read_manifest
 from gigastream.wsi.reader import SlideError, SlideReader
@@ -45,6 +52,9 @@ class PreparedRun:
     val_rows: list[ManifestRow]
     accelerator: str
     devices: int | list[int]
+    #: the streaming plan of the first usable training slide at the training precision,
+    #: planned for this host (``None``: not a streamed model, or not planned)
+    plan: StreamingPlan | None = None
 
 
 def build_model(config: RunConfig, num_classes: int) -> StreamingMIL | PatchMIL | FeatureMIL:
@@ -75,10 +85,16 @@ def build_model(config: RunConfig, num_classes: int) -> StreamingMIL | PatchMIL 
         raise ConfigError(f"model.weights: {exc}") from None
 
 
-def _check_plan(model: StreamingMIL, rows: Sequence[ManifestRow], config: RunConfig) -> None:
-    """Plan the streaming of the first readable slide (a tile too small fails here, early)."""
+def _check_plan(
+    model: StreamingMIL, rows: Sequence[ManifestRow], config: RunConfig
+) -> StreamingPlan | None:
+    """The streaming plan of the first readable slide at the training precision, planned
+    for this host (a tile too small fails here, early; a GPU's free memory is not asked,
+    which would initialise CUDA before Lightning starts its processes)."""
+    from gigastream import precision as precisions
     from gigastream.wsi.source import SlideSource
 
+    dtype = precisions.compute_dtype(config.train.precision)
     for row in rows[:3]:
         try:
             with SlideReader.open(row.path, mpp=row.mpp, backend=config.data.backend) as slide:
@@ -86,30 +102,84 @@ def _check_plan(model: StreamingMIL, rows: Sequence[ManifestRow], config: RunCon
                 shape = SlideSource(slide, mpp=config.data.mpp).shape
         except SlideError:
             continue  # reported when the slide is reached
-        model.trunk.plan(tuple(shape), lazy_input=True)
-        return
+        return model.trunk.plan(tuple(shape), dtype, lazy_input=True, device="cpu")
+    return None
 
 
-def _check_usable(rows: Sequence[ManifestRow], side: str, config: RunConfig) -> None:
-    """At least one slide of ``rows`` opens and has an input of a sane size at
-    ``data.mpp`` (:func:`~gigastream.train.data.check_slide_input`); slides are opened
-    until one does (usually the first).
+def _usable(row: ManifestRow, config: RunConfig) -> str | None:
+    """Why a slide cannot be used (it does not open, or its input at ``data.mpp`` is not
+    of a sane size: :func:`~gigastream.train.data.check_slide_input`), or ``None``."""
+    try:
+        with SlideReader.open(row.path, mpp=row.mpp, backend=config.data.backend) as slide:
+            check_slide_input(slide, row.slide_id, config.data)
+    except SlideError as exc:
+        return str(exc)
+    return None
+
+
+def _check_usable(
+    rows: Sequence[ManifestRow], side: str, config: RunConfig, class_names: Sequence[str]
+) -> None:
+    """Some slide of ``rows`` can be used, and for a classification every class has one
+    among the training slides and the validation slides that can be used hold two classes
+    or more (else the run would train on one class, or its validation AUC, which picks the
+    best checkpoint, would be undefined). Slides are opened until each class has one that
+    can be used (usually the first of each class).
 
     Raises:
-        ConfigError: none does; one line naming every slide and why.
+        ConfigError: one line naming the side, the class and every slide tried and why.
     """
     reasons: dict[str, str] = {}
-    for row in rows:
-        try:
-            with SlideReader.open(row.path, mpp=row.mpp, backend=config.data.backend) as slide:
-                check_slide_input(slide, row.slide_id, config.data)
-            return
-        except SlideError as exc:
-            reasons[row.slide_id] = str(exc)
-    raise ConfigError(
-        f"none of the {len(rows)} {side} slides can be used: {describe_skipped(reasons)}; "
-        "fix or replace the slide files (or their rows of the manifest)"
-    )
+    classification = not is_regression(class_names)
+    by_class: dict[str, list[ManifestRow]] = {}
+    for row in rows:  # a regression: every slide is of one "class"
+        if classification and row.label not in class_names:
+            continue  # unlabelled: predicted, not trained or validated on
+        by_class.setdefault(row.label if classification else "", []).append(row)
+    usable: list[str] = []
+    for label, members in by_class.items():
+        for row in members:
+            why = _usable(row, config)
+            if why is None:
+                usable.append(label)
+                break
+            reasons[row.slide_id] = why
+    if not usable and not reasons:
+        raise ConfigError(
+            f"none of the {len(rows)} {side} slides has a label of the run's classes "
+            f"({', '.join(class_names)}): label them in the manifest"
+        )
+    if not usable:
+        raise ConfigError(
+            f"none of the {len(rows)} {side} slides can be used: {describe_skipped(reasons)}; "
+            "fix or replace the slide files (or their rows of the manifest)"
+        )
+    if not classification:
+        return
+    if side == "training":
+        missing = [c for c in class_names if c not in usable]
+        if missing:
+            tried = {
+                r.slide_id: reasons[r.slide_id]
+                for r in by_class.get(missing[0], [])
+                if r.slide_id in reasons
+            }
+            detail = describe_skipped(tried) if tried else "it has no training slides"
+            raise ConfigError(
+                f"class {missing[0]!r} has no training slide that can be used ({detail}); "
+                "the run would learn without it: fix or replace those slide files, or move "
+                "slides of that class into training (the split column or --splits)"
+            )
+    elif len(usable) < 2:
+        shown = ", ".join(r.slide_id for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
+        skipped = f"; {describe_skipped(reasons)} cannot be used" if reasons else ""
+        raise ConfigError(
+            f"the validation slides that can be used are all of class {usable[0]!r} "
+            f"({len(rows)} validation slide(s): {shown}{skipped}): the validation AUC, which "
+            "picks the best checkpoint, is undefined with one class; put slides of two "
+            "classes or more into validation (the split column, --splits, or a larger "
+            "train.val_fraction)"
+        )
 
 
 def _check_patches(model: PatchMIL, rows: Sequence[ManifestRow], config: RunConfig) -> None:
@@ -199,19 +269,22 @@ def prepare(config: RunConfig, check_plan: bool = True, check_device: bool = Tru
         mean, std = target_scale(train_rows)
         config = replace(config, target=replace(config.target, mean=mean, std=std))
     if check_plan and not features:  # every training (or validation) slide unusable?
-        _check_usable(train_rows, "training", config)
-        _check_usable(val_rows, "validation", config)
+        _check_usable(train_rows, "training", config, class_names)
+        _check_usable(val_rows, "validation", config, class_names)
     if features:  # the feature dimension of the first file: the model's
         from gigastream.train.feature_data import with_feature_dim
 
         config = with_feature_dim(config, manifest.rows)
+    plan = None
     if check_plan:
         model = build_model(config, len(class_names))
         if isinstance(model, PatchMIL):
             _check_patches(model, train_rows, config)
         elif isinstance(model, StreamingMIL):
-            _check_plan(model, train_rows, config)
-    return PreparedRun(config, manifest, class_names, train_rows, val_rows, accelerator, devices)
+            plan = _check_plan(model, train_rows, config)
+    return PreparedRun(
+        config, manifest, class_names, train_rows, val_rows, accelerator, devices, plan
+    )
 
 
 def resolved_config(prepared: PreparedRun) -> RunConfig:

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".svs", ".btf", ".tf8", ".tf2")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-BACKENDS = ("auto", "openslide", "tiffslide", "image")
+BACKENDS = ("auto", "openslide", "tiffslide", "cucim", "image")
 #: A TIFF resolution in inches coarser than this (um/px; 20 um/px = 1270 dpi) is a document
 #: resolution - an image editor's 72, 96 or 300 dpi - not a scan's: it counts as no mpp.
 DOCUMENT_MPP = 20.0
@@ -146,22 +146,7 @@ class OpenSlideReader(_OpenSlideLike):
     block_size = 512
 
     def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        if float(self.levels[level].downsample).is_integer():
-            return self._read_direct(level, x, y, width, height)
-        # OpenSlide takes a level-0 location and resamples the level at location /
-        # downsample, a sub-pixel offset that depends on the location when the downsample
-        # is not an integer (scanners: 2.0005, 4.001, ...). Reading whole blocks on a fixed
-        # grid gives every level pixel from the same call, whatever the window, so crops
-        # equal the same window of a whole read.
-        b = self.block_size
-        out = np.empty((height, width, 3), np.uint8)
-        for by in range(y // b * b, y + height, b):
-            for bx in range(x // b * b, x + width, b):
-                block = self._read_direct(level, bx, by, b, b)
-                xs, ys = max(x, bx), max(y, by)
-                xe, ye = min(x + width, bx + b), min(y + height, by + b)
-                out[ys - y : ye - y, xs - x : xe - x] = block[ys - by : ye - by, xs - bx : xe - bx]
-        return out
+        return read_on_block_grid(self, level, x, y, width, height)
 
     def _read_direct(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         try:
@@ -182,6 +167,30 @@ class OpenSlideReader(_OpenSlideLike):
             return
         self._handle.close()
         self._handle = handle
+
+
+def read_on_block_grid(
+    reader: SlideReader, level: int, x: int, y: int, width: int, height: int
+) -> np.ndarray:
+    """A level region of a reader that reads at level-0 locations (``reader._read_direct``,
+    ``reader.block_size``: OpenSlide, cuCIM), exactly on every level.
+
+    Such a backend resamples the level at location / downsample, a sub-pixel offset that
+    depends on the location when the downsample is not an integer (scanners: 2.0005,
+    4.001, ...; a pyramid's last level: 7.99). Reading whole blocks on a fixed grid gives
+    every level pixel from the same call, whatever the window, so crops equal the same
+    window of a whole read. Integer downsamples are read directly."""
+    if float(reader.levels[level].downsample).is_integer():
+        return reader._read_direct(level, x, y, width, height)
+    b = reader.block_size
+    out = np.empty((height, width, 3), np.uint8)
+    for by in range(y // b * b, y + height, b):
+        for bx in range(x // b * b, x + width, b):
+            block = reader._read_direct(level, bx, by, b, b)
+            xs, ys = max(x, bx), max(y, by)
+            xe, ye = min(x + width, bx + b), min(y + height, by + b)
+            out[ys - y : ye - y, xs - x : xe - x] = block[ys - by : ye - by, xs - bx : xe - bx]
+    return out
 
 
 class TiffSlideReader(_OpenSlideLike):
@@ -360,6 +369,10 @@ def open_slide(path: Path, mpp: float | None = None, backend: str = "auto") -> S
         return TiffSlideReader(path, mpp)
     if backend == "openslide":
         return OpenSlideReader(path, mpp)
+    if backend == "cucim":
+        from gigastream.wsi.cucim_backend import CuCIMReader
+
+        return CuCIMReader(path, mpp)
     if name.endswith((".ome.tif", ".ome.tiff")):
         return TiffSlideReader(path, mpp)  # OME-XML (mpp, channels) is read by tiffslide only
     import openslide

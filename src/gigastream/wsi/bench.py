@@ -13,8 +13,10 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +38,9 @@ class ReadBenchConfig:
         warmup: untimed reads first.
         seed: seed of the read locations.
         lower_downsample: the lower level is the one nearest this downsample.
+        workers: threads reading at once (each read is one region; a backend whose handle
+            is not thread-safe gets one handle per thread, as
+            :class:`~gigastream.wsi.source.SlideSource` does). Each count is timed.
     """
 
     backends: tuple[str, ...] = ("openslide", "tiffslide")
@@ -44,10 +49,22 @@ class ReadBenchConfig:
     warmup: int = 3
     seed: int = 0
     lower_downsample: float = 4.0
+    workers: tuple[int, ...] = (1,)
+
+
+def _handles(slide: SlideReader, workers: int) -> list[SlideReader]:
+    """One reader per thread: the same one where the backend is read in parallel safely."""
+    from gigastream.wsi.source import SlideSource
+
+    if workers == 1 or slide.backend in SlideSource.SHARED_HANDLE_BACKENDS:
+        return [slide] * workers
+    return [slide] + [
+        SlideReader.open(slide.path, backend=slide.backend) for _ in range(workers - 1)
+    ]
 
 
 def _time_reads(
-    slide: SlideReader, level: int | None, mpp: float | None, config: ReadBenchConfig
+    slide: SlideReader, level: int | None, mpp: float | None, config: ReadBenchConfig, workers: int
 ) -> dict:
     size = config.region_size
     if level is not None:
@@ -61,18 +78,31 @@ def _time_reads(
     xs = rng.uniform(0, max(w0 - span, 0), size=config.reads + config.warmup)
     ys = rng.uniform(0, max(h0 - span, 0), size=config.reads + config.warmup)
     kwargs = {"level": level} if level is not None else {"mpp": mpp}
-    for i in range(config.warmup):
-        slide.region((xs[i], ys[i]), (size, size), **kwargs)
-    start = time.perf_counter()
-    for i in range(config.warmup, config.warmup + config.reads):
-        slide.region((xs[i], ys[i]), (size, size), **kwargs)
-    seconds = time.perf_counter() - start
+    handles = _handles(slide, workers)
+    try:
+        for i in range(config.warmup):
+            for handle in dict.fromkeys(handles):  # every handle warmed up
+                handle.region((xs[i], ys[i]), (size, size), **kwargs)
+
+        def read(t: int) -> None:  # thread t reads every workers-th region
+            for i in range(config.warmup + t, config.warmup + config.reads, workers):
+                handles[t].region((xs[i], ys[i]), (size, size), **kwargs)
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(workers, thread_name_prefix="gigastream-bench-read") as pool:
+            for future in [pool.submit(read, t) for t in range(workers)]:
+                future.result()
+        seconds = time.perf_counter() - start
+    finally:
+        for handle in set(handles) - {slide}:
+            handle.close()
     megapixels = config.reads * size * size / 1e6
     return {
         "level": level,
         "mpp": mpp if mpp is not None else slide.level_mpp(level) if slide.mpp else None,
         "downsample": ds,
         "resized": level is None,
+        "workers": workers,
         "reads": config.reads,
         "region_size": size,
         "seconds": seconds,
@@ -116,13 +146,23 @@ def benchmark_reads(path: str | Path, config: ReadBenchConfig | None = None) -> 
             elif slide.mpp is not None:
                 runs.append((None, slide.mpp * config.lower_downsample))
             for level, mpp in runs:
-                result = {"backend": backend, **_time_reads(slide, level, mpp, config)}
-                logger.info("%s level %s: %.1f MP/s", backend, level, result["megapixels_per_s"])
-                results.append(result)
+                for workers in config.workers:
+                    timed = _time_reads(slide, level, mpp, config, workers)
+                    result = {"backend": backend, **timed}
+                    logger.info(
+                        "%s level %s, %d worker(s): %.1f MP/s",
+                        backend, level, workers, result["megapixels_per_s"],
+                    )  # fmt: skip
+                    results.append(result)
     return {
         "slide": info,
         "config": asdict(config),
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        },
         "results": results,
         "failures": failures,
     }

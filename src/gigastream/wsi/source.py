@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,12 +236,22 @@ class SlideSource:
         dtype: floating dtype of the tensors returned.
         device: device of the tensors returned.
         background: RGB colour of non-tissue pixels (0-255).
+        read_workers: threads that streaming may read regions on at once, ahead of the
+            compute (:func:`~gigastream.streaming.input.read_workers`). OpenSlide reads one
+            handle from many threads in parallel; other file backends (tiffslide) lend each
+            read a handle no other thread is reading: ``reader``, or one opened when all are
+            in use (at most ``read_workers - 1`` of them), closed by :meth:`close`.
 
     Attributes:
         shape: ``(1, 3, H, W)`` of the whole virtual image.
         reads: number of regions read from the file so far.
         skipped: number of regions answered from the mask without reading.
     """
+
+    #: backends whose one handle may be read from several threads at once (OpenSlide
+    #: parallelises concurrent ``read_region`` calls since 3.3.1, cuCIM's reader is
+    #: thread-safe; arrays are read-only)
+    SHARED_HANDLE_BACKENDS = ("openslide", "cucim", "array")
 
     def __init__(
         self,
@@ -250,6 +262,7 @@ class SlideSource:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         background: tuple[int, int, int] = (255, 255, 255),
+        read_workers: int = 1,
     ) -> None:
         if not dtype.is_floating_point:
             raise SlideError(
@@ -276,6 +289,43 @@ class SlideSource:
         self._background_normalized = background_pixels * self._scale + self._shift
         self.reads = 0
         self.skipped = 0
+        if read_workers < 1:
+            raise SlideError(f"{reader.name}: read_workers must be >= 1, got {read_workers}")
+        self.read_workers = int(read_workers)
+        self._lock = threading.Lock()  # the counters and the handles
+        self._thread_readers: list[SlideReader] = []  # opened for reading threads
+        self._free_readers: queue.SimpleQueue[SlideReader] = queue.SimpleQueue()
+        self._free_readers.put(reader)  # the caller's reader is lent first
+
+    def _shares_handle(self) -> bool:
+        return self.read_workers == 1 or self.reader.backend in self.SHARED_HANDLE_BACKENDS
+
+    def _borrow_reader(self) -> SlideReader:
+        """A handle no other thread is reading: the shared reader where that is safe, else
+        a free one (the caller's reader or one opened before), else a new one."""
+        if self._shares_handle():
+            return self.reader
+        try:
+            return self._free_readers.get_nowait()
+        except queue.Empty:
+            reader = self.reader
+            own = SlideReader.open(reader.path, mpp=reader.mpp, backend=reader.backend)
+            with self._lock:
+                self._thread_readers.append(own)
+            return own
+
+    def _return_reader(self, reader: SlideReader) -> None:
+        if not self._shares_handle():
+            self._free_readers.put(reader)
+
+    def close(self) -> None:
+        """Close the handles opened for reading threads (the shared reader is the caller's)."""
+        with self._lock:
+            readers, self._thread_readers = self._thread_readers, []
+        self._free_readers = queue.SimpleQueue()
+        self._free_readers.put(self.reader)
+        for reader in readers:
+            reader.close()
 
     def _bounds(self, index: tuple[slice, ...]) -> list[tuple[int, int]]:
         if len(index) > 4:
@@ -311,7 +361,11 @@ class SlideSource:
     def _read_rgb(self, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         """Target-pixel region of the slide; any failure of the reader is a SlideError."""
         try:
-            return self.reader.read_scaled(self.resolution, x0, y0, width, height)
+            reader = self._borrow_reader()
+            try:
+                return reader.read_scaled(self.resolution, x0, y0, width, height)
+            finally:
+                self._return_reader(reader)
         except (SlideError, MemoryError):
             raise  # readers' own errors already name the file, region and fix
         except Exception as exc:  # a reader that lets a backend error through
@@ -352,9 +406,11 @@ class SlideSource:
             return RegionPixels(shape, slice(c0, c1), None, None, empty=True)
         tissue = self._tissue(x0, y0, width, height) if self.tissue_mask is not None else True
         if tissue is None:
-            self.skipped += 1
+            with self._lock:
+                self.skipped += 1
             return RegionPixels(shape, slice(c0, c1), None, None)
-        self.reads += 1
+        with self._lock:
+            self.reads += 1
         rgb = self._read_rgb(x0, y0, width, height)  # (h, w, 3) uint8
         if not rgb.flags.writeable:  # backends may hand out read-only buffers
             rgb = rgb.copy()
@@ -454,6 +510,7 @@ class OrientedSource:
         self.read_ahead = getattr(source, "read_ahead", None)
         if self.read_ahead is None:
             del self.read_ahead  # no opinion: streaming decides by the device
+        self.read_workers = getattr(source, "read_workers", 1)
         if callable(getattr(source, "read_compact", None)):  # decoded once per step too
             self.read_compact, self.expand = self._read_compact, self._expand
 

@@ -215,6 +215,21 @@ def _boundaries(cuts: str | Sequence[int], m: int) -> tuple[list[int], bool]:
     return [0, *sorted(allowed), m], fixed
 
 
+def _pointwise(geoms: Sequence[Geometry], profiles: Sequence[Profile], i: int) -> bool:
+    """Whether unit ``i`` is element-wise (BatchNorm, ReLU: one input pixel per output pixel,
+    same shape), so a cut before it saves nothing that a cut after it would not: the map is
+    the same size and the unit costs next to nothing. Planned cuts skip such boundaries
+    (a VGG's 21 boundaries become 8 and its plan search about 30x smaller)."""
+    if not 0 < i < len(geoms):
+        return False
+    g = geoms[i]
+    return (
+        (g.h.stride, g.h.lo, g.h.hi) == (1, 0, 0)
+        and (g.w.stride, g.w.lo, g.w.hi) == (1, 0, 0)
+        and tuple(profiles[i].in_shape) == tuple(profiles[i].out_shape)
+    )
+
+
 def trunk_costs(
     units: Sequence[tuple[str, nn.Module]],
     input_shape: Sequence[int],
@@ -234,6 +249,8 @@ def trunk_costs(
     geoms = list(geometries) if geometries is not None else [describe(mod, n) for n, mod in units]
     profiles = profile_modules([mod for _, mod in units], input_shape)
     boundaries, fixed = _boundaries(cuts, m)
+    if not fixed:
+        boundaries = [b for b in boundaries if not _pointwise(geoms, profiles, b)]
     map_bytes = [math.prod(p.in_shape) * bytes_per_elem for p in profiles] + [
         math.prod(profiles[-1].out_shape) * bytes_per_elem
     ]

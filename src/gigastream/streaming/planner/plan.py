@@ -83,6 +83,18 @@ class StreamingPlan:
     lazy_input: bool = False
     cuts: str = "planned"  # "planned" (the planner chose them) or "fixed" (given by the user)
     planning_seconds: float = 0.0
+    #: a lazy input: host bytes of the decoded pixels the forward keeps for the backward
+    #: (3 bytes per position read, tile margins included), and the cache budget when
+    #: planned (:class:`~gigastream.streaming.module.StreamingModule`'s ``input_cache``)
+    input_cache_bytes: int = 0
+    input_cache_budget: int | None = None
+
+    @property
+    def input_decoded_once(self) -> bool:
+        """A lazy input is decoded once per step: its kept pixels fit the cache budget."""
+        return self.input_cache_budget is not None and (
+            self.input_cache_bytes <= self.input_cache_budget
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,4 +113,15 @@ class StreamingPlan:
             f"{len(self.segments)} segment(s), {self.cuts} cuts; host memory "
             f"{format_bytes(self.est_host_bytes)} (budget {host_budget})"
         )
-        return "\n".join([header, *(f"  {s}" for s in self.segments)])
+        lines = [header, *(f"  {s}" for s in self.segments)]
+        if self.lazy_input and self.input_cache_budget is not None:
+            kept = format_bytes(self.input_cache_bytes)
+            budget = format_bytes(self.input_cache_budget)
+            lines.append(
+                f"  input: decoded once per step, {kept} of pixels kept for backward "
+                f"(input cache {budget})"
+                if self.input_decoded_once
+                else f"  input: {kept} of pixels would be kept for backward, over the input "
+                f"cache ({budget}): what does not fit is decoded again in backward"
+            )
+        return "\n".join(lines)

@@ -7,6 +7,7 @@ another tile). Tiles are balanced over the output and placed on the output-strid
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 from gigastream.streaming.geometry import Geometry
@@ -62,9 +63,13 @@ def axis_const(axis) -> int:
     return axis.hi + 1 - (axis.lo // axis.stride) * axis.stride
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def axis_stats(axis, in_size: int, out_size: int, n_tiles: int) -> tuple[int, int]:
     """(largest tile extent, sum of tile extents) along one axis; exact up to 64 tiles,
-    a tight upper bound beyond (the few clipped border tiles are counted as interior)."""
+    a tight upper bound beyond (the few clipped border tiles are counted as interior).
+
+    Memoized: a pure function of a frozen geometry and three integers, asked for the same
+    grids by every span that shares an axis (most of a plan's cost model)."""
     if n_tiles <= EXACT_TILES:
         ext = [b - a for *_, a, b in axis_tiles(axis, in_size, out_size, n_tiles)]
         return max(ext), sum(ext)
