@@ -62,7 +62,8 @@ def test_demo_without_he_sources_uses_procedural_texture(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "find_shared_data", lambda *names: [])
     monkeypatch.chdir(tmp_path)  # and a relative --out, as in the README's command
     out = tmp_path / "demo"
-    code = main(["demo", "--out", "demo", "--epochs", "1", "--slides", "4", *TINY[2:]])
+    # 8 slides: a validation quarter of 2, one of each class (4 would leave one slide)
+    code = main(["demo", "--out", "demo", "--epochs", "1", "--slides", "8", *TINY[2:]])
     assert code == 0
     assert (out / "procedural_he.png").is_file()
     metrics = json.loads((out / "metrics.json").read_text())

@@ -206,7 +206,7 @@ def test_sigterm_stops_a_predict_process_promptly(tmp_path, trained_run, manifes
 
 
 # ----------------------------------------------------------------------------- 5. words
-def test_undefined_validation_auc_is_na_with_the_reason(tmp_path, manifest, capsys, caplog):
+def test_a_one_class_validation_set_stops_before_training(tmp_path, manifest, capsys):
     def positive_validation(rows):  # the validation slides are of one class
         for row in rows:
             row["split"] = "val" if row["slide_id"] in ("synth_000", "synth_001") else "train"
@@ -214,13 +214,21 @@ def test_undefined_validation_auc_is_na_with_the_reason(tmp_path, manifest, caps
 
     one_class = copy_manifest(manifest, tmp_path / "m.csv", positive_validation)
     config = write_tiny_yaml(tmp_path / "t.yaml", train={"epochs": 1, "heatmaps": 0})
-    with caplog.at_level(logging.INFO, logger="gigastream.train.recorder"):
-        code, printed, err = cli(capsys, *train_args(one_class, tmp_path / "run", config))
-    assert code == 0, err
-    assert "validation AUC n/a (one class among the validation slides)" in printed
-    assert "nan" not in printed
-    (epoch,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1")]
-    assert "val AUC n/a (one class among the validation slides)" in epoch
+    code, _, err = cli(capsys, *train_args(one_class, tmp_path / "run", config))
+    one_line_error(
+        code, err, "the validation slides that can be used are all of class 'positive'",
+        "synth_000, synth_001", "validation AUC",
+    )  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_undefined_auc_is_na_with_the_reason():
+    """What a run prints when its validation AUC is undefined after all (a validation
+    class's slides failing mid-run): n/a and why, never nan."""
+    from gigastream.train.recorder import scores_words
+
+    words = scores_words({"val_auc": math.nan, "val_accuracy": 0.5})
+    assert words == "AUC n/a (one class among the validation slides), accuracy 0.500"
 
 
 def test_nan_loss_message_carries_no_torch_warning(tmp_path, manifest, capsys, monkeypatch):
@@ -274,10 +282,19 @@ def test_a_tiny_tile_warns_of_its_compute_before_training(
         raise RuntimeError("stopped by the test")
 
     monkeypatch.setattr(fitting, "calibrate_model", stop)
+    seen_at_check_out = []  # warnings already given when the run folder is first touched
+    check_out = fitting.check_out
+
+    def recording_check_out(*args, **kwargs):
+        seen_at_check_out.append(len(_compute_warnings(caplog)))
+        return check_out(*args, **kwargs)
+
+    monkeypatch.setattr(fitting, "check_out", recording_check_out)
     config = write_tiny_yaml(tmp_path / "t.yaml", train={"epochs": 1, "heatmaps": 0})
     flags = ["--arch", "resnet18", "--tile-size", "8"]
     with caplog.at_level(logging.WARNING):
         code, _, err = cli(capsys, *train_args(manifest, tmp_path / "run", config), *flags)
     one_line_error(code, err, "stopped by the test")
-    (line,) = _compute_warnings(caplog)
+    (line,) = _compute_warnings(caplog)  # once: the plan prepare made is not made again
     assert "464" in line and "conventional" in line
+    assert seen_at_check_out == [1]  # said before the run folder was made

@@ -178,7 +178,8 @@ def test_unsafe_slide_id_and_latin1_manifest_are_refused_before_writing(tmp_path
 # ----------------------------------------------------------------------------- 5. extreme mpp
 def test_slides_at_absurd_mpps_are_skipped_and_listed(tmp_path, manifest, capsys):
     def absurd(rows):
-        rows[0]["mpp"], rows[1]["mpp"] = "5000", "1e-09"  # 2.56e6^2 px; a millionth of a pixel
+        # two training slides (the validation ones are synth_000 and synth_005):
+        rows[2]["mpp"], rows[3]["mpp"] = "5000", "1e-09"  # 2.56e6^2 px; a millionth of a pixel
         return rows
 
     bad = copy_manifest(manifest, tmp_path / "manifest.csv", absurd)
@@ -189,9 +190,9 @@ def test_slides_at_absurd_mpps_are_skipped_and_listed(tmp_path, manifest, capsys
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed"
     skipped = metrics["skipped_slides"]
-    assert sorted(skipped) == ["synth_000", "synth_001"], skipped
+    assert sorted(skipped) == ["synth_002", "synth_003"], skipped
     assert (
-        "5000 um/px" in skipped["synth_000"] and "2,560,000 x 2,560,000 px" in skipped["synth_000"]
+        "5000 um/px" in skipped["synth_002"] and "2,560,000 x 2,560,000 px" in skipped["synth_002"]
     )
-    assert "1e-09 um/px" in skipped["synth_001"] and "under one pixel" in skipped["synth_001"]
+    assert "1e-09 um/px" in skipped["synth_003"] and "under one pixel" in skipped["synth_003"]
     assert "skipped 2 slide(s)" in printed

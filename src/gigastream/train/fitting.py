@@ -59,7 +59,7 @@ from gigastream.train.files import (
 from gigastream.train.heatmaps import write_heatmaps
 from gigastream.train.loaders import slide_loader
 from gigastream.train.module import MILClassifier
-from gigastream.train.plan_check import check_compute
+from gigastream.train.plan_check import check_compute, warn_costly_plan
 from gigastream.train.prediction import (
     prefixed,
     run_predictions,
@@ -195,6 +195,8 @@ def fit(
     out = Path(out).resolve()
     if _launched_rank() > 0:  # a DDP worker started by the launcher: rank 0 owns the folder
         return _fit_locked(prepared, config, out, resume, callbacks)
+    if prepared.plan is not None:  # a costly plan is said before the run folder is made
+        warn_costly_plan(prepared.plan, config.model)
     check_out(out, resume, overwrite)
     if resume:  # everything checked before a file of the run is touched
         check_resumable(out, config, prepared)
@@ -415,8 +417,8 @@ def _build_parts(
     data = replace(config.data, mask_dir=config.data.mask_dir or str(out / "masks"))
     torch.manual_seed(train.seed)
     model = build_model(config, len(prepared.class_names))
-    if isinstance(model, StreamingMIL) and _launched_rank() == 0:  # before any slide is read
-        check_compute(model, prepared, config)
+    if isinstance(model, StreamingMIL) and prepared.plan is None and _launched_rank() == 0:
+        check_compute(model, prepared, config)  # not planned by prepare: before any slide is read
     module = MILClassifier(
         model, prepared.class_names, config.optim, data, train.seed, to_dict(config), config.target
     )
