@@ -17,7 +17,6 @@ which builds each encoder once before any run to check it and to estimate memory
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import sys
@@ -35,6 +34,7 @@ from gigastream.streaming.memory import (
     peak_rss_mib,
     reset_peak_rss,
 )
+from gigastream.worker import worker_main
 
 if TYPE_CHECKING:
     from torch import nn
@@ -230,6 +230,13 @@ def _is_oom(exc: BaseException) -> bool:
     return "out of memory" in text or "can't allocate memory" in text
 
 
+def _oom_result(exc: BaseException) -> tuple[dict, int] | None:
+    """An allocation failure as the worker's answer (status ``oom``, exit code 3)."""
+    if not _is_oom(exc):
+        return None
+    return {"status": "oom", "error": f"{type(exc).__name__}: {exc}"[:2000]}, 3
+
+
 def main(argv: list[str] | None = None) -> int:
     """The worker: ``--worker JSON`` runs :func:`run_worker` with the JSON object's
     arguments and prints its result as the last line of stdout (one JSON object; an
@@ -237,24 +244,13 @@ def main(argv: list[str] | None = None) -> int:
 
     It parses nothing else: the benchmark's command line is ``gigastream bench mil``.
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) != 2 or argv[0] != "--worker":
-        print(
-            "usage: python -m gigastream.models.bag_bench_worker --worker JSON (run_worker's "
-            "arguments); the benchmark itself is `gigastream bench mil`",
-            file=sys.stderr,
-        )
-        return 2
-    args = json.loads(argv[1])
-    try:
-        result = run_worker(**args)
-    except Exception as exc:
-        if not _is_oom(exc):
-            raise
-        print(json.dumps({"status": "oom", "error": f"{type(exc).__name__}: {exc}"[:2000]}))
-        return 3
-    print(json.dumps({"status": "ok", **result}))
-    return 0
+    return worker_main(
+        argv,
+        lambda **args: {"status": "ok", **run_worker(**args)},
+        "gigastream.models.bag_bench_worker",
+        "bench mil",
+        on_error=_oom_result,
+    )
 
 
 __all__ = [

@@ -41,6 +41,7 @@ from gigastream.streaming.memory import (
     AUTO_TUNE_BYTES,
     available_memory,
 )
+from gigastream.worker import worker_main
 
 if TYPE_CHECKING:
     from gigastream.streaming.planner import StreamingPlan
@@ -415,16 +416,7 @@ def main(argv: list[str] | None = None) -> int:
 
     It parses nothing else: the benchmark's command line is ``gigastream bench streaming``.
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) != 2 or argv[0] != "--worker":
-        print(
-            "usage: python -m gigastream.streaming.benchmark --worker JSON (run_worker's "
-            "arguments); the benchmark itself is `gigastream bench streaming`",
-            file=sys.stderr,
-        )
-        return 2
-    print(json.dumps(run_worker(**json.loads(argv[1]))))
-    return 0
+    return worker_main(argv, run_worker, "gigastream.streaming.benchmark", "bench streaming")
 
 
 if __name__ == "__main__":

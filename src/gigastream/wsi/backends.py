@@ -382,7 +382,15 @@ def open_slide(path: Path, mpp: float | None = None, backend: str = "auto") -> S
     except (openslide.OpenSlideError, OSError) as exc:
         raise SlideError(f"{path}: cannot inspect the file: {exc}") from exc
     if vendor is not None:
-        return OpenSlideReader(path, mpp)
+        try:
+            return OpenSlideReader(path, mpp)
+        except SlideError:
+            if vendor != "generic-tiff":
+                raise
+            # a TIFF OpenSlide names but cannot decode (JPEG 2000 tiles: "Unsupported TIFF
+            # compression: 34712"): tiffslide reads those
+            logger.debug("%s: OpenSlide cannot open this generic TIFF; using tiffslide", path)
+            return TiffSlideReader(path, mpp)
     if is_tiff:
         logger.debug("%s: OpenSlide does not recognise it; using tiffslide", path)
         return TiffSlideReader(path, mpp)

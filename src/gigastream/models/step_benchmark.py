@@ -1,0 +1,553 @@
+"""Benchmark: one whole training step read from a pyramidal slide file, against the same
+step from the slide's pixels in memory.
+
+A synthetic H&E slide of ``size``² px at 0.5 um/px (:mod:`gigastream.wsi.synth`'s renderer,
+texture cut from real H&E, tissue everywhere so that every read decodes tissue) is written
+once per compression (:class:`~gigastream.wsi.pyramid.PyramidConfig`: 256 px file tiles,
+``jpeg`` at quality 90 or ``jpeg2000`` at 40 dB PSNR). A training step is: read tiles from
+the file -> stream them through a trunk (:func:`~gigastream.models.trunks.build_trunk`,
+random initialisation, BatchNorm frozen) -> global average pool + ``Linear(channels, 2)``
+-> cross-entropy with label 1 -> backward -> SGD step (lr 1e-3, every parameter). For every compression and every
+number of read threads (``read_workers``), each in a fresh Python process so that its
+peak resident set (``ru_maxrss``) is its own, three modes are timed:
+
+- ``read``: decoding every tile of the first streamed segment alone, on the streaming
+  read-ahead threads (``_reads_ahead``, ``read_workers`` threads): seconds and MP/s;
+- ``file``: the step from the lazy :class:`~gigastream.wsi.source.SlideSource`, with the
+  decoded uint8 pixels kept from the forward pass for the backward recompute
+  (``input_cache``), so each pixel is decoded once per step; the pixels decoded per step
+  over the slide's pixels (tile margins make it a little over 1; read twice without the
+  cache);
+- ``memory``: the same step from a tensor of the same pixels (the slide read whole
+  before timing): the compute alone. It reads nothing during the step, so one run per
+  compression serves every ``read_workers``.
+
+``file / memory`` is the key figure (reading *hidden* behind the compute: <= 1.05); the
+*hidden fraction* of the read is ``1 - (file - memory) / read`` clipped to [0, 1]. The
+losses of the file and the memory steps agree (the same pixels, the same seeded model).
+
+Run it with ``gigastream bench step`` (see ``--help``) or :func:`run_step_benchmark`;
+``python -m gigastream.models.step_benchmark --worker JSON`` is the per-mode worker (it
+reads only its own JSON, never the command line's flags).
+
+Example:
+    >>> config = StepBenchConfig(size=512, tile_size=192, formats=("jpeg",),
+    ...                          read_workers=(1,), repeats=1, warmup=0)
+    >>> result = run_step_benchmark(config)  # doctest: +SKIP
+    >>> result["rows"][0]["file_vs_memory"]  # doctest: +SKIP
+    1.02
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gigastream.streaming import StreamingModule
+from gigastream.streaming.geometry import Geometry, describe
+from gigastream.streaming.input import _reads_ahead
+from gigastream.streaming.memory import peak_rss_mib
+from gigastream.streaming.planner import make_pieces, parse_bytes
+from gigastream.worker import worker_main
+from gigastream.wsi.pyramid import COMPRESSIONS, PyramidConfig, write_pyramid
+
+logger = logging.getLogger(__name__)
+
+#: Microns per pixel of the synthetic slide (a 20x scan), and the mpp it is read at.
+SLIDE_MPP = 0.5
+#: Where the real H&E texture comes from by default: ``../shared/data/images`` beside the
+#: repository checkout.
+DEFAULT_SOURCES = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "images"
+#: The modes of one worker process.
+MODES = ("read", "file", "memory")
+#: Backends: ``auto`` is OpenSlide where it reads the compression (JPEG), else tiffslide.
+BACKENDS = ("auto", "openslide", "tiffslide")
+#: The compressions OpenSlide cannot read (see :mod:`gigastream.wsi.pyramid`).
+NOT_OPENSLIDE = ("jpeg2000",)
+
+#: ``launch(worker_args) -> result``: runs one mode (in a fresh process, or in this one).
+Launcher = Callable[[dict], dict]
+
+
+@dataclass
+class StepBenchConfig:
+    """What ``gigastream bench step`` measures.
+
+    Attributes:
+        size: edge of the square synthetic slide in pixels (at :data:`SLIDE_MPP`).
+        arch: trunk (:func:`~gigastream.models.trunks.list_trunks`).
+        tile_size: largest streamed tile in pixels (margins included).
+        formats: compressions of the slide file (``jpeg``, ``jpeg2000``), each timed.
+        read_workers: numbers of read threads, each timed.
+        repeats: timed steps per mode (the median is reported).
+        warmup: untimed steps per mode before the timed ones.
+        threads: ``torch.set_num_threads`` of the workers (``None``: torch's default).
+        input_cache: the streamed module's ``input_cache`` (bytes, e.g. ``"2GiB"``;
+            ``"0"``: decode every tile again in backward; ``"auto"``).
+        fold_batchnorm: fold the frozen BatchNorms into the convolutions.
+        backend: slide reader (:data:`BACKENDS`).
+        work_dir: where the slides are written and kept (``None``: a temporary folder,
+            removed at the end); a slide already there (same size, format, seed) is reused.
+        sources: H&E images the slide's texture is cut from.
+        seed: seed of the slide and of the model's initialisation.
+    """
+
+    size: int = 4096
+    arch: str = "vgg_small"
+    tile_size: int = 1024
+    formats: tuple[str, ...] = ("jpeg", "jpeg2000")
+    read_workers: tuple[int, ...] = (1, 2)
+    repeats: int = 2
+    warmup: int = 1
+    threads: int | None = None
+    input_cache: str = "auto"
+    fold_batchnorm: bool = False
+    backend: str = "auto"
+    work_dir: Path | None = None
+    sources: tuple[Path, ...] = field(default_factory=lambda: (DEFAULT_SOURCES,))
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad setting and the fix (before any work)."""
+        from gigastream.models.trunks import list_trunks
+
+        if self.size < 512:
+            raise ValueError(f"--size must be at least 512 px, got {self.size}")
+        if self.arch not in list_trunks():
+            raise ValueError(f"--arch {self.arch!r} is unknown; choose one of {list_trunks()}")
+        if self.tile_size < 64:
+            raise ValueError(f"--tile must be at least 64 px, got {self.tile_size}")
+        bad = [f for f in self.formats if f not in COMPRESSIONS]
+        if bad or not self.formats:
+            raise ValueError(
+                f"--formats {' '.join(bad) or '(none)'}: not a slide compression; "
+                f"choose from {' '.join(COMPRESSIONS)}"
+            )
+        if not self.read_workers or min(self.read_workers) < 1:
+            raise ValueError(
+                f"--read-workers must be 1 or more threads each, got "
+                f"{' '.join(map(str, self.read_workers)) or '(none)'}"
+            )
+        if self.repeats < 1:
+            raise ValueError(f"--repeats must be at least 1, got {self.repeats}")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {self.threads}")
+        if self.input_cache != "auto":
+            parse_bytes(self.input_cache)  # its ValueError names the value and the form
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend {self.backend!r}: choose one of {' '.join(BACKENDS)}")
+        if self.backend == "openslide" and any(f in NOT_OPENSLIDE for f in self.formats):
+            raise ValueError(
+                "--backend openslide cannot read JPEG 2000 slides (generic TIFF, tag 34712); "
+                "use --backend auto or tiffslide, or --formats jpeg"
+            )
+
+
+def backend_for(compression: str, backend: str) -> str:
+    """The reader backend for a slide of ``compression`` (``auto``: OpenSlide for JPEG,
+    tiffslide for JPEG 2000, which OpenSlide cannot read)."""
+    if backend != "auto":
+        return backend
+    return "tiffslide" if compression in NOT_OPENSLIDE else "openslide"
+
+
+# ----------------------------------------------------------------------------- the slide
+def tissue_strips(size: int, seed: int, sources: Sequence[Path]) -> Iterator[np.ndarray]:
+    """Level-0 strips of a ``size``² synthetic H&E slide that is tissue everywhere.
+
+    :class:`~gigastream.wsi.synth.SlideRenderer`'s texture (real H&E blocks, cross-faded)
+    with its tissue field set to 1, so no pixel is empty glass (reads decode tissue, as
+    in a slide's tissue region). The same arguments give the same pixels.
+    """
+    from gigastream.wsi.synth import (
+        SlideRenderer,
+        SynthConfig,
+        build_texture_bank,
+        find_sources,
+    )
+
+    config = SynthConfig(slides=1, size=size, positive_fraction=0.0, seed=seed)
+    config.validate()
+    bank = build_texture_bank(find_sources(sources), config)
+    renderer = SlideRenderer(config, bank, index=0, positive=False)
+    renderer.field_padded = np.ones_like(renderer.field_padded)  # opaque tissue everywhere
+    return renderer.strips()
+
+
+def slide_path(work_dir: Path, size: int, compression: str, seed: int) -> Path:
+    """Where the slide of these settings is kept in ``work_dir``."""
+    return Path(work_dir) / f"step-slide-{size}px-{compression}-seed{seed}.tif"
+
+
+def ensure_slide(
+    work_dir: Path, size: int, compression: str, seed: int, sources: Sequence[Path]
+) -> Path:
+    """The slide file of these settings in ``work_dir``, written if it is not there yet
+    (:func:`~gigastream.wsi.pyramid.write_pyramid` writes it whole or not at all)."""
+    path = slide_path(work_dir, size, compression, seed)
+    if path.is_file():
+        logger.info("reusing %s", path)
+        return path
+    t0 = time.perf_counter()
+    write_pyramid(
+        path,
+        tissue_strips(size, seed, sources),
+        size,
+        size,
+        SLIDE_MPP,
+        PyramidConfig(compression=compression),
+        description=f"gigastream bench step slide ({compression}, seed {seed})",
+    )
+    logger.info("wrote %s in %.1f s", path, time.perf_counter() - t0)
+    return path
+
+
+# ----------------------------------------------------------------------------- the step
+class TrainingStep:
+    """A streamed trunk, a pooled linear head and SGD: one training step per call.
+
+    Args:
+        arch: trunk name (:func:`~gigastream.models.trunks.build_trunk`).
+        tile_size: largest streamed tile in pixels.
+        input_cache: :class:`~gigastream.streaming.StreamingModule`'s ``input_cache``.
+        fold_batchnorm: fold the frozen BatchNorms into the convolutions.
+        seed: seed of the initialisation (the same seed gives the same weights).
+    """
+
+    def __init__(
+        self, arch: str, tile_size: int, input_cache: str, fold_batchnorm: bool, seed: int
+    ) -> None:
+        from gigastream.models.trunks import build_trunk
+
+        torch.manual_seed(seed)
+        trunk, channels, _ = build_trunk(arch)
+        cache: int | str = input_cache if input_cache == "auto" else parse_bytes(input_cache)
+        self.streamed = StreamingModule(
+            trunk.eval(),
+            tile_size=tile_size,
+            freeze_batchnorm=True,
+            fold_batchnorm=fold_batchnorm,
+            input_cache=cache,
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 2))
+        params = list(self.streamed.parameters()) + list(self.head.parameters())
+        self.optimizer = torch.optim.SGD(params, lr=1e-3)
+        self.label = torch.tensor([1])
+
+    def __call__(self, x) -> float:
+        """One step on ``x`` (a ``(1, 3, H, W)`` tensor or a lazy source); the loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        fmap = self.streamed(x)  # (1, C, H / stride, W / stride)
+        loss = nn.functional.cross_entropy(self.head(fmap), self.label)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def first_segment_reads(self, shape: Sequence[int]) -> list[tuple[slice, ...]]:
+        """The input regions the first streamed segment reads from a lazy input of ``shape``."""
+        plan = self.streamed.plan(tuple(shape), lazy_input=True)
+        first = plan.segments[0]
+        assert first.mode == "stream", "a lazy input is always streamed"
+        units = list(self.streamed.trunk.named_children())[first.span[0] : first.span[1]]
+        geometry = Geometry.chain(*(describe(module, name) for name, module in units))
+        pieces = make_pieces(geometry, first.in_shape[-2:], first.out_shape[-2:], first.tiles)
+        return [piece.in_index for piece in pieces]
+
+
+def _pixels(index: tuple[slice, ...]) -> int:
+    rows, cols = index[-2], index[-1]
+    return (rows.stop - rows.start) * (cols.stop - cols.start)
+
+
+def run_worker(
+    mode: str,
+    path: str,
+    backend: str,
+    arch: str,
+    tile_size: int,
+    read_workers: int,
+    warmup: int,
+    repeats: int,
+    threads: int | None,
+    input_cache: str,
+    fold_batchnorm: bool,
+    seed: int,
+) -> dict:
+    """Run one mode (:data:`MODES`) on one slide file in this process: its result.
+
+    Returns:
+        ``seconds`` (each timed run), ``seconds_median``, ``peak_rss_mib`` and, for the
+        steps, ``losses`` (warm-up steps included) and ``plan``; ``read`` adds
+        ``pixels_read`` and ``megapixels_per_s``; ``file`` the ``input_stats`` of its last
+        step (:class:`~gigastream.streaming.input.InputStats`, ``pixels_read`` added).
+    """
+    from gigastream.wsi.reader import SlideReader
+    from gigastream.wsi.source import SlideSource
+
+    if threads:
+        torch.set_num_threads(threads)
+    step = TrainingStep(arch, tile_size, input_cache, fold_batchnorm, seed)
+    result: dict = {"mode": mode, "read_workers": read_workers}
+    seconds: list[float] = []
+    with SlideReader.open(path, backend=backend) as reader:
+        source = SlideSource(reader, mpp=SLIDE_MPP, read_workers=read_workers)
+        try:
+            if mode == "read":
+                indices = step.first_segment_reads(source.shape)
+                for k in range(warmup + repeats):
+                    t0 = time.perf_counter()
+                    for _ in _reads_ahead(source, indices):
+                        pass
+                    if k >= warmup:
+                        seconds.append(time.perf_counter() - t0)
+                result["pixels_read"] = sum(map(_pixels, indices))
+                result["tiles"] = len(indices)
+            elif mode in ("file", "memory"):
+                x: Tensor | SlideSource = source
+                if mode == "memory":
+                    x = source.read((slice(None),) * 4)  # (1, 3, H, W), before timing
+                losses = []
+                for k in range(warmup + repeats):
+                    t0 = time.perf_counter()
+                    losses.append(step(x))
+                    if k >= warmup:
+                        seconds.append(time.perf_counter() - t0)
+                result["losses"] = losses
+                result["plan"] = str(step.streamed.last_plan)
+                stats = step.streamed.last_input_stats
+                if mode == "file" and stats is not None:
+                    result["input_stats"] = {**asdict(stats), "pixels_read": stats.pixels_read}
+            else:
+                raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+        finally:
+            source.close()
+    result["seconds"] = seconds
+    result["seconds_median"] = statistics.median(seconds)
+    if mode == "read":
+        result["megapixels_per_s"] = result["pixels_read"] / 1e6 / result["seconds_median"]
+    result["peak_rss_mib"] = peak_rss_mib()
+    result["threads"] = torch.get_num_threads()
+    return result
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def process_launcher(threads: int | None, timeout_s: float | None = None) -> Launcher:
+    """A launcher that runs each mode in a fresh Python process (``OMP_NUM_THREADS`` set to
+    ``threads``); a failed worker gives ``{"status": "failed", "error": ...}``."""
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+
+    def launch(args: dict) -> dict:
+        cmd = [sys.executable, "-m", "gigastream.models.step_benchmark", "--worker"]
+        try:
+            proc = subprocess.run(
+                [*cmd, json.dumps(args)], capture_output=True, text=True, env=env, timeout=timeout_s
+            )
+        except subprocess.TimeoutExpired:
+            return {"status": "failed", "error": f"timed out after {timeout_s:g} s"}
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode == 0 and lines:
+            return json.loads(lines[-1])
+        tail = proc.stderr.strip().splitlines()
+        error = tail[-1] if tail else f"exit status {proc.returncode}"
+        return {"status": "failed", "error": error, "stderr": proc.stderr[-4000:]}
+
+    return launch
+
+
+def in_process_launcher(args: dict) -> dict:
+    """Run a mode in this process (tests; its peak RSS is the process's so far); torch's
+    thread count is put back afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        return {"status": "ok", **run_worker(**args)}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_step_benchmark(
+    config: StepBenchConfig, launch: Launcher | None = None, out: Path | None = None
+) -> dict:
+    """Write the slides, run every (format, read workers, mode) and collect the result.
+
+    Args:
+        config: what to measure (validated here).
+        launch: runs one mode (default: :func:`process_launcher`, a fresh process each).
+        out: JSON file to write (atomically); ``None``: none.
+
+    Returns:
+        ``{"config", "machine", "slide", "plan", "rows", "modes"}``: one row per format
+        and read-worker count (:func:`summarise`), ``modes`` every worker's own result.
+
+    Raises:
+        ValueError: a bad setting (:meth:`StepBenchConfig.validate`).
+    """
+    from gigastream.atomic import atomic_write
+    from gigastream.models.bag_benchmark import machine_info
+
+    config.validate()
+    launch = launch or process_launcher(config.threads)
+    load_before = os.getloadavg()[0]
+    modes: dict[str, dict] = {}
+    files: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="gigastream-step-") as tmp:
+        work_dir = Path(config.work_dir) if config.work_dir is not None else Path(tmp)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        for compression in config.formats:
+            path = ensure_slide(work_dir, config.size, compression, config.seed, config.sources)
+            backend = backend_for(compression, config.backend)
+            files[compression] = {"bytes": path.stat().st_size, "backend": backend}
+            common = {
+                "path": str(path),
+                "backend": backend,
+                "arch": config.arch,
+                "tile_size": config.tile_size,
+                "warmup": config.warmup,
+                "repeats": config.repeats,
+                "threads": config.threads,
+                "input_cache": config.input_cache,
+                "fold_batchnorm": config.fold_batchnorm,
+                "seed": config.seed,
+            }
+            runs = [("memory", 1)] + [(m, n) for n in config.read_workers for m in ("read", "file")]
+            for mode, workers in runs:
+                key = mode_key(compression, mode, workers)
+                logger.warning("running %s ...", key)
+                modes[key] = launch({**common, "mode": mode, "read_workers": workers})
+    config_record = {k: v for k, v in asdict(config).items() if k not in ("work_dir", "sources")}
+    config_record["work_dir"] = str(config.work_dir) if config.work_dir is not None else None
+    config_record["sources"] = [str(s) for s in config.sources]
+    machine = machine_info(torch.device("cpu"))
+    machine.update(
+        threads=config.threads or torch.get_num_threads(), load_average_before=load_before
+    )
+    machine["load_average_after"] = os.getloadavg()[0]
+    plan = next((r["plan"] for r in modes.values() if r.get("mode") == "file"), None)
+    result = {
+        "config": config_record,
+        "machine": machine,
+        "slide": {"size": config.size, "mpp": SLIDE_MPP, "pixels": config.size**2, "files": files},
+        "plan": plan,
+        "rows": summarise(config, modes, files),
+        "modes": modes,
+    }
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(out), lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+    return result
+
+
+def mode_key(compression: str, mode: str, read_workers: int) -> str:
+    """The key of one worker's result in ``result["modes"]``, e.g. ``jpeg/file/2``."""
+    return f"{compression}/memory" if mode == "memory" else f"{compression}/{mode}/{read_workers}"
+
+
+def summarise(config: StepBenchConfig, modes: dict[str, dict], files: dict[str, dict]) -> list:
+    """One row per format and read-worker count, from the workers' results.
+
+    A row holds ``read_seconds``, ``read_megapixels_per_s``, ``compute_seconds`` (the memory
+    step), ``file_seconds``, ``file_vs_memory``, ``hidden_fraction``,
+    ``decoded_per_slide_pixel`` (pixels decoded per file step / H*W), the first losses of
+    the file and memory steps and their relative difference, and the peak RSS per mode;
+    ``status`` is ``ok`` or names the worker that failed (its numbers are then ``None``).
+    """
+    rows = []
+    slide_pixels = config.size**2
+    for compression in config.formats:
+        memory = modes[mode_key(compression, "memory", 1)]
+        for workers in config.read_workers:
+            read = modes[mode_key(compression, "read", workers)]
+            file = modes[mode_key(compression, "file", workers)]
+            row: dict = {
+                "format": compression,
+                "backend": files[compression]["backend"],
+                "file_bytes": files[compression]["bytes"],
+                "read_workers": workers,
+            }
+            failed = [(m, r) for m, r in (("memory", memory), ("read", read), ("file", file))]
+            failed = [(m, r) for m, r in failed if r.get("status", "ok") != "ok"]
+            if failed:
+                mode, bad = failed[0]
+                row["status"] = f"{mode} failed: {bad.get('error')}"
+                rows.append(row)
+                continue
+            read_s, compute_s, file_s = (r["seconds_median"] for r in (read, memory, file))
+            loss_file, loss_memory = file["losses"][0], memory["losses"][0]
+            row.update(
+                status="ok",
+                read_seconds=read_s,
+                read_megapixels_per_s=read["megapixels_per_s"],
+                compute_seconds=compute_s,
+                file_seconds=file_s,
+                file_vs_memory=file_s / compute_s,
+                hidden_fraction=min(1.0, max(0.0, 1.0 - (file_s - compute_s) / read_s)),
+                decoded_per_slide_pixel=file["input_stats"]["pixels_read"] / slide_pixels,
+                loss_file=loss_file,
+                loss_memory=loss_memory,
+                loss_rel_diff=abs(loss_file - loss_memory) / max(abs(loss_memory), 1e-30),
+                peak_rss_mib={
+                    "read": read["peak_rss_mib"],
+                    "file": file["peak_rss_mib"],
+                    "memory": memory["peak_rss_mib"],
+                },
+            )
+            rows.append(row)
+    return rows
+
+
+def format_table(result: dict) -> str:
+    """The rows as a short text table."""
+    head = (
+        f"{'format':<9}{'workers':>8}{'read s':>9}{'MP/s':>8}{'compute s':>11}{'file s':>9}"
+        f"{'file/mem':>10}{'hidden':>8}{'decoded':>9}{'RSS file/mem MiB':>18}"
+    )
+    lines = [head]
+    for r in result["rows"]:
+        if r["status"] != "ok":
+            lines.append(f"{r['format']:<9}{r['read_workers']:>8}  {r['status']}")
+            continue
+        rss = f"{r['peak_rss_mib']['file']:.0f}/{r['peak_rss_mib']['memory']:.0f}"
+        lines.append(
+            f"{r['format']:<9}{r['read_workers']:>8}{r['read_seconds']:>9.2f}"
+            f"{r['read_megapixels_per_s']:>8.1f}{r['compute_seconds']:>11.2f}"
+            f"{r['file_seconds']:>9.2f}{r['file_vs_memory']:>9.3f}x{r['hidden_fraction']:>8.2f}"
+            f"{r['decoded_per_slide_pixel']:>9.3f}{rss:>18}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The worker: ``--worker JSON`` runs :func:`run_worker` with the JSON object's
+    arguments and prints its result (``status: ok`` added) as the last line of stdout.
+
+    It parses nothing else: the benchmark's command line is ``gigastream bench step``.
+    """
+    return worker_main(
+        argv,
+        lambda **args: {"status": "ok", **run_worker(**args)},
+        "gigastream.models.step_benchmark",
+        "bench step",
+    )
+
+
+__all__ = ["StepBenchConfig", "TrainingStep", "format_table", "run_step_benchmark", "run_worker"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

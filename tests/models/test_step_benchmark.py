@@ -1,0 +1,185 @@
+"""``gigastream bench step``: one training step from a JPEG / JPEG 2000 slide file vs memory.
+
+A 768² slide, ``vgg_small``, tile 192, one timed step per mode (the JPEG 2000 slide through
+the command, each mode in a fresh process; the JPEG one in this process, which is faster):
+the JSON has every field, each pixel is decoded about once per step with the input cache
+(twice without), the file step's loss equals the memory step's, the JPEG 2000 slide reads
+back close to the JPEG one, and bad flags are one clear error.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gigastream.cli.main import main
+from gigastream.models.step_benchmark import (
+    DEFAULT_SOURCES,
+    StepBenchConfig,
+    in_process_launcher,
+    run_step_benchmark,
+    slide_path,
+)
+
+SIZE, TILE = 768, 192  # at 768² the first segment streams 5x5 tiles with 3% overlap
+ROW_FIELDS = {
+    "format",
+    "backend",
+    "file_bytes",
+    "read_workers",
+    "status",
+    "read_seconds",
+    "read_megapixels_per_s",
+    "compute_seconds",
+    "file_seconds",
+    "file_vs_memory",
+    "hidden_fraction",
+    "decoded_per_slide_pixel",
+    "loss_file",
+    "loss_memory",
+    "loss_rel_diff",
+    "peak_rss_mib",
+}
+#: float32 streaming is exact up to rounding: the file and memory steps' losses agree to this.
+LOSS_RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def sources():
+    if not DEFAULT_SOURCES.is_dir():
+        pytest.skip(f"H&E images not found at {DEFAULT_SOURCES} (clone with ../shared/data)")
+    return DEFAULT_SOURCES
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, sources):
+    """The folder the slides are written to once and reused by every run of this module."""
+    return tmp_path_factory.mktemp("step-work")
+
+
+@pytest.fixture(scope="module")
+def cli_run(work):
+    """``gigastream bench step`` on the JPEG 2000 slide, each mode in a fresh process."""
+    out = work / "step.json"
+    argv = ["bench", "step", "--size", str(SIZE), "--arch", "vgg_small", "--tile", str(TILE)]
+    argv += ["--formats", "jpeg2000", "--read-workers", "1", "--repeats", "1", "--warmup", "0"]
+    argv += ["--threads", "1", "--work-dir", str(work), "--out", str(out)]
+    assert main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def in_process_run(work, **settings) -> dict:
+    """The JPEG slide's modes run in this process (fast: no fresh interpreter per mode)."""
+    config = StepBenchConfig(
+        size=SIZE,
+        tile_size=TILE,
+        formats=("jpeg",),
+        read_workers=(1,),
+        repeats=1,
+        warmup=0,
+        threads=1,
+        work_dir=work,
+        **settings,
+    )
+    return run_step_benchmark(config, launch=in_process_launcher)
+
+
+@pytest.fixture(scope="module")
+def jpeg_run(work):
+    return in_process_run(work)
+
+
+@pytest.fixture(scope="module")
+def results(cli_run, jpeg_run):
+    return [cli_run, jpeg_run]
+
+
+def test_json_has_every_field(cli_run, capsys):
+    result = cli_run
+    assert set(result) == {"config", "machine", "slide", "plan", "rows", "modes"}
+    assert {"python", "torch", "cpu_count", "threads", "load_average_before"} <= set(
+        result["machine"]
+    )
+    assert result["machine"]["threads"] == 1
+    assert result["slide"]["pixels"] == SIZE * SIZE
+    assert "StreamingPlan" in result["plan"]
+    assert set(result["modes"]) == {"jpeg2000/memory", "jpeg2000/read/1", "jpeg2000/file/1"}
+
+
+def test_rows_have_every_field(results):
+    rows = [row for result in results for row in result["rows"]]
+    assert [(r["format"], r["backend"]) for r in rows] == [
+        ("jpeg2000", "tiffslide"),
+        ("jpeg", "openslide"),
+    ]
+    for row in rows:
+        assert set(row) == ROW_FIELDS, row
+        assert row["status"] == "ok"
+        assert 0.0 <= row["hidden_fraction"] <= 1.0
+        assert row["read_seconds"] > 0 and row["read_megapixels_per_s"] > 0
+        assert set(row["peak_rss_mib"]) == {"read", "file", "memory"}
+        assert all(v > 0 for v in row["peak_rss_mib"].values())
+        expected = 1 - (row["file_seconds"] - row["compute_seconds"]) / row["read_seconds"]
+        assert row["hidden_fraction"] == pytest.approx(min(1.0, max(0.0, expected)))
+
+
+def test_each_pixel_decoded_once_per_step_with_the_cache(results):
+    for result in results:
+        (row,) = result["rows"]
+        assert 1.0 <= row["decoded_per_slide_pixel"] <= 1.05, row
+        stats = result["modes"][f"{row['format']}/file/1"]["input_stats"]
+        assert stats["pixels_backward"] == 0 and stats["cached_pieces"] == stats["pieces"]
+
+
+def test_file_step_loss_equals_memory_step_loss(results):
+    for result in results:
+        (row,) = result["rows"]
+        assert row["loss_file"] == pytest.approx(row["loss_memory"], rel=LOSS_RTOL)
+
+
+def test_jpeg2000_slide_reads_back_close_to_the_jpeg_one(work, results):
+    from gigastream.wsi.reader import SlideReader
+
+    pixels = {}
+    for compression in ("jpeg", "jpeg2000"):
+        with SlideReader.open(slide_path(work, SIZE, compression, 0), backend="tiffslide") as r:
+            assert r.mpp == pytest.approx(0.5)
+            pixels[compression] = r.read_level(0, 0, 0, SIZE, SIZE).astype(np.int16)
+    difference = np.abs(pixels["jpeg"] - pixels["jpeg2000"]).mean()
+    assert difference < 4.0  # both lossy (~2-3 grey levels each from the original)
+    assert pixels["jpeg2000"].std() > 10  # tissue texture, not blank glass
+
+
+def test_without_the_cache_every_tile_is_read_twice(work, jpeg_run):
+    result = in_process_run(work, input_cache="0")  # the slide written above is reused
+    (row,) = result["rows"]
+    assert row["decoded_per_slide_pixel"] > 1.9
+    assert result["modes"]["jpeg/file/1"]["input_stats"]["cached_pieces"] == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--formats", "jpeg", "png"], "--formats png: not a slide compression; choose from"),
+        (["--read-workers", "1", "0"], "--read-workers must be 1 or more threads each"),
+        (["--input-cache", "lots"], "cannot read memory size 'lots'"),
+    ],
+    ids=["format", "workers", "cache"],
+)
+def test_bad_flags_are_one_clear_error(flags, message, capsys, tmp_path):
+    code = main(["bench", "step", "--work-dir", str(tmp_path / "never"), *flags])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "never").exists()  # nothing was written before the check
+
+
+def test_config_raises_value_error():
+    with pytest.raises(ValueError, match="--formats png"):
+        StepBenchConfig(formats=("png",)).validate()
+    with pytest.raises(ValueError, match="--read-workers"):
+        StepBenchConfig(read_workers=(0,)).validate()
+    with pytest.raises(ValueError, match="cannot read JPEG 2000"):
+        StepBenchConfig(backend="openslide").validate()
