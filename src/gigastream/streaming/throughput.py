@@ -12,6 +12,11 @@ of what ``gigastream bench streaming`` measured (``est_flops / seconds``; JSON i
 - the same GPU, fp32 with TF32 off: 21.8-26.8 TFLOP/s at 4096² to 12288²;
 - this project's 2-core CPU (AMD EPYC, torch 2.14.1), fp32: 0.21 TFLOP/s at 3072².
 
+Trunks measured on their own (:data:`MEASURED_TRUNKS`) use their figure; the small
+``vgg_small`` (few channels: memory-bound, not compute-bound) reached only 0.022 TFLOP/s on
+the same CPU (2048² and 1024², tile 1024, 2026-12-01), a tenth of ResNet-34's, so a dry
+run that priced it at ResNet-34's rate predicted a tenth of the time.
+
 Other trunks, GPUs and input sizes run at other speeds: the result is an estimate to plan
 with, labelled as such wherever it is printed.
 """
@@ -39,11 +44,20 @@ MEASURED: dict[tuple[str, str], Throughput] = {
     ("cpu", "fp32"): Throughput(0.21e12, "2 CPU cores, fp32, streamed ResNet-34"),
 }
 
+# (device type, kind of arithmetic, trunk) -> its own measured throughput
+MEASURED_TRUNKS: dict[tuple[str, str, str], Throughput] = {
+    ("cpu", "fp32", "vgg_small"): Throughput(0.021e12, "2 CPU cores, fp32, streamed vgg_small"),
+}
+
 
 def expected_seconds(
-    plan: StreamingPlan, device_type: str, precision: str
+    plan: StreamingPlan, device_type: str, precision: str, arch: str | None = None
 ) -> tuple[float, Throughput] | None:
     """Expected seconds for one forward + backward of ``plan`` (None: nothing measured).
+
+    ``arch``: the trunk, whose own figure is used where it was measured
+    (:data:`MEASURED_TRUNKS`); otherwise streamed ResNet-34's, which the returned
+    :class:`Throughput` names.
 
     ``precision`` is Lightning's name (:mod:`gigastream.precision`). float16 autocast
     (``16-mixed``) was not measured: bf16's throughput stands for it (the same tensor-core
@@ -63,7 +77,11 @@ def expected_seconds(
     kind = precisions.kind(precision)
     if kind == "fp16":
         kind = "bf16"
-    measured = MEASURED.get((device_type, kind))
+    if device_type == "cpu":
+        kind = "fp32"  # the only precision measured on the CPU
+    measured = MEASURED_TRUNKS.get((device_type, kind, arch or "")) or MEASURED.get(
+        (device_type, kind)
+    )
     if measured is None and device_type == "cpu":
         measured = MEASURED[("cpu", "fp32")]
     if measured is None:

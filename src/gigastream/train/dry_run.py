@@ -320,7 +320,7 @@ def dry_run(prepared: PreparedRun) -> DryRunReport | PatchDryRunReport:
         estimates = []
         for device, plan in zip(devices, plans, strict=True):
             estimate = DeviceEstimate(device, plan.est_peak_bytes, plan.est_host_bytes)
-            expected = expected_seconds(plan, device, precision)
+            expected = expected_seconds(plan, device, precision, config.model.arch)
             if expected is not None:
                 estimate.seconds, measured = expected
                 estimate.measured_on = measured.measured_on
