@@ -306,36 +306,33 @@ def run_worker(
     seconds: list[float] = []
     with SlideReader.open(path, backend=backend) as reader:
         source = SlideSource(reader, mpp=SLIDE_MPP, read_workers=read_workers)
-        try:
-            if mode == "read":
-                indices = step.first_segment_reads(source.shape)
-                for k in range(warmup + repeats):
-                    t0 = time.perf_counter()
-                    for _ in _reads_ahead(source, indices):
-                        pass
-                    if k >= warmup:
-                        seconds.append(time.perf_counter() - t0)
-                result["pixels_read"] = sum(map(_pixels, indices))
-                result["tiles"] = len(indices)
-            elif mode in ("file", "memory"):
-                x: Tensor | SlideSource = source
-                if mode == "memory":
-                    x = source.read((slice(None),) * 4)  # (1, 3, H, W), before timing
-                losses = []
-                for k in range(warmup + repeats):
-                    t0 = time.perf_counter()
-                    losses.append(step(x))
-                    if k >= warmup:
-                        seconds.append(time.perf_counter() - t0)
-                result["losses"] = losses
-                result["plan"] = str(step.streamed.last_plan)
-                stats = step.streamed.last_input_stats
-                if mode == "file" and stats is not None:
-                    result["input_stats"] = {**asdict(stats), "pixels_read": stats.pixels_read}
-            else:
-                raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-        finally:
-            source.close()
+        if mode == "read":
+            indices = step.first_segment_reads(source.shape)
+            for k in range(warmup + repeats):
+                t0 = time.perf_counter()
+                for _ in _reads_ahead(source, indices):
+                    pass
+                if k >= warmup:
+                    seconds.append(time.perf_counter() - t0)
+            result["pixels_read"] = sum(map(_pixels, indices))
+            result["tiles"] = len(indices)
+        elif mode in ("file", "memory"):
+            x: Tensor | SlideSource = source
+            if mode == "memory":
+                x = source.read((slice(None),) * 4)  # (1, 3, H, W), before timing
+            losses = []
+            for k in range(warmup + repeats):
+                t0 = time.perf_counter()
+                losses.append(step(x))
+                if k >= warmup:
+                    seconds.append(time.perf_counter() - t0)
+            result["losses"] = losses
+            result["plan"] = str(step.streamed.last_plan)
+            stats = step.streamed.last_input_stats
+            if mode == "file" and stats is not None:
+                result["input_stats"] = {**asdict(stats), "pixels_read": stats.pixels_read}
+        else:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     result["seconds"] = seconds
     result["seconds_median"] = statistics.median(seconds)
     if mode == "read":

@@ -164,8 +164,6 @@ class SlideInput:
 
     def close(self) -> None:
         """Release the slide file."""
-        if isinstance(self.x, SlideSource):
-            self.x.close()  # the handles of its reading threads
         if self.reader is not None:
             self.reader.close()
 

@@ -52,15 +52,21 @@ class ReadBenchConfig:
     workers: tuple[int, ...] = (1,)
 
 
-def _handles(slide: SlideReader, workers: int) -> list[SlideReader]:
-    """One reader per thread: the same one where the backend is read in parallel safely."""
-    from gigastream.wsi.source import SlideSource
+def _region_reader(slide: SlideReader, workers: int):
+    """``region(location, size, **kwargs)`` as a slide source with ``read_workers`` reads:
+    the slide's own handle from every thread, or (a backend whose reads hold the GIL, with
+    several workers) one of that many read processes; and whether it is the latter."""
+    from gigastream.wsi.read_pool import PROCESS_BACKENDS, file_stamp, region_in_worker, shared_pool
 
-    if workers == 1 or slide.backend in SlideSource.SHARED_HANDLE_BACKENDS:
-        return [slide] * workers
-    return [slide] + [
-        SlideReader.open(slide.path, backend=slide.backend) for _ in range(workers - 1)
-    ]
+    if workers == 1 or slide.backend not in PROCESS_BACKENDS:
+        return slide.region, False
+    pool, stamp = shared_pool(workers), file_stamp(slide.path)
+
+    def region(location, size, **kwargs):
+        args = (stamp, slide.backend, slide.mpp, location, size, kwargs)
+        return pool.submit(region_in_worker, *args).result()
+
+    return region, True
 
 
 def _time_reads(
@@ -75,27 +81,24 @@ def _time_reads(
     w0, h0 = slide.dimensions
     span = size * ds  # level-0 extent of a region
     rng = np.random.default_rng(config.seed)
-    xs = rng.uniform(0, max(w0 - span, 0), size=config.reads + config.warmup)
-    ys = rng.uniform(0, max(h0 - span, 0), size=config.reads + config.warmup)
+    warm = workers * config.warmup  # every thread (so every read process) warms up
+    xs = rng.uniform(0, max(w0 - span, 0), size=warm + config.reads)
+    ys = rng.uniform(0, max(h0 - span, 0), size=warm + config.reads)
     kwargs = {"level": level} if level is not None else {"mpp": mpp}
-    handles = _handles(slide, workers)
-    try:
-        for i in range(config.warmup):
-            for handle in dict.fromkeys(handles):  # every handle warmed up
-                handle.region((xs[i], ys[i]), (size, size), **kwargs)
+    region, processes = _region_reader(slide, workers)
 
-        def read(t: int) -> None:  # thread t reads every workers-th region
-            for i in range(config.warmup + t, config.warmup + config.reads, workers):
-                handles[t].region((xs[i], ys[i]), (size, size), **kwargs)
+    def read(t: int, first: int, stop: int) -> None:  # thread t reads every workers-th region
+        for i in range(first + t, stop, workers):
+            region((xs[i], ys[i]), (size, size), **kwargs)
 
+    with ThreadPoolExecutor(workers, thread_name_prefix="gigastream-bench-read") as pool:
+        for future in [pool.submit(read, t, 0, warm) for t in range(workers)]:
+            future.result()  # untimed
         start = time.perf_counter()
-        with ThreadPoolExecutor(workers, thread_name_prefix="gigastream-bench-read") as pool:
-            for future in [pool.submit(read, t) for t in range(workers)]:
-                future.result()
+        timed = [pool.submit(read, t, warm, warm + config.reads) for t in range(workers)]
+        for future in timed:
+            future.result()
         seconds = time.perf_counter() - start
-    finally:
-        for handle in set(handles) - {slide}:
-            handle.close()
     megapixels = config.reads * size * size / 1e6
     return {
         "level": level,
@@ -103,6 +106,7 @@ def _time_reads(
         "downsample": ds,
         "resized": level is None,
         "workers": workers,
+        "read_processes": processes,
         "reads": config.reads,
         "region_size": size,
         "seconds": seconds,

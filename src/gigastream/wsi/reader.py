@@ -77,6 +77,19 @@ class SlideReadError(SlideError):
         self.level = level
         self.region = region
 
+    def __reduce__(self):
+        # the same message and attributes across a process boundary (a read worker's error)
+        return _rebuild_read_error, (str(self), self.path, self.level, self.region)
+
+
+def _rebuild_read_error(
+    message: str, path: Path | None, level: int, region: tuple[int, int, int, int]
+) -> SlideReadError:
+    error = SlideReadError.__new__(SlideReadError)
+    RuntimeError.__init__(error, message)
+    error.path, error.level, error.region = path, level, region
+    return error
+
 
 @dataclass(frozen=True)
 class Level:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,10 +236,10 @@ class SlideSource:
         device: device of the tensors returned.
         background: RGB colour of non-tissue pixels (0-255).
         read_workers: threads that streaming may read regions on at once, ahead of the
-            compute (:func:`~gigastream.streaming.input.read_workers`). OpenSlide reads one
-            handle from many threads in parallel; other file backends (tiffslide) lend each
-            read a handle no other thread is reading: ``reader``, or one opened when all are
-            in use (at most ``read_workers - 1`` of them), closed by :meth:`close`.
+            compute (:func:`~gigastream.streaming.input.read_workers`). OpenSlide and cuCIM
+            read one handle from many threads in parallel; a backend whose reads hold the
+            GIL (tiffslide) decodes in ``read_workers`` processes instead
+            (:mod:`gigastream.wsi.read_pool`).
 
     Attributes:
         shape: ``(1, 3, H, W)`` of the whole virtual image.
@@ -292,40 +291,13 @@ class SlideSource:
         if read_workers < 1:
             raise SlideError(f"{reader.name}: read_workers must be >= 1, got {read_workers}")
         self.read_workers = int(read_workers)
-        self._lock = threading.Lock()  # the counters and the handles
-        self._thread_readers: list[SlideReader] = []  # opened for reading threads
-        self._free_readers: queue.SimpleQueue[SlideReader] = queue.SimpleQueue()
-        self._free_readers.put(reader)  # the caller's reader is lent first
-
-    def _shares_handle(self) -> bool:
-        return self.read_workers == 1 or self.reader.backend in self.SHARED_HANDLE_BACKENDS
-
-    def _borrow_reader(self) -> SlideReader:
-        """A handle no other thread is reading: the shared reader where that is safe, else
-        a free one (the caller's reader or one opened before), else a new one."""
-        if self._shares_handle():
-            return self.reader
-        try:
-            return self._free_readers.get_nowait()
-        except queue.Empty:
-            reader = self.reader
-            own = SlideReader.open(reader.path, mpp=reader.mpp, backend=reader.backend)
-            with self._lock:
-                self._thread_readers.append(own)
-            return own
-
-    def _return_reader(self, reader: SlideReader) -> None:
-        if not self._shares_handle():
-            self._free_readers.put(reader)
-
-    def close(self) -> None:
-        """Close the handles opened for reading threads (the shared reader is the caller's)."""
-        with self._lock:
-            readers, self._thread_readers = self._thread_readers, []
-        self._free_readers = queue.SimpleQueue()
-        self._free_readers.put(self.reader)
-        for reader in readers:
-            reader.close()
+        self._lock = threading.Lock()  # the counters, updated by the reading threads
+        #: regions are decoded in read processes (several readers, a backend holding the GIL)
+        self.reads_in_processes = (
+            self.read_workers > 1
+            and reader.path is not None
+            and reader.backend not in self.SHARED_HANDLE_BACKENDS
+        )
 
     def _bounds(self, index: tuple[slice, ...]) -> list[tuple[int, int]]:
         if len(index) > 4:
@@ -361,11 +333,13 @@ class SlideSource:
     def _read_rgb(self, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         """Target-pixel region of the slide; any failure of the reader is a SlideError."""
         try:
-            reader = self._borrow_reader()
-            try:
-                return reader.read_scaled(self.resolution, x0, y0, width, height)
-            finally:
-                self._return_reader(reader)
+            if self.reads_in_processes:
+                from gigastream.wsi.read_pool import read_in_pool
+
+                return read_in_pool(
+                    self.reader, self.read_workers, self.resolution, x0, y0, width, height
+                )
+            return self.reader.read_scaled(self.resolution, x0, y0, width, height)
         except (SlideError, MemoryError):
             raise  # readers' own errors already name the file, region and fix
         except Exception as exc:  # a reader that lets a backend error through
