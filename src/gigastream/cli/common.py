@@ -51,8 +51,44 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_slides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("slides", type=Path, nargs="+", metavar="SLIDE", help="slide files")
+def add_slides(parser: argparse.ArgumentParser, manifest: bool = False) -> None:
+    """The slide files; ``manifest``: ``--manifest CSV`` too, whose slides are read when no
+    file is given (:func:`slide_list`)."""
+    if not manifest:
+        parser.add_argument("slides", type=Path, nargs="+", metavar="SLIDE", help="slide files")
+        return
+    parser.add_argument(
+        "slides",
+        type=Path,
+        nargs="*",
+        metavar="SLIDE",
+        help="slide files (none: the slides of --manifest)",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        help="CSV slide_id,path,label[,mpp]: the slides' mpp and true labels; without SLIDE "
+        "files, its slides are the ones read (paths relative to the CSV)",
+    )
+
+
+def slide_list(args: argparse.Namespace) -> list[Path]:
+    """The SLIDE files given, else the slides of ``--manifest`` (with SLIDE files the
+    manifest only gives their mpp and labels).
+
+    Raises:
+        ValueError: neither was given.
+        ManifestError: a bad manifest (every problem listed).
+    """
+    slides = [Path(s) for s in args.slides]
+    manifest = getattr(args, "manifest", None)
+    if not slides and manifest is not None:
+        from gigastream.wsi.manifest import read_manifest
+
+        slides = [Path(row.path) for row in read_manifest(manifest).rows]
+    if not slides:
+        raise ValueError("no slides: give SLIDE files or --manifest CSV")
+    return slides
 
 
 def add_slide_mpp(parser: argparse.ArgumentParser) -> None:

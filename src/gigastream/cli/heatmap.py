@@ -56,14 +56,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--manifest",
         type=Path,
         help="CSV slide_id,path,label,...: the slides' true labels (and mpp), shown in the "
-        "titles (a slide is matched by its path, else by its file name as slide_id)",
+        "titles (a slide is matched by its path, else by its file name as slide_id); "
+        "without SLIDE files, its slides are drawn",
     )
     labels.add_argument("--label", help="the true label of every slide, shown in the titles")
     common.add_device(parser)
     common.add_workers(parser)
     common.add_progress(parser)
     common.add_slide_mpp(parser)
-    common.add_slides(parser)
+    parser.add_argument(
+        "slides", type=Path, nargs="*", metavar="SLIDE", help="slide files (none: --manifest's)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_opacity(args.opacity, "--opacity")  # every argument before any work
     common.check_slide_mpp(args.slide_mpp)
+    args.slides = common.slide_list(args)
     _check_lesions(args.lesions)
     if args.annotations is not None:  # every file read: a malformed one refuses here
         from gigastream.wsi.annotation_readers import read_annotation_folder

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "feature files DIR/<slide_id>.h5, for a checkpoint trained on cached features; a "
         "SLIDE is named by its file's stem (the slide or its .h5 file)",
     )
-    common.add_slides(parser)
+    common.add_slides(parser, manifest=True)
 
 
 def _row(prediction: dict, class_names: list[str]) -> dict[str, str]:
@@ -39,17 +39,21 @@ def _row(prediction: dict, class_names: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     common.check_slide_mpp(args.slide_mpp)
     common.quiet_lightning(args)
+    from gigastream.train.heatmaps import slide_labels
     from gigastream.train.prediction import predict_slide_files
 
+    slides = common.slide_list(args)
+    labels = slide_labels(slides, manifest=args.manifest) if args.manifest else None
     result = predict_slide_files(
         args.checkpoint,
-        args.slides,
+        slides,
         args.out,
         device=args.device,
         progress=not args.no_progress,
         num_workers=args.workers,
         features_dir=args.features,
         slide_mpp=args.slide_mpp,
+        labels=labels,
     )
     rows = [_row(p, result["class_names"]) for p in result["predictions"]]
     if rows:

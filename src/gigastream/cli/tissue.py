@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from gigastream.cli import common
 from gigastream.wsi.reader import SlideError, SlideReader
@@ -21,7 +22,7 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TissueMaskConfig()
-    common.add_slides(parser)
+    common.add_slides(parser, manifest=True)
     common.add_out(
         parser,
         "folder for <slide>.tissue.png (the mask: tissue white) and <slide>_overlay.png (the "
@@ -50,9 +51,13 @@ def run(args: argparse.Namespace) -> int:
     config = TissueMaskConfig(mpp=args.mpp, min_tissue_fraction=args.min_tissue_fraction)
     args.out.mkdir(parents=True, exist_ok=True)
     empty = failed = 0
-    for path in args.slides:
+    slides = common.slide_list(args)
+    mpps = _manifest_mpps(args.manifest, slides) if args.manifest else {}
+    for path in slides:
         try:
-            with SlideReader.open(path, default_mpp=args.slide_mpp) as slide:
+            with SlideReader.open(
+                path, mpp=mpps.get(path.resolve()), default_mpp=args.slide_mpp
+            ) as slide:
                 slide_mpp = slide.mpp
                 mask = compute_tissue_mask(slide, config)
                 overlay = tissue_overlay_png(slide, mask, args.out / f"{path.stem}_overlay.png")
@@ -74,4 +79,16 @@ def run(args: argparse.Namespace) -> int:
             + (f", contours {geojson}" if geojson is not None else "")
             + f" (slide at {slide_mpp:g} um/px)"
         )
-    return 1 if failed or empty == len(args.slides) else 0
+    return 1 if failed or empty == len(slides) else 0
+
+
+def _manifest_mpps(manifest: Path, slides: list[Path]) -> dict[Path, float]:
+    """The manifest's mpp column for the slides it lists (by resolved path)."""
+    from gigastream.wsi.manifest import read_manifest
+
+    wanted = {s.resolve() for s in slides}
+    return {
+        Path(row.path).resolve(): row.mpp
+        for row in read_manifest(manifest).rows
+        if row.mpp is not None and Path(row.path).resolve() in wanted
+    }
