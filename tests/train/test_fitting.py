@@ -247,7 +247,7 @@ def test_corrupt_tile_read_mid_stream_is_skipped(tmp_path, manifest):
     _corrupt_level0_tile(victim)
 
     def use_victim(rows):
-        rows = rows[:4]  # synth_000..003: both classes, so a 2 + 2 split
+        rows = [rows[i] for i in (0, 1, 2, 4)]  # two slides of each class: a 2 + 2 split
         rows[1] = {**rows[1], "slide_id": "corrupt", "path": str(victim), "case_id": "c"}
         return rows
 
