@@ -72,3 +72,20 @@ def corrupt_slide(tmp_path_factory, tiff_slide) -> Path:
     path = tmp_path_factory.mktemp("corrupt") / "corrupt.tif"
     path.write_bytes(bytes(data))
     return path
+
+
+@pytest.fixture
+def two_conv_trunk():
+    """A seeded float64 trunk of two conv + ReLU + max-pool stages (stride 4), to stream."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    ).double()

@@ -9,6 +9,7 @@ under the same name is opened again by the read processes.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 
@@ -62,21 +63,10 @@ def test_read_workers_of_a_source():
     assert read_workers(_SlowSource(0)) == 1
 
 
-def _trunk() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-    ).double()
-
-
-def _step(path, backend: str, workers: int, input_cache: str | int = "auto"):
-    """Output, parameter gradients and the source's reads of one streamed step."""
-    trunk = _trunk()
+def _step(trunk, path, backend: str, workers: int, input_cache: str | int = "auto"):
+    """Output, parameter gradients and the source's reads of one streamed step of a copy
+    of ``trunk``."""
+    trunk = copy.deepcopy(trunk)
     with SlideReader.open(path, backend=backend) as slide:
         source = SlideSource(
             slide, mpp=0.5, normalize=IMAGENET, dtype=torch.float64, read_workers=workers
@@ -89,9 +79,11 @@ def _step(path, backend: str, workers: int, input_cache: str | int = "auto"):
 
 @pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
 @pytest.mark.parametrize("input_cache", ["auto", 0])  # 0: the backward reads again, in parallel
-def test_two_reading_threads_give_the_same_step_float64(tiff_slide, backend, input_cache):
-    out1, grads1, reads1, _ = _step(tiff_slide[0], backend, 1, input_cache)
-    out2, grads2, reads2, source = _step(tiff_slide[0], backend, 2, input_cache)
+def test_two_reading_threads_give_the_same_step_float64(
+    tiff_slide, two_conv_trunk, backend, input_cache
+):
+    out1, grads1, reads1, _ = _step(two_conv_trunk, tiff_slide[0], backend, 1, input_cache)
+    out2, grads2, reads2, source = _step(two_conv_trunk, tiff_slide[0], backend, 2, input_cache)
     assert torch.equal(out1, out2)
     for a, b in zip(grads1, grads2, strict=True):
         assert torch.equal(a, b)

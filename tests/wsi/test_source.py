@@ -64,18 +64,10 @@ def test_tissue_mask_blanks_background_and_skips_reads(image_factory):
     torch.testing.assert_close(source.read(index), full[index], rtol=0, atol=0)
 
 
-def test_streaming_a_slide_equals_the_whole_image(tiff_slide):
+def test_streaming_a_slide_equals_the_whole_image(tiff_slide, two_conv_trunk):
     from gigastream.streaming.module import StreamingModule
 
-    torch.manual_seed(0)
-    trunk = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-    ).double()
+    trunk = two_conv_trunk
     with SlideReader.open(tiff_slide[0]) as slide:
         source = SlideSource(slide, mpp=0.9, normalize=IMAGENET, dtype=torch.float64)  # resized
         streamed = StreamingModule(trunk, tile_size=128)

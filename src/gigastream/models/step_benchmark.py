@@ -310,8 +310,8 @@ def run_worker(
             indices = step.first_segment_reads(source.shape)
             for k in range(warmup + repeats):
                 t0 = time.perf_counter()
-                for _ in _reads_ahead(source, indices):
-                    pass
+                decoded = sum(1 for _ in _reads_ahead(source, indices))  # every tile
+                assert decoded == len(indices)
                 if k >= warmup:
                     seconds.append(time.perf_counter() - t0)
             result["pixels_read"] = sum(map(_pixels, indices))

@@ -30,18 +30,23 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from gigastream import precision as precisions
 from gigastream.mil.strategies import STRATEGIES as BAG_STRATEGIES
 from gigastream.models.feature_mil import FeatureConfig
 from gigastream.models.patch_mil import PatchConfig
 from gigastream.models.streaming_mil import StreamingMILConfig
+from gigastream.train.config_checks import (
+    LIGHTNING_STRATEGIES,
+    ConfigError,
+    check_finite,
+    check_strategy,
+    memory_size,
+)
 from gigastream.wsi.tissue import TissueMaskConfig
 
 NORMALIZATIONS = ("imagenet", "none")
@@ -52,66 +57,6 @@ REGRESSION_LOSSES = ("mse", "huber")
 INSTANCE_TARGETS = ("value", "positive")
 #: The heads with per-instance scores (``instance_logits``) a regression's instance loss needs.
 INSTANCE_SCORE_HEADS = ("mean", "fraction")
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is wrong; the message names it and the fix."""
-
-
-def check_finite(section: Any, prefix: str) -> None:
-    """ConfigError for a NaN or infinite number among the float settings of the dataclass
-    ``section`` (and of its nested sections), named ``prefix.key``."""
-    for spec in dataclasses.fields(section):
-        value = getattr(section, spec.name)
-        if dataclasses.is_dataclass(value):
-            check_finite(value, f"{prefix}.{spec.name}")
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(
-                f"{prefix}.{spec.name} must be a finite number, got {value} (NaN and inf are "
-                "not settings)"
-            )
-
-
-def memory_size(value: int | str, name: str) -> int:
-    """``value`` (``"8GiB"``, ``"512 MiB"``, ``2e9``, bytes) in bytes, for the setting ``name``.
-
-    Raises:
-        ConfigError: not a memory size, or not positive (one line naming ``name``).
-    """
-    from gigastream.streaming.planner import parse_bytes
-
-    try:
-        size = parse_bytes(value)
-    except (ValueError, OverflowError):
-        size = None
-    if size is None or size <= 0:
-        raise ConfigError(
-            f"{name} {value!r} is not a memory size: write a positive number and a unit, "
-            "e.g. 8GiB, 512MiB or 2e9 (bytes)"
-        )
-    return size
-
-
-#: The strategies ``train.strategy`` names as examples (Lightning has more).
-LIGHTNING_STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed")
-
-
-def check_strategy(name: str) -> None:
-    """ConfigError unless ``name`` is a Lightning strategy (``auto`` or a registered one)."""
-    if name.lower() == "auto":
-        return
-    from lightning.pytorch.strategies import StrategyRegistry
-
-    names = list(StrategyRegistry.available_strategies())
-    if name.lower() in names:
-        return
-    close = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(
-        f"train.strategy (--strategy) {name!r} is not a Lightning strategy: use auto (one "
-        f"device, or DDP with --devices N), or one of {', '.join(LIGHTNING_STRATEGIES[1:])}, "
-        f"...{hint}"
-    )
 
 
 @dataclass

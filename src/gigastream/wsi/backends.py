@@ -169,6 +169,19 @@ class OpenSlideReader(_OpenSlideLike):
         self._handle = handle
 
 
+def white_canvas(
+    level_size: tuple[int, int], x: int, y: int, width: int, height: int
+) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """A white ``(height, width, 3)`` region and the part of it inside a level of
+    ``level_size`` (``(xs, ys, xe, ye)`` in level pixels; ``None``: none of it), for
+    backends that read only inside the level and pad the rest with white."""
+    w, h = level_size
+    out = np.full((height, width, 3), 255, np.uint8)
+    xs, ys = max(x, 0), max(y, 0)
+    xe, ye = min(x + width, w), min(y + height, h)
+    return out, ((xs, ys, xe, ye) if xe > xs and ye > ys else None)
+
+
 def read_on_block_grid(
     reader: SlideReader, level: int, x: int, y: int, width: int, height: int
 ) -> np.ndarray:
@@ -212,12 +225,10 @@ class TiffSlideReader(_OpenSlideLike):
             self._mpp = ome_mpp(path)
 
     def _read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        w, h = self.levels[level].dimensions
-        out = np.full((height, width, 3), 255, np.uint8)
-        xs, ys = max(x, 0), max(y, 0)
-        xe, ye = min(x + width, w), min(y + height, h)
-        if xe <= xs or ye <= ys:
+        out, inside = white_canvas(self.levels[level].dimensions, x, y, width, height)
+        if inside is None:
             return out
+        xs, ys, xe, ye = inside
         pixels = self._level_array(level)
         if pixels is not None:  # exact level pixels, whatever the level's downsample
             region = pixels[ys:ye, xs:xe]

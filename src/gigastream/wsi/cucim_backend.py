@@ -25,6 +25,7 @@ from gigastream.wsi.backends import (
     _composite_on_white,
     _positive_float,
     read_on_block_grid,
+    white_canvas,
 )
 from gigastream.wsi.reader import Level, SlideError, SlideReader
 
@@ -112,12 +113,10 @@ class CuCIMReader(SlideReader):
     def _read_direct(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """The level region, white outside the level (cuCIM fills it with black for
         generic TIFFs: only the part inside the level is read)."""
-        w, h = self.levels[level].dimensions
-        out = np.full((height, width, 3), 255, np.uint8)
-        xs, ys = max(x, 0), max(y, 0)
-        xe, ye = min(x + width, w), min(y + height, h)
-        if xe <= xs or ye <= ys:
+        out, inside = white_canvas(self.levels[level].dimensions, x, y, width, height)
+        if inside is None:
             return out
+        xs, ys, xe, ye = inside
         ds = self.levels[level].downsample
         location = (round(xs * ds), round(ys * ds))
         region = np.asarray(self._image.read_region(location, (xe - xs, ye - ys), level))
