@@ -156,17 +156,63 @@ def add_features(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--features", type=Path, metavar="DIR", help=help)
 
 
-def add_roi(parser: argparse.ArgumentParser) -> None:
+def add_roi(parser: argparse.ArgumentParser, what: str = "train") -> None:
     """``--roi DIR``: region-of-interest annotation files that restrict the training
-    instances (``data.roi_dir``)."""
+    instances (``data.roi_dir``); ``what`` is done only inside them (``train``, ``extract
+    patch features``)."""
     parser.add_argument(
         "--roi",
         type=Path,
         metavar="DIR",
-        help="train only inside annotated regions: DIR/<slide_id>.xml (ASAP/CAMELYON) or "
+        help=f"{what} only inside annotated regions: DIR/<slide_id>.xml (ASAP/CAMELYON) or "
         ".geojson (QuPath), every class but exclusions, minus exclusions, intersected with "
         "the tissue mask; every slide needs a file (data.roi_dir)",
     )
+
+
+def add_tumour_classes(parser: argparse.ArgumentParser, slides: bool = False) -> None:
+    """``--tumour-classes NAME [NAME ...]``: the annotation classes that are tumour
+    (with ``--annotations DIR``; check it with :func:`tumour_classes`); ``slides``: the
+    command also takes SLIDE files (which must come before it)."""
+    from gigastream.wsi.annotations import TUMOUR_CLASSES
+
+    before = "put SLIDE files before it; " if slides else ""
+    parser.add_argument(
+        "--tumour-classes",
+        nargs="+",
+        metavar="NAME",
+        help="the classes of the --annotations files that are tumour (case-insensitive; a "
+        f"quoted 'Name*' matches a prefix; exclusions are subtracted; {before}default: "
+        f"{' '.join(TUMOUR_CLASSES)})",
+    )
+
+
+def tumour_classes(args: argparse.Namespace) -> tuple[str, ...]:
+    """The tumour classes of a command line: ``--tumour-classes``, else the default
+    :data:`~gigastream.wsi.annotations.TUMOUR_CLASSES`.
+
+    Raises:
+        ValueError: ``--tumour-classes`` without ``--annotations``, an empty name, or a name
+            that is a file (a SLIDE taken as a class name; one line each).
+    """
+    from gigastream.wsi.annotations import TUMOUR_CLASSES, check_classes
+
+    given = getattr(args, "tumour_classes", None)
+    if given is None:
+        return TUMOUR_CLASSES
+    if getattr(args, "annotations", None) is None:
+        raise ValueError(
+            "--tumour-classes chooses the tumour classes of annotation files: add "
+            "--annotations DIR (or drop --tumour-classes)"
+        )
+    classes = check_classes(given)
+    files = [name for name in classes if Path(name).is_file()]
+    if files:
+        raise ValueError(
+            f"--tumour-classes takes class names, got the file {files[0]}: put the SLIDE files "
+            "before --tumour-classes"
+        )
+    return classes
 
 
 def add_progress(parser: argparse.ArgumentParser) -> None:
@@ -289,6 +335,8 @@ PATCH_FLAGS = {
     "sample_size": ("sample_size",),
     "min_tissue": ("min_tissue",),
     "finetune": ("encoder", "finetune"),
+    "patch_augment": ("augment",),
+    "color_jitter": ("color_jitter",),
 }
 #: The flags of a streamed model only.
 STREAMING_FLAGS = ("arch", "tile_size")
@@ -308,7 +356,7 @@ def add_patches(parser: argparse.ArgumentParser) -> None:
         "over the slide's tissue patches (the patch flags below); features: a MIL head on "
         "cached patch features (--features DIR)",
     )
-    from gigastream.models.patch_mil import PatchConfig
+    from gigastream.models.patch_mil import AUGMENT_UNITS, PatchConfig
 
     patches = PatchConfig()
     parser.add_argument(
@@ -348,6 +396,19 @@ def add_patches(parser: argparse.ArgumentParser) -> None:
         "--finetune",
         help="which encoder parameters train: full, frozen, last:N or lora (default: "
         f"{patches.encoder.finetune})",
+    )
+    parser.add_argument(
+        "--patch-augment",
+        choices=AUGMENT_UNITS,
+        help="training flips/rotations: bag (one for every patch of a bag) or patch (each "
+        f"patch its own; default: {patches.augment})",
+    )
+    parser.add_argument(
+        "--color-jitter",
+        type=float,
+        metavar="F",
+        help="random brightness and contrast factors in [1-F, 1+F] (per --patch-augment "
+        f"unit; 0 <= F < 1; default: {patches.color_jitter})",
     )
 
 

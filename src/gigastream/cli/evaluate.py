@@ -7,7 +7,8 @@ the accuracy at p = 0.5 (and at the checkpoint's stored decision threshold, when
 one) and the calibration of p(positive): Brier score and ECE. With ``--annotations DIR``
 (ASAP/CAMELYON XML or QuPath GeoJSON ``<slide_id>.xml`` / ``.geojson`` / ``.json``) it also
 measures how much attention lies inside the annotated tumour, per slide and over the slides
-(:mod:`gigastream.train.annotation_eval`; ``annotations`` in metrics.json).
+(:mod:`gigastream.train.annotation_eval`; ``annotations`` in metrics.json); ``--tumour-classes
+NAME [NAME ...]`` chooses which of the files' classes are tumour.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="annotation files <slide_id>.xml (ASAP/CAMELYON) or .geojson/.json (QuPath): the "
         "attention mass and instance-level AUC inside their tumour, per slide and overall",
     )
+    common.add_tumour_classes(parser)
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -96,6 +98,7 @@ def _check_annotations(folder: Path | None, manifest: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     common.check_slide_mpp(args.slide_mpp)
+    classes = common.tumour_classes(args)
     _check_annotations(args.annotations, args.manifest)
     common.quiet_lightning(args)
     from gigastream.train.evaluation import evaluate_manifest
@@ -111,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         slide_mpp=args.slide_mpp,
         annotations_dir=args.annotations,
+        tumour_classes=classes,
     )
     from gigastream.train.data import describe_skipped
 

@@ -6,6 +6,10 @@ Example (ResNet-18 ImageNet features of 224 px patches at 0.5 um/px)::
 
     gigastream features --manifest M.csv --out features/r18 --encoder resnet18 \\
         --weights imagenet --patch-size 224 --mpp 0.5 --chunk-size 128 --device cuda
+
+With ``--roi DIR`` (``DIR/<slide_id>.xml`` / ``.geojson`` / ``.json``, one per slide, checked
+before any work) only the patches inside each slide's annotated regions are encoded; an
+edited ROI file makes its slide's file stale (recomputed on the next run).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mpp", type=float, help="resolution patches are read at (um/px)")
     parser.add_argument("--min-tissue", type=float, help="tissue fraction a patch needs (0-1)")
     parser.add_argument("--chunk-size", type=int, help="patches encoded at a time")
+    common.add_roi(parser, "extract patch features")
     common.add_slide_mpp(parser)
     common.add_device(parser)
     parser.add_argument(
@@ -57,7 +62,8 @@ def _settings(args: argparse.Namespace):
     """The run's ``data`` and ``patches`` settings: defaults < ``--config`` < flags."""
     from gigastream.train.config_files import load_config
 
-    overrides = {"patches": common.patch_section(args), "data": {"mpp": args.mpp}}
+    roi = None if args.roi is None else str(args.roi)
+    overrides = {"patches": common.patch_section(args), "data": {"mpp": args.mpp, "roi_dir": roi}}
     config = load_config(args.config if args.config else {}, overrides)
     return config.data, config.patches
 

@@ -3,8 +3,9 @@ and the attention as QuPath GeoJSON tiles DIR/<slide_id>.attention.geojson.
 
 Lesion contours come from ``--lesions DIR`` (masks ``<slide_id>.png``), from ``--annotations
 DIR`` (ASAP/CAMELYON XML or QuPath GeoJSON ``<slide_id>.xml`` / ``.geojson`` / ``.json``:
-tumour minus exclusions, every file checked before any work), or, with neither, from the
-masks next to synthetic slides (``<slide folder>/../lesions``).
+tumour minus exclusions, every file checked before any work; ``--tumour-classes NAME [NAME
+...]`` chooses which classes are tumour), or, with neither, from the masks next to synthetic
+slides (``<slide folder>/../lesions``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder of annotation files <slide_id>.xml (ASAP/CAMELYON) or .geojson/.json "
         "(QuPath) whose tumour regions (minus exclusions) are drawn as contours",
     )
+    common.add_tumour_classes(parser, slides=True)
     parser.add_argument(
         "--opacity",
         type=float,
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_opacity(args.opacity, "--opacity")  # every argument before any work
     common.check_slide_mpp(args.slide_mpp)
+    classes = common.tumour_classes(args)
     args.slides = common.slide_list(args)
     _check_lesions(args.lesions)
     if args.annotations is not None:  # every file read: a malformed one refuses here
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         opacity=args.opacity,
         slide_mpp=args.slide_mpp,
         annotations_dir=args.annotations,
+        tumour_classes=classes,
     )
     for path in result["heatmaps"]:
         print(path)

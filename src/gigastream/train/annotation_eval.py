@@ -20,7 +20,8 @@ together, each slide's attention taken as attention x N (relative to uniform att
 its N instances, so that slides of different sizes compare). Only slides with at least one
 instance in tumour enter the summary. :func:`annotation_metrics` runs it all on the results of
 :func:`~gigastream.train.prediction.run_predictions` and an annotation folder (tumour classes:
-:data:`~gigastream.wsi.annotations.TUMOUR_CLASSES`, exclusions subtracted).
+``tumour_classes``, by default :data:`~gigastream.wsi.annotations.TUMOUR_CLASSES`; exclusions
+subtracted).
 
 Example:
     >>> import numpy as np
@@ -43,6 +44,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from gigastream.train.config import DataConfig
+from gigastream.wsi.annotations import TUMOUR_CLASSES, check_classes
 from gigastream.wsi.manifest import ManifestRow
 from gigastream.wsi.reader import SlideError, SlideReader
 from gigastream.wsi.tissue import TissueMask
@@ -204,6 +206,8 @@ def annotation_metrics(
     rows: Sequence[ManifestRow],
     data: DataConfig,
     annotation_dir: str | Path,
+    *,
+    tumour_classes: Sequence[str] = TUMOUR_CLASSES,
 ) -> dict[str, Any]:
     """Attention against the annotated tumour of every predicted slide with an annotation file.
 
@@ -214,28 +218,35 @@ def annotation_metrics(
         rows: the slides' manifest rows.
         data: how the slides were read (``mpp``, backend, ``features_dir``).
         annotation_dir: the folder of ``<slide_id>.xml`` / ``.geojson`` / ``.json``.
+        tumour_classes: the classes that are tumour (case-insensitive; ``"Name*"`` is a
+            prefix; exclusions are subtracted); when no region of the files read is of
+            them, one warning names the classes the files hold.
 
     Returns:
-        ``folder``, ``tumour_classes``, ``slides`` (annotated slides measured),
+        ``folder``, ``tumour_classes`` (those used), ``slides`` (annotated slides measured),
         ``slides_with_tumour``, ``mean`` and ``pooled`` (:func:`summarize_localisation`),
         ``per_slide`` (``slide_id -> measures``, :func:`slide_localisation`),
         ``without_annotation`` (predicted slides without a file) and ``skipped``
         (``slide_id -> reason``: an annotated slide without attention or unreadable).
 
     Raises:
+        ValueError: no or an empty tumour class (before anything is read).
         AnnotationError: ``annotation_dir`` is not a folder or holds a malformed file.
 
     Example:
-        >>> m = annotation_metrics(module, results, rows, config.data, "annotations")  # doctest: +SKIP
+        >>> m = annotation_metrics(module, results, rows, config.data, "annotations",
+        ...                        tumour_classes=["Cancer"])  # doctest: +SKIP
         >>> m["mean"]["attention_in_tumour"], m["pooled"]["instance_auc"]  # doctest: +SKIP
         (0.61, 0.93)
     """
     from gigastream.train.heatmaps import attention_cell_um
     from gigastream.wsi.annotation_readers import read_annotation_folder
-    from gigastream.wsi.annotations import TUMOUR_CLASSES
+    from gigastream.wsi.annotations import warn_if_no_class
 
+    classes = check_classes(tumour_classes)
     by_id = {row.slide_id: row for row in rows}
     notes = read_annotation_folder(annotation_dir, [r["slide_id"] for r in results])
+    warn_if_no_class(notes.values(), classes)
     per_slide: dict[str, dict[str, Any]] = {}
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     skipped: dict[str, str] = {}
@@ -255,7 +266,7 @@ def annotation_metrics(
                 if cell_um is None:
                     skipped[slide_id] = "its feature file does not give the patch size"
                     continue
-                mask = notes[slide_id].mask(TUMOUR_CLASSES, mpp=cell_um / CELL_SAMPLES, slide=slide)
+                mask = notes[slide_id].mask(classes, mpp=cell_um / CELL_SAMPLES, slide=slide)
         except (SlideError, ValueError) as exc:
             skipped[slide_id] = " ".join(str(exc).split())
             continue
@@ -268,7 +279,7 @@ def annotation_metrics(
         )
     return {
         "folder": str(Path(annotation_dir).resolve()),
-        "tumour_classes": list(TUMOUR_CLASSES),
+        "tumour_classes": list(classes),
         "slides": len(per_slide),
         **summarize_localisation(parts),
         "per_slide": per_slide,

@@ -48,6 +48,7 @@ from gigastream.train.selection import (
     check_split_names,
     check_targets,
 )
+from gigastream.wsi.annotations import TUMOUR_CLASSES, check_classes
 from gigastream.wsi.manifest import ManifestRow, read_manifest
 
 
@@ -155,6 +156,8 @@ def evaluate_manifest(
     split: str | None = None,
     slide_mpp: float | None = None,
     annotations_dir: str | Path | None = None,
+    *,
+    tumour_classes: Sequence[str] = TUMOUR_CLASSES,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on the slides of a manifest: ``metrics.json`` + ``predictions.csv``.
 
@@ -169,6 +172,9 @@ def evaluate_manifest(
         annotations_dir: a folder of annotation files ``<slide_id>.xml`` / ``.geojson``:
             the attention inside their tumour is measured (``annotations`` in the metrics,
             :func:`~gigastream.train.annotation_eval.annotation_metrics`).
+        tumour_classes: the classes of ``annotations_dir``'s files that are tumour
+            (``annotations.tumour_classes`` in the metrics; default
+            :data:`~gigastream.wsi.annotations.TUMOUR_CLASSES`).
 
     Returns:
         The metrics: ``auc``, ``accuracy`` (at p = 0.5 for two classes: the most probable
@@ -183,8 +189,10 @@ def evaluate_manifest(
         RunError: a missing or foreign checkpoint.
         ConfigError: ``features_dir`` for a checkpoint that reads slides, or not a folder;
             a bad ``split`` (see :func:`scored_rows`) or ``slide_mpp``.
+        ValueError: no or an empty tumour class (before the checkpoint is read).
         FeatureFileError: a feature file of another dimension than the checkpoint's model.
     """
+    tumour_classes = check_classes(tumour_classes)
     module, config, saved = load_checkpoint_parts(checkpoint)
     config = prediction_config(config, device, num_workers, features_dir, slide_mpp)
     rows = read_manifest(manifest, check_files=config.model.kind != "features").rows
@@ -212,7 +220,9 @@ def evaluate_manifest(
     if annotations_dir is not None:
         from gigastream.train.annotation_eval import annotation_metrics
 
-        metrics["annotations"] = annotation_metrics(module, results, rows, data, annotations_dir)
+        metrics["annotations"] = annotation_metrics(
+            module, results, rows, data, annotations_dir, tumour_classes=tumour_classes
+        )
     write_predictions(out / "predictions.csv", results, module.class_names)
     write_json(out / "metrics.json", metrics)
     return metrics

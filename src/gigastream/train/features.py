@@ -10,15 +10,21 @@ writes one file per slide in CLAM/TRIDENT's layout (:mod:`gigastream.wsi.feature
 
     OUT/<slide_id>.h5    features (N, D) float32; coords (N, 2) int64 level-0 (x, y) of each
                          patch's top-left corner; attributes encoder, weights_sha256, mpp,
-                         patch_size, patch_size_level0, min_tissue, feature_dim, key
+                         patch_size, patch_size_level0, min_tissue, feature_dim, key (and
+                         roi_file, roi_sha256 with data.roi_dir)
     OUT/failures.csv     slide_id, path, error of every slide that could not be encoded
     OUT/features.json    the settings, counts and every slide's status
 
 The run is resumable: a file is written atomically, and a slide whose file has the same
 ``key`` (:func:`slide_key`: the slide file's identity, the encoder and its weights' hash, the
-mpp, patch size and tissue settings) is skipped, while a file of another key (stale: another
+mpp, patch size and tissue settings, the ROI file's content) is skipped, while a file of another key (stale: another
 encoder, patch size, a changed slide) is recomputed. One slide's failure (missing or corrupt
 file, no tissue, a patch larger than the slide) is recorded and the run goes on.
+
+With ``data.roi_dir`` (``gigastream features --roi DIR``) each slide's tissue mask is cut to
+its ROI file (:mod:`gigastream.train.roi`, as ``gigastream train --roi`` cuts it), so a file
+holds only the patches inside the annotated regions (minus exclusions); every slide needs an
+ROI file, checked before any work.
 
 Stage two trains a MIL head on the files: ``gigastream train --features OUT``
 (:class:`~gigastream.models.feature_mil.FeatureMIL`).
@@ -53,6 +59,7 @@ from gigastream.models.patch_mil import PatchConfig
 from gigastream.train.config import ConfigError, DataConfig
 from gigastream.train.files import atomic_write_text, file_identity, write_json
 from gigastream.train.patch_data import slide_patch_grid
+from gigastream.train.roi import check_roi_files, roi_identity
 from gigastream.wsi.feature_files import feature_key, read_attrs, write_features
 from gigastream.wsi.manifest import ManifestRow
 from gigastream.wsi.patches import PatchBag, PatchGrid
@@ -107,9 +114,10 @@ def weights_sha256(weights: str | None) -> str:
 
 
 def job_settings(data: DataConfig, patches: PatchConfig, weights_hash: str) -> dict[str, Any]:
-    """Everything the features of every slide depend on, but the slide itself."""
+    """Everything the features of every slide depend on, but the slide itself (and its ROI
+    file, :func:`slide_key`); with ``data.roi_dir`` also that folder (resolved)."""
     encoder = patches.encoder_config()
-    return {
+    job = {
         "version": FEATURES_VERSION,
         "encoder": {
             "name": encoder.name,
@@ -124,12 +132,17 @@ def job_settings(data: DataConfig, patches: PatchConfig, weights_hash: str) -> d
         "tissue": asdict(data.tissue),
         "backend": data.backend,
     }
+    if data.roi_dir is not None:  # without: the keys of files written before ROIs existed
+        job["roi_dir"] = str(Path(data.roi_dir).resolve())
+    return job
 
 
 def slide_key(row: ManifestRow, data: DataConfig, job: dict[str, Any]) -> str:
     """The ``key`` of a slide's features: :func:`job_settings` and the identity of the slide
-    file (resolved path, size, mtime), its manifest mpp and a given tissue mask
-    (``data.mask_dir/<slide_id>.png``).
+    file (resolved path, size, mtime), its manifest mpp, a given tissue mask
+    (``data.mask_dir/<slide_id>.png``) and, with ``data.roi_dir``, its ROI file (resolved
+    path and the SHA-256 of its content, :func:`~gigastream.train.roi.roi_identity`: an
+    edited ROI recomputes the features).
 
     Raises:
         OSError: the slide file does not exist.
@@ -138,6 +151,8 @@ def slide_key(row: ManifestRow, data: DataConfig, job: dict[str, Any]) -> str:
     if data.mask_dir is not None:
         mask = Path(data.mask_dir) / f"{row.slide_id}.png"
         settings["mask"] = file_identity(mask) if mask.is_file() else None
+    if data.roi_dir is not None:
+        settings["roi"] = roi_identity(data.roi_dir, row.slide_id)
     return feature_key(settings)
 
 
@@ -213,8 +228,16 @@ def encode_bag(
 
 
 def _slide_attrs(
-    row: ManifestRow, grid: PatchGrid, patches: PatchConfig, job: dict, key: str, dim: int
+    row: ManifestRow,
+    grid: PatchGrid,
+    patches: PatchConfig,
+    job: dict,
+    key: str,
+    dim: int,
+    roi: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The attributes of a slide's feature file; ``roi_file``/``roi_sha256`` only with an
+    ROI (:func:`~gigastream.train.roi.roi_identity`; ``None`` values are not written)."""
     return {
         "encoder": patches.encoder.name,
         "weights_sha256": job["encoder"]["weights_sha256"],
@@ -227,6 +250,8 @@ def _slide_attrs(
         "key": key,
         "name": row.slide_id,
         "slide_path": str(Path(row.path).resolve()),
+        "roi_file": None if roi is None else roi["file"],
+        "roi_sha256": None if roi is None else roi["sha256"],
         "gigastream_version": __version__,
     }
 
@@ -243,19 +268,23 @@ def _extract_slide(
 ) -> str:
     """``skipped`` (the slide's file is up to date) or ``written``.
 
+    With ``data.roi_dir`` the patch grid lies over the tissue mask cut to the slide's ROI
+    (:func:`~gigastream.train.data.slide_tissue_mask`), so only patches inside it are encoded.
+
     Raises:
-        SlideError: the slide cannot be read, has no tissue or no patch on it, or is
-            smaller than a patch.
+        SlideError: the slide cannot be read, has no tissue (inside its ROI) or no patch on
+            it, or is smaller than a patch; its ROI file is missing or malformed.
         OSError: the slide file does not exist.
     """
     key = slide_key(row, data, job)
     path = out / f"{row.slide_id}.h5"
     if path.is_file() and read_attrs(path).get("key") == key:
         return "skipped"
+    roi = None if data.roi_dir is None else roi_identity(data.roi_dir, row.slide_id)
     with SlideReader.open(row.path, mpp=row.mpp, backend=data.backend) as slide:
         grid = slide_patch_grid(slide, row.slide_id, data, patches, save_mask=False)
         features = encode_bag(encoder, PatchBag(slide, grid, device), patches.chunk_size, precision)
-    attrs = _slide_attrs(row, grid, patches, job, key, encoder.out_dim)
+    attrs = _slide_attrs(row, grid, patches, job, key, encoder.out_dim, roi)
     write_features(path, features, grid.coords, attrs)
     return "written"
 
@@ -300,7 +329,9 @@ def extract_features(
         rows: the slides (their labels are not used).
         out: the output folder (created).
         data: how slides are read: ``mpp``, ``tissue``, ``backend``, ``mask_dir`` (masks
-            there are used, none are written).
+            there are used, none are written), ``roi_dir`` (only the patches inside each
+            slide's ROI file ``<slide_id>.xml`` / ``.geojson`` / ``.json``; every slide needs
+            one, :func:`~gigastream.train.roi.check_roi_files`).
         patches: ``encoder``, ``patch_size``, ``min_tissue``, ``chunk_size``.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         precision: ``32``, ``64``, ``bf16-mixed`` or ``16-mixed`` (CUDA); the files hold
@@ -312,7 +343,9 @@ def extract_features(
 
     Raises:
         ConfigError: bad settings, an unknown encoder, weights that do not fit, patches the
-            encoder cannot take, an absent device (all before any slide is read).
+            encoder cannot take, an absent device, with ``data.roi_dir`` a slide without an
+            ROI file or with an empty one (all before any slide is read or file written).
+        AnnotationError: with ``data.roi_dir``, a malformed ROI file (naming it).
     """
     from tqdm.auto import tqdm
 
@@ -323,6 +356,8 @@ def extract_features(
         precisions.check(precision, "--precision")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if data.roi_dir is not None:  # every slide's ROI file, read before any work
+        check_roi_files(data.roi_dir, [row.slide_id for row in rows])
     torch_device = _torch_device(device, precision)
     encoder = _frozen_encoder(patches, torch_device, precision)
     out = Path(out)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gigastream.train.config import DataConfig
+from gigastream.wsi.annotations import TUMOUR_CLASSES, check_classes
 from gigastream.wsi.feature_files import read_attrs
 from gigastream.wsi.manifest import ManifestRow
 from gigastream.wsi.reader import SlideError, SlideReader
@@ -70,21 +71,34 @@ CONTOUR_MASK_SIZE = 2048
 
 
 def annotation_lesions(
-    annotations: Annotations, slide: SlideReader, max_size: int = CONTOUR_MASK_SIZE
+    annotations: Annotations,
+    slide: SlideReader,
+    max_size: int = CONTOUR_MASK_SIZE,
+    *,
+    tumour_classes: Sequence[str] = TUMOUR_CLASSES,
 ) -> TissueMask:
-    """The tumour regions of a slide's annotations (:data:`~gigastream.wsi.annotations.TUMOUR_CLASSES`
-    minus exclusions) as a mask over the whole slide, ``max_size`` pixels along its longer
-    side (the heatmap's resolution), for the contours of :func:`slide_heatmap`.
+    """The tumour regions of a slide's annotations (the regions of ``tumour_classes`` minus
+    exclusions) as a mask over the whole slide, ``max_size`` pixels along its longer side
+    (the heatmap's resolution), for the contours of :func:`slide_heatmap`.
+
+    Args:
+        annotations: the slide's annotations (level-0 pixels).
+        slide: the slide (its level-0 size and mpp).
+        max_size: pixels of the mask along the slide's longer side.
+        tumour_classes: the classes that are tumour (case-insensitive; ``"Name*"`` is a
+            prefix; default :data:`~gigastream.wsi.annotations.TUMOUR_CLASSES`).
+
+    Raises:
+        ValueError: no or an empty class name.
 
     Example:
-        >>> notes = read_annotations("annotations/tumor_001.xml")  # doctest: +SKIP
-        >>> annotation_lesions(notes, slide).mask.shape  # doctest: +SKIP
+        >>> notes = read_annotations("annotations/tumor_001.geojson")  # doctest: +SKIP
+        >>> annotation_lesions(notes, slide, tumour_classes=["Cancer"]).mask.shape  # doctest: +SKIP
         (1536, 2048)
     """
-    from gigastream.wsi.annotations import TUMOUR_CLASSES
-
+    classes = check_classes(tumour_classes)
     downsample = max(1.0, max(slide.dimensions) / max_size)  # level-0 px per mask px
-    return annotations.mask(TUMOUR_CLASSES, downsample=downsample, slide=slide)
+    return annotations.mask(classes, downsample=downsample, slide=slide)
 
 
 def instance_cell_um(slide: SlideReader, mpp: float, output_stride: int) -> float:
@@ -308,6 +322,8 @@ def write_heatmaps(
     opacity: float | None = None,
     annotation_dir: str | Path | None = None,
     geojson: bool = True,
+    *,
+    tumour_classes: Sequence[str] = TUMOUR_CLASSES,
 ) -> list[Path]:
     """Attention heatmaps ``out_dir/<slide_id>.png`` (and ``.tif``) of up to ``count`` slides,
     each with its attention as QuPath GeoJSON ``<slide_id>.attention.geojson`` beside it.
@@ -329,6 +345,9 @@ def write_heatmaps(
             ``.json`` whose tumour regions are drawn as the lesion contours
             (:func:`annotation_lesions`; instead of ``lesion_dir``).
         geojson: also write ``<slide_id>.attention.geojson`` (:func:`attention_tiles`).
+        tumour_classes: the classes of ``annotation_dir``'s files that are tumour
+            (default :data:`~gigastream.wsi.annotations.TUMOUR_CLASSES`); when no region of
+            the files read is of them, one warning names the classes the files hold.
 
     Returns:
         The pictures written (PNG, TIFF); the GeoJSON files lie beside the PNGs
@@ -336,7 +355,7 @@ def write_heatmaps(
         has no contours: one warning lists them.
 
     Raises:
-        ValueError: both ``lesion_dir`` and ``annotation_dir``.
+        ValueError: both ``lesion_dir`` and ``annotation_dir``; no or an empty tumour class.
         AnnotationError: a malformed annotation file of a chosen slide (before any output).
 
     Off a slide's tissue mask (``data.mask_dir/<slide_id>.png``, as its prediction used it)
@@ -344,17 +363,20 @@ def write_heatmaps(
     """
     from gigastream.wsi.annotation_geojson import write_geojson
     from gigastream.wsi.annotation_readers import ANNOTATION_SUFFIXES, read_annotation_folder
+    from gigastream.wsi.annotations import warn_if_no_class
 
     if lesion_dir is not None and annotation_dir is not None:
         raise ValueError(
             "give the lesions as masks (--lesions DIR) or as annotation files "
             "(--annotations DIR), not both"
         )
+    classes = check_classes(tumour_classes)
     by_id = {r.slide_id: r for r in rows}
     chosen = choose_slides(results, count)
     notes = None
     if annotation_dir is not None:  # every file read before the first picture
         notes = read_annotation_folder(annotation_dir, [r["slide_id"] for r in chosen])
+        warn_if_no_class(notes.values(), classes)
     if chosen:
         out_dir.mkdir(parents=True, exist_ok=True)
     features = getattr(data, "features_dir", None)  # a head on cached features
@@ -372,7 +394,11 @@ def write_heatmaps(
         with slide:
             if notes is not None:
                 found = notes.get(row.slide_id)
-                lesions = None if found is None else annotation_lesions(found, slide)
+                lesions = (
+                    None
+                    if found is None
+                    else annotation_lesions(found, slide, tumour_classes=classes)
+                )
             else:
                 lesions = lesion_mask_for(row.path, row.slide_id, lesion_dir)
             if lesions is None and (notes is not None or lesion_dir is not None):

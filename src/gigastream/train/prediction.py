@@ -60,6 +60,7 @@ from gigastream.train.selection import (
     with_slide_mpp,
 )
 from gigastream.train.trainer import build_trainer, resolve_device
+from gigastream.wsi.annotations import TUMOUR_CLASSES, check_classes
 from gigastream.wsi.manifest import ManifestRow
 
 #: The metrics of :func:`summarize` that a caller names after its slides (:func:`prefixed`).
@@ -355,6 +356,8 @@ def predict_slide_files(
     opacity: float | None = None,
     slide_mpp: float | None = None,
     annotations_dir: str | Path | None = None,
+    *,
+    tumour_classes: Sequence[str] = TUMOUR_CLASSES,
 ) -> dict[str, Any]:
     """Class probabilities (``predictions.csv``) and optionally heatmaps of slide files
     (``gigastream predict``, and ``gigastream heatmap`` with ``heatmaps=True``).
@@ -371,6 +374,8 @@ def predict_slide_files(
             ``mpp`` in ``labels``; ``--slide-mpp``); a slide with its own mpp keeps it.
         annotations_dir: annotation files ``<slide_id>.xml`` / ``.geojson`` whose tumour
             the heatmaps outline (instead of ``lesion_dir``'s masks).
+        tumour_classes: the classes of those files that are tumour (default
+            :data:`~gigastream.wsi.annotations.TUMOUR_CLASSES`).
 
     Returns:
         ``predictions``, ``skipped_slides`` and the written ``heatmaps``.
@@ -379,8 +384,10 @@ def predict_slide_files(
         ConfigError: a missing slide file; ``features_dir`` for a checkpoint that reads
             slides; a label that is not one of the checkpoint's classes (before any output).
         FeatureFileError: a feature file of another dimension than the checkpoint's model.
-        ValueError: an opacity outside 0-1 (before anything is read).
+        ValueError: an opacity outside 0-1, no or an empty tumour class (before anything
+            is read).
     """
+    tumour_classes = check_classes(tumour_classes)
     if opacity is not None:
         from gigastream.viz.heatmap import check_opacity
 
@@ -403,6 +410,7 @@ def predict_slide_files(
             lesion_dir=lesion_dir,
             opacity=opacity,
             annotation_dir=annotations_dir,
+            tumour_classes=tumour_classes,
         )
     return {
         "class_names": module.class_names,

@@ -26,7 +26,9 @@ pixels** (origin at the top-left corner of the full-resolution image, pixel ``i`
 A region's class is ``Unclassified`` when the file gives none. Classes named in
 :data:`EXCLUSION_CLASSES` (``_2``, ``Exclusion``, ``Ignore*``) are subtracted from the others
 by default (:meth:`Annotations.geometry`, :meth:`Annotations.mask`); :data:`TUMOUR_CLASSES`
-are the classes taken as tumour (lesion contours on heatmaps, ``evaluate --annotations``).
+are the classes taken as tumour (lesion contours on heatmaps, ``evaluate --annotations``) unless
+others are chosen (``--tumour-classes``, checked by :func:`check_classes`;
+:func:`warn_if_no_class` tells when no region is of them).
 
 Rasterising (:meth:`Annotations.mask`, :func:`rasterize`) gives a
 :class:`~gigastream.wsi.tissue.TissueMask` at any mpp (or level-0 downsample) covering the
@@ -123,6 +125,77 @@ class Region:
     object_type: str = "annotation"
     name: str | None = None
     color: tuple[int, int, int] | None = None
+
+
+def check_classes(classes: str | Iterable[str], flag: str = "--tumour-classes") -> tuple[str, ...]:
+    """Class names (or ``"Name*"`` prefixes) checked before any work: at least one, none
+    empty; a single string is one name.
+
+    Args:
+        classes: the names, e.g. :data:`TUMOUR_CLASSES` or a command line's.
+        flag: how the message names them.
+
+    Returns:
+        The names as a tuple, in the order given.
+
+    Raises:
+        ValueError: no name, an empty (or blank) name, or one that is not a string.
+
+    Example:
+        >>> check_classes(["Cancer", "Tumor*"])
+        ('Cancer', 'Tumor*')
+    """
+    names = (classes,) if isinstance(classes, str) else tuple(classes)
+    if not names:
+        raise ValueError(f"{flag} needs at least one class name, e.g. {flag} Tumor")
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError(f"{flag}: class names must be strings, got {name!r}")
+        if not name.strip():
+            raise ValueError(
+                f"{flag}: an empty class name among {list(names)}; give the names of the "
+                "classes as the annotation files write them (e.g. Tumor, 'Metasta*')"
+            )
+    return names
+
+
+def warn_if_no_class(
+    notes: Iterable[Annotations], classes: Collection[str], flag: str = "--tumour-classes"
+) -> bool:
+    """Log one warning when annotations hold regions but none of them is of ``classes``
+    (e.g. QuPath's class ``Cancer`` and the default :data:`TUMOUR_CLASSES`): it names the
+    classes the files do hold and ``flag``, the way to choose others.
+
+    Args:
+        notes: the annotations read (of one folder).
+        classes: the classes asked for (case-insensitive; ``"Name*"`` is a prefix).
+        flag: the option that chooses ``classes``, named in the warning.
+
+    Returns:
+        Whether any region is of ``classes`` (``True`` when there is no region at all).
+
+    Example:
+        >>> square = Polygon([(0, 0), (10, 0), (10, 10), (0, 10)])
+        >>> warn_if_no_class([Annotations((Region(square, "Cancer"),))], ["Cancer"])
+        True
+    """
+    notes = list(notes)
+    found = list(dict.fromkeys(name for a in notes for name in a.class_names))
+    if not found or any(_matches(name, classes) for name in found):
+        return True
+    shown = ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+    example = next((n for n in found if not _matches(n, EXCLUSION_CLASSES)), found[0])
+    logger.warning(
+        "no region of the %d annotation file(s) is of the tumour classes %s: their classes are "
+        "%s; choose the tumour classes with %s NAME [NAME ...] (e.g. %s %s)",
+        len(notes),
+        " ".join(classes),
+        shown,
+        flag,
+        flag,
+        f"'{example}'" if " " in example else example,
+    )
+    return False
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
@@ -416,5 +489,7 @@ __all__ = [
     "AnnotationError",
     "Annotations",
     "Region",
+    "check_classes",
     "rasterize",
+    "warn_if_no_class",
 ]
