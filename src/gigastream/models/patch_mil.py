@@ -57,6 +57,9 @@ from gigastream.mil.strategies import Bag, BagClassifier, StrategyConfig
 from gigastream.models.encoders import EncoderConfig, build_encoder
 from gigastream.wsi.patches import PatchGrid
 
+#: The units of training augmentation (``patches.augment``).
+AUGMENT_UNITS = ("bag", "patch")
+
 
 @dataclass
 class PatchConfig:
@@ -78,6 +81,13 @@ class PatchConfig:
         sample_size: patches per training step (``sample``).
         memory_budget_mib: ``accumulate`` only: memory (MiB) for chunks that keep their
             graph instead of being recomputed (faster); ``None``: recompute every chunk.
+        augment: the unit of training augmentation (with ``data.augment``): ``bag`` (one
+            random flip/rotation by 90 degrees for every patch of the bag) or ``patch``
+            (each patch its own of the 8, drawn once per step, so every strategy and both
+            passes of ``accumulate`` see the same pixels).
+        color_jitter: brightness and contrast factors drawn uniformly in ``[1 - j, 1 + j]``
+            (per patch, or one pair per bag with ``augment: bag``) and applied to the
+            uint8 pixels before the encoder's normalisation; in ``[0, 1)``, 0: none.
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -87,6 +97,8 @@ class PatchConfig:
     chunk_size: int = 64
     sample_size: int = 64
     memory_budget_mib: float | None = None
+    augment: str = "bag"  # or "patch": every patch its own orientation (and jitter)
+    color_jitter: float = 0.0  # brightness/contrast factors in [1 - j, 1 + j]; 0: none
 
     def validate(self) -> None:
         """Raise ValueError (an :class:`~gigastream.models.encoders.EncoderError` for the
@@ -97,6 +109,16 @@ class PatchConfig:
             )
         if not 0.0 <= self.min_tissue <= 1.0:
             raise ValueError(f"min_tissue must be a fraction in [0, 1], got {self.min_tissue}")
+        if self.augment not in AUGMENT_UNITS:
+            raise ValueError(
+                f"augment must be bag (one orientation per bag) or patch (one per patch), got "
+                f"{self.augment!r} (--patch-augment)"
+            )
+        if not 0.0 <= self.color_jitter < 1.0:
+            raise ValueError(
+                f"color_jitter must be in [0, 1) (e.g. 0.1: factors in [0.9, 1.1]; 0: none), "
+                f"got {self.color_jitter} (--color-jitter)"
+            )
         self.strategy_config()
         self.encoder.validate()
 
@@ -221,4 +243,4 @@ class PatchMIL(BagClassifier):
         return self.head.loss(out.head_output, label)
 
 
-__all__ = ["PatchConfig", "PatchMIL", "PatchOutput", "attention_on_grid"]
+__all__ = ["AUGMENT_UNITS", "PatchConfig", "PatchMIL", "PatchOutput", "attention_on_grid"]

@@ -87,7 +87,9 @@ class DataConfig:
         cache_bytes: keep slides read whole in memory up to this many bytes (per loader
             process), so later epochs do not read them again.
         augment: train on a random flip/rotation by 90 degrees of every slide read whole
-            (the 8 symmetries of the square; lazily read slides are not augmented).
+            (the 8 symmetries of the square; lazily read slides are not augmented); patch
+            bags: per bag or per patch, with colour jitter (``patches.augment``,
+            ``patches.color_jitter``).
         features_dir: folder of cached patch features ``<slide_id>.h5`` (written by
             ``gigastream features``, or CLAM/TRIDENT) that a ``model.kind: features`` run
             trains on (``--features DIR``); only for that kind.

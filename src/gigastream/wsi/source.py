@@ -437,6 +437,38 @@ def orient_tensor(x: Tensor, k: int, flip: bool) -> Tensor:
     return x.flip(-1) if flip else x
 
 
+def draw_orientations(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` independent random orientations ``(n,)`` int64 codes in ``0..7``, one draw of
+    ``generator``: code ``k + 4 * flip`` is ``(k, flip)`` of :func:`orient_tensor`.
+
+    Example:
+        >>> codes = draw_orientations(64, torch.Generator().manual_seed(0))
+        >>> codes.shape, bool(((codes >= 0) & (codes < 8)).all())
+        (torch.Size([64]), True)
+    """
+    return torch.randint(8, (n,), generator=generator)
+
+
+def orient_each(x: Tensor, codes: Tensor) -> Tensor:
+    """Square images ``(n, ..., S, S)`` each oriented by its own code ``(n,)`` of
+    :func:`draw_orientations`; ``x[i]`` is ``orient_tensor(x[i], codes[i] % 4,
+    codes[i] >= 4)``. Pixels are only moved, so the result is exact whatever the batch.
+
+    Example:
+        >>> x = torch.arange(8).view(2, 1, 2, 2)
+        >>> torch.equal(orient_each(x, torch.tensor([0, 1]))[1], orient_tensor(x[1], 1, False))
+        True
+    """
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"orient_each orients square images, got shape {tuple(x.shape)}")
+    codes = codes.reshape(-1).cpu()
+    out = torch.empty_like(x)
+    for code in torch.unique(codes).tolist():
+        where = (codes == code).nonzero().reshape(-1).to(x.device)  # (m,)
+        out[where] = orient_tensor(x[where], code % 4, code >= 4)
+    return out
+
+
 def orient_mask(mask: TissueMask | None, k: int, flip: bool) -> TissueMask | None:
     """The tissue mask oriented like :func:`orient_tensor` orients the pixels."""
     if mask is None:
