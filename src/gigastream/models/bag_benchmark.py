@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -49,6 +48,7 @@ from pathlib import Path
 import torch
 
 from gigastream import precision as precisions
+from gigastream.host_counters import cpu_model
 from gigastream.mil.strategies import STRATEGIES
 from gigastream.models.bag_bench_worker import activation_bytes_per_patch, build_bench_encoder
 from gigastream.streaming.memory import available_memory, current_rss_mib
@@ -448,7 +448,7 @@ def machine_info(dev: torch.device) -> dict:
     import torchvision
 
     info = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / _GIB, 1),
@@ -459,20 +459,12 @@ def machine_info(dev: torch.device) -> dict:
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,
         "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_model(),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
     }
     if dev.type == "cuda":
         info["cuda"] = torch.version.cuda
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(dev).total_memory / _GIB, 1)
     return info
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):  # no /proc (not Linux): the platform's name
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def markdown_table(result: dict) -> str:

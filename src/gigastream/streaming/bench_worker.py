@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from gigastream import host_counters
 from gigastream import precision as precisions
 from gigastream.streaming.memory import (
     peak_rss_mib,
@@ -120,10 +121,12 @@ def run_worker(
             fold=mode == "streaming-folded",
         )
     step = _training_step(mode, trunk, model, image, seed, dev, precision)
-    times, peak_cuda = _time_steps(step, dev, warmup, repeats)
+    times, peak_cuda, host = _time_steps(step, dev, warmup, repeats)
     if profile_out:
         _profile_step(step, dev, profile_out)
     result = _worker_result(times, image, peak_cuda, plan)
+    result["host"] = host  # per timed step: CPU use, other processes, steal, page faults
+    result["host_summary"] = host_counters.summary(host)
     if grads_out:
         torch.save([p.grad.detach().cpu() for p in trunk.parameters()], grads_out)
     return result
@@ -250,9 +253,11 @@ def _training_step(
 
 def _time_steps(
     step: Callable[[], None], dev: torch.device, warmup: int, repeats: int
-) -> tuple[list[float], int | None]:
-    """``warmup`` untimed then ``repeats`` timed steps: seconds each, and peak CUDA bytes."""
+) -> tuple[list[float], int | None, list[dict]]:
+    """``warmup`` untimed then ``repeats`` timed steps: seconds each, peak CUDA bytes, and
+    what the host did during each step (:func:`gigastream.host_counters.between`)."""
     times = []
+    host = []
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
@@ -267,12 +272,14 @@ def _time_steps(
         torch.cuda.reset_peak_memory_stats(dev)
     for _ in range(repeats):
         sync()
+        before = host_counters.snapshot()
         t0 = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - t0)
+        host.append(host_counters.between(before, host_counters.snapshot()))
     peak_cuda = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
-    return times, peak_cuda
+    return times, peak_cuda, host
 
 
 def _worker_result(

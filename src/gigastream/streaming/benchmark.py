@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from gigastream import precision as precisions
+from gigastream.host_counters import cpu_model
 from gigastream.streaming.memory import (
     AUTO_TUNE_BYTES,
     available_memory,
@@ -297,6 +298,8 @@ def _config_record(s: _Settings) -> dict:
         "machine": {
             "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
             "mem_total_gib": round(
                 os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1
             ),

@@ -329,9 +329,11 @@ class StreamingModule(nn.Module):
             for seg_plan in plan.segments:
                 start, stop = seg_plan.span
                 module = self._span_module(start, stop)
+                label = self._segment_label(start, stop, seg_plan.mode)
                 if seg_plan.mode == "keep":
                     assert isinstance(h, Tensor)
-                    h = module(self._format(h))
+                    with torch.profiler.record_function(f"{label} forward"):
+                        h = module(self._format(h))
                     continue
                 geometry = Geometry.chain(*self._geometries[start:stop])
                 pieces = make_pieces(
@@ -355,12 +357,20 @@ class StreamingModule(nn.Module):
                     release_memory=release,
                     input_cache_bytes=self._input_cache_bytes() if source else 0,
                     stats=self.last_input_stats if source else None,
+                    label=label,
                 )
         finally:
             if bar is not None:
                 bar.close()
         assert isinstance(h, Tensor)
         return h
+
+    def _segment_label(self, start: int, stop: int, mode: str) -> str:
+        """The profiler scope name of units ``start:stop``, e.g. ``"gigastream stream
+        0-4 (conv1..layer1)"``."""
+        first, last = self._units[start][0], self._units[stop - 1][0]
+        names = first if start == stop - 1 else f"{first}..{last}"
+        return f"gigastream {mode} {start}-{stop - 1} ({names})"
 
     def _input_cache_bytes(self) -> int:
         """The budget of the lazy input's cache (``input_cache``): ``"auto"`` is a

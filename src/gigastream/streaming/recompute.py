@@ -232,8 +232,10 @@ class _Runner:
         release_memory: bool = False,
         input_cache_bytes: int = 0,
         stats: InputStats | None = None,
+        label: str | None = None,
     ) -> None:
         self.fn = fn
+        self.label = label  # profiler scope name of its passes (None: none)
         self.release_memory = release_memory
         self.input_cache_bytes = max(0, int(input_cache_bytes))
         self.stats = stats if stats is not None else InputStats()
@@ -253,9 +255,28 @@ class _Runner:
         self.transfer: _Transfer | None = None
 
 
+def _scope(label: str | None, phase: str) -> contextlib.AbstractContextManager:
+    """A ``torch.profiler`` scope ``"<label> <phase>"`` (nothing without a label): a profile's
+    table then lists each streamed segment's forward and backward time."""
+    if label is None:
+        return contextlib.nullcontext()
+    return torch.profiler.record_function(f"{label} {phase}")
+
+
 class _PiecewiseFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, runner: _Runner, x: Tensor | None, *params: Tensor) -> Tensor:
+        with _scope(runner.label, "forward"):
+            return _PiecewiseFunction._forward(ctx, runner, x, *params)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        with _scope(ctx.runner.label, "backward"):
+            return _PiecewiseFunction._backward(ctx, grad_out)
+
+    @staticmethod
+    def _forward(ctx, runner: _Runner, x: Tensor | None, *params: Tensor) -> Tensor:
         source = runner.source if x is None else x
         assert source is not None
         device = runner.device if runner.device is not None else source.device
@@ -354,8 +375,7 @@ class _PiecewiseFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor):
+    def _backward(ctx, grad_out: Tensor):
         runner: _Runner = ctx.runner
         (x,) = ctx.saved_tensors
         source = x if ctx.has_input else runner.source
@@ -458,6 +478,7 @@ def piecewise_recompute(
     release_memory: bool = False,
     input_cache_bytes: int = 0,
     stats: InputStats | None = None,
+    label: str | None = None,
 ) -> Tensor:
     """Apply ``fn`` piece by piece, exactly and in bounded memory (see the module docstring).
 
@@ -486,6 +507,8 @@ def piecewise_recompute(
             source with ``cache_reads = True``, copies of the read tensors in host memory;
             other sources are read again); 0: every piece is read again in backward.
         stats: filled with what a lazy ``x`` cost to read (:class:`InputStats`).
+        label: name of the ``torch.profiler`` scopes of the forward and the backward pass
+            (``"<label> forward"``, ``"<label> backward"``); ``None``: no scope.
 
     Returns:
         The full output, identical to ``fn(x)`` (pieces must be chosen so that it is),
@@ -515,5 +538,6 @@ def piecewise_recompute(
         release_memory,
         input_cache_bytes,
         stats,
+        label,
     )
     return _PiecewiseFunction.apply(runner, x if isinstance(x, Tensor) else None, *params)
