@@ -80,6 +80,12 @@ CONFIGS: dict[str, tuple[str, str, str]] = {
     "abmil-frozen": ("frozen", "abmil", "small_cnn"),
     "gated-frozen": ("frozen", "gated_abmil", "small_cnn"),
     "streaming": ("streaming", "gated_abmil", "vgg_small"),
+    "gated-accumulate-patchaug": ("accumulate", "gated_abmil", "small_cnn"),
+}
+#: Patch settings of configurations that differ from the others only in them: each patch its
+#: own flip/rotation and a colour jitter (the others: one flip/rotation per bag, no jitter).
+PATCH_SETTINGS: dict[str, dict[str, Any]] = {
+    "gated-accumulate-patchaug": {"augment": "patch", "color_jitter": 0.1},
 }
 #: accumulate vs baseline pairs checked for equality in summary.md.
 PAIRS = [("abmil-accumulate", "abmil-baseline"), ("gated-accumulate", "gated-baseline")]
@@ -247,6 +253,7 @@ def run_config(args: argparse.Namespace, name: str) -> dict[str, Any]:
         "strategy": strategy,
         "chunk_size": args.chunk_size,
         "sample_size": args.sample_size,
+        **PATCH_SETTINGS.get(name, {}),
     }
     return values
 

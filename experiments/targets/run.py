@@ -54,6 +54,7 @@ REGRESSION = ["--config", str(HERE / "regression.yaml")]
 RUNS = {
     "regression_1um": ("regression", [*REGRESSION, "--mpp", "1"]),
     "regression_8um": ("regression", [*REGRESSION, "--mpp", "8"]),
+    "regression_1um_48ep": ("regression", [*REGRESSION, "--mpp", "1", "--epochs", "48"]),
     "multiclass_clam_mb": ("multiclass", ["--head", "clam_mb", "--mpp", "1"]),
     "multiclass_topk": ("multiclass", ["--mpp", "1"]),
 }
@@ -193,6 +194,16 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def merged(path: Path, results: list[dict]) -> list[dict]:
+    """``results`` with the runs of the results file ``path`` that were not run now (another
+    ``--runs``/``--seeds`` keeps the earlier rows), ordered as :data:`RUNS`, then by seed."""
+    now = {(r["run"], r["seed"]) for r in results}
+    earlier = json.loads(path.read_text()) if path.is_file() else []
+    kept = [r for r in earlier if (r["run"], r["seed"]) not in now and r["run"] in RUNS]
+    order = list(RUNS)
+    return sorted([*kept, *results], key=lambda r: (order.index(r["run"]), r["seed"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/targets"))
@@ -218,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(train_and_test(name, manifest, flags, args.out, seed))
             print(f"{name} seed {seed}: test {results[-1]['test']}", flush=True)
     args.results.mkdir(parents=True, exist_ok=True)
+    results = merged(args.results / "results.json", results)
     (args.results / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.results / "summary.md").write_text(summary_table(results))
     plot(results, args.results / "regression.png")

@@ -9,6 +9,7 @@ two snapshots into the shares that explain a slow step:
 
 - ``cpu_seconds``: this process's user + system CPU time, and ``cpu_use`` =
   ``cpu_seconds / (wall × cores)``, the share of the machine the step used;
+  ``system_seconds``: the kernel's part of it (page faults of fresh memory, zeroing pages);
 - ``others_share``: CPU time of every other process and the kernel's interrupts, as a share of
   the machine's ``wall × cores``;
 - ``steal_share``: time the hypervisor ran something else on our virtual cores;
@@ -104,6 +105,7 @@ def between(before: Snapshot, after: Snapshot) -> dict[str, Any]:
         "wall_seconds": round(wall, 3),
         "cpu_seconds": round(cpu, 3),
         "cpu_use": round(cpu / (wall * cores), 3),
+        "system_seconds": round(after.system - before.system, 3),  # page faults, zeroing, ...
         "minor_faults": after.minor_faults - before.minor_faults,
         "major_faults": after.major_faults - before.major_faults,
         "voluntary_switches": after.voluntary_switches - before.voluntary_switches,
@@ -145,6 +147,9 @@ def summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "steps": len(steps),
         "cpu_use_min": min(s["cpu_use"] for s in steps),
+        "system_seconds_per_step": round(
+            sum(s.get("system_seconds", 0.0) for s in steps) / len(steps), 3
+        ),
         "others_share_max": worst("others_share"),
         "steal_share_max": worst("steal_share"),
         **{f"{key}_per_step": round(sum(s[key] for s in steps) / len(steps)) for key in counts},

@@ -164,7 +164,19 @@ def test_bench_streaming_warmup_channels_last_profile(tmp_path):
         assert len(result["modes"][mode]["seconds"]) == 2  # the warm-up is not timed
         table = (tmp_path / f"prof-{mode}.txt").read_text()
         assert "aten::" in table and "CPU total" in table
+        # what the host did in each timed step
+        host = result["modes"][mode]["host"]
+        assert len(host) == 2 and all(h["cpu_seconds"] > 0 and h["minor_faults"] >= 0 for h in host)
+        assert result["modes"][mode]["host_summary"]["steps"] == 2
+    streamed = [
+        s for s in result["modes"]["streaming"]["plan"]["segments"] if s["mode"] == "stream"
+    ]
+    assert streamed  # the profile names each streamed segment's two passes
+    table = (tmp_path / "prof-streaming.txt").read_text()
+    assert "gigastream stream 0-" in table and " forward" in table and " backward" in table
+    assert "gigastream stream" not in (tmp_path / "prof-conventional.txt").read_text()
     assert result["modes"]["streaming"]["max_rel_grad_error"] < 1e-4
+    assert result["config"]["machine"]["cpu"] and "load_average_1min" in result["config"]["machine"]
 
 
 def test_bench_streaming_no_skip_runs_what_the_estimate_refuses(tmp_path, monkeypatch):
