@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gigastream.cli import common
+from gigastream.cli import annotation_flags, common
 
 COMMAND = ("evaluate",)
 HELP = (
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="annotation files <slide_id>.xml (ASAP/CAMELYON) or .geojson/.json (QuPath): the "
         "attention mass and instance-level AUC inside their tumour, per slide and overall",
     )
-    common.add_tumour_classes(parser)
+    annotation_flags.add_tumour_classes(parser)
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -98,7 +98,7 @@ def _check_annotations(folder: Path | None, manifest: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     common.check_slide_mpp(args.slide_mpp)
-    classes = common.tumour_classes(args)
+    classes = annotation_flags.tumour_classes(args)
     _check_annotations(args.annotations, args.manifest)
     common.quiet_lightning(args)
     from gigastream.train.evaluation import evaluate_manifest

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gigastream.cli import common
+from gigastream.cli import annotation_flags, common
 
 COMMAND = ("features",)
 HELP = (
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mpp", type=float, help="resolution patches are read at (um/px)")
     parser.add_argument("--min-tissue", type=float, help="tissue fraction a patch needs (0-1)")
     parser.add_argument("--chunk-size", type=int, help="patches encoded at a time")
-    common.add_roi(parser, "extract patch features")
+    annotation_flags.add_roi(parser, "extract patch features")
     common.add_slide_mpp(parser)
     common.add_device(parser)
     parser.add_argument(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gigastream.cli import common
+from gigastream.cli import annotation_flags, common
 
 COMMAND = ("heatmap",)
 HELP = (
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder of annotation files <slide_id>.xml (ASAP/CAMELYON) or .geojson/.json "
         "(QuPath) whose tumour regions (minus exclusions) are drawn as contours",
     )
-    common.add_tumour_classes(parser, slides=True)
+    annotation_flags.add_tumour_classes(parser, slides=True)
     parser.add_argument(
         "--opacity",
         type=float,
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_opacity(args.opacity, "--opacity")  # every argument before any work
     common.check_slide_mpp(args.slide_mpp)
-    classes = common.tumour_classes(args)
+    classes = annotation_flags.tumour_classes(args)
     args.slides = common.slide_list(args)
     _check_lesions(args.lesions)
     if args.annotations is not None:  # every file read: a malformed one refuses here

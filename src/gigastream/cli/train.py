@@ -18,7 +18,7 @@ import argparse
 import math
 from pathlib import Path
 
-from gigastream.cli import common
+from gigastream.cli import annotation_flags, common
 
 COMMAND = ("train",)
 HELP = "train a slide classifier end to end on the slides of a manifest (Lightning)"
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and chunks); train nothing",
     )
     common.add_training(parser)
-    common.add_roi(parser)
+    annotation_flags.add_roi(parser)
     common.add_patches(parser)
     common.add_features(
         parser,

@@ -137,12 +137,17 @@ def job_settings(data: DataConfig, patches: PatchConfig, weights_hash: str) -> d
     return job
 
 
-def slide_key(row: ManifestRow, data: DataConfig, job: dict[str, Any]) -> str:
+def slide_key(
+    row: ManifestRow,
+    data: DataConfig,
+    job: dict[str, Any],
+    roi: dict[str, Any] | None = None,
+) -> str:
     """The ``key`` of a slide's features: :func:`job_settings` and the identity of the slide
     file (resolved path, size, mtime), its manifest mpp, a given tissue mask
     (``data.mask_dir/<slide_id>.png``) and, with ``data.roi_dir``, its ROI file (resolved
     path and the SHA-256 of its content, :func:`~gigastream.train.roi.roi_identity`: an
-    edited ROI recomputes the features).
+    edited ROI recomputes the features; ``roi``: that identity when the caller has read it).
 
     Raises:
         OSError: the slide file does not exist.
@@ -151,8 +156,8 @@ def slide_key(row: ManifestRow, data: DataConfig, job: dict[str, Any]) -> str:
     if data.mask_dir is not None:
         mask = Path(data.mask_dir) / f"{row.slide_id}.png"
         settings["mask"] = file_identity(mask) if mask.is_file() else None
-    if data.roi_dir is not None:
-        settings["roi"] = roi_identity(data.roi_dir, row.slide_id)
+    if data.roi_dir is not None:  # ``roi``: the identity the caller already read
+        settings["roi"] = roi if roi is not None else roi_identity(data.roi_dir, row.slide_id)
     return feature_key(settings)
 
 
@@ -276,11 +281,11 @@ def _extract_slide(
             it, or is smaller than a patch; its ROI file is missing or malformed.
         OSError: the slide file does not exist.
     """
-    key = slide_key(row, data, job)
+    roi = None if data.roi_dir is None else roi_identity(data.roi_dir, row.slide_id)
+    key = slide_key(row, data, job, roi)
     path = out / f"{row.slide_id}.h5"
     if path.is_file() and read_attrs(path).get("key") == key:
         return "skipped"
-    roi = None if data.roi_dir is None else roi_identity(data.roi_dir, row.slide_id)
     with SlideReader.open(row.path, mpp=row.mpp, backend=data.backend) as slide:
         grid = slide_patch_grid(slide, row.slide_id, data, patches, save_mask=False)
         features = encode_bag(encoder, PatchBag(slide, grid, device), patches.chunk_size, precision)

@@ -225,18 +225,23 @@ class PatchSource:
             digest.update(self.draws.key())
         return digest.hexdigest()
 
-    def _oriented(self, patches: Tensor, indices: Tensor) -> Tensor:
-        """``patches`` (those of the bag's ``indices`` ``(k,)``) as the model sees them."""
+    def _oriented(self, patches: Tensor, indices: Tensor | slice) -> Tensor:
+        """``patches`` (those of the bag's ``indices``: ``(k,)`` or a slice) as the model
+        sees them."""
         k, flip = self.orientation
         if k or flip:
             patches = orient_tensor(patches, k, flip).contiguous()
-        return self.draws.apply(patches, indices) if self.draws is not None else patches
+        if self.draws is None:
+            return patches
+        if isinstance(indices, slice):  # the patch numbers, only when draws need them
+            indices = torch.arange(self.shape[0])[indices]
+        return self.draws.apply(patches, indices)
 
     def read(self, index: tuple[slice, ...]) -> Tensor:
         """Patches ``index[0]`` ``(n, 3, P, P)``."""
         first = index[0] if index else slice(None)
         patches = self.bag[first] if isinstance(self.bag, Tensor) else self.bag.read((first,))
-        return self._oriented(patches, torch.arange(self.shape[0])[first])
+        return self._oriented(patches, first)
 
     def take(self, indices: Tensor) -> Tensor:
         """Patches ``indices`` ``(k,)`` (only those are read)."""
