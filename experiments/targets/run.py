@@ -55,8 +55,13 @@ RUNS = {
     "regression_1um": ("regression", [*REGRESSION, "--mpp", "1"]),
     "regression_8um": ("regression", [*REGRESSION, "--mpp", "8"]),
     "regression_1um_48ep": ("regression", [*REGRESSION, "--mpp", "1", "--epochs", "48"]),
+    "regression_8um_48ep": ("regression", [*REGRESSION, "--mpp", "8", "--epochs", "48"]),
     "multiclass_clam_mb": ("multiclass", ["--head", "clam_mb", "--mpp", "1"]),
     "multiclass_topk": ("multiclass", ["--mpp", "1"]),
+    "multiclass_clam_mb_dense": (
+        "multiclass",
+        ["--config", str(HERE / "clam_mb_dense.yaml"), "--mpp", "1"],
+    ),
 }
 
 

@@ -127,6 +127,30 @@ def test_clam_instance_loss(name):
     assert torch.isfinite(head(_bag(5), label=1).instance_loss)
 
 
+@pytest.mark.parametrize("name", ["clam_sb", "clam_mb"])
+def test_clam_dense_instance_loss(name):
+    """``instance_weight``: every instance is trained to predict its bag's class, on top of
+    CLAM's clustering loss; off (the default), the head is CLAM as published and has no
+    dense classifier (older checkpoints keep loading)."""
+    assert not hasattr(_head(name), "dense_classifier")
+    head = _head(name, num_classes=3, bag_weight=0.6, instance_weight=0.5)
+    bag = _bag(30)
+    assert head(bag).dense_loss is None  # no label, no loss
+    out = head(bag, label=2)
+    hidden = head.fc(bag)
+    expected_dense = torch.nn.functional.cross_entropy(
+        head.dense_classifier(hidden), torch.full((30,), 2)
+    )
+    torch.testing.assert_close(out.dense_loss, expected_dense)
+    bag_ce = torch.nn.functional.cross_entropy(out.logits[None], torch.tensor([2]))
+    expected = 0.6 * bag_ce + 0.4 * out.instance_loss + 0.5 * expected_dense
+    torch.testing.assert_close(head.loss(out, 2), expected)
+    head.loss(out, 2).backward()
+    assert head.dense_classifier.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="instance_weight"):
+        _head(name, instance_weight=-1.0)
+
+
 def test_clam_subtyping_uses_other_classes():
     head = _head("clam_mb", num_classes=3, subtyping=True)
     head.loss(head(_bag(12), label=2), 2).backward()

@@ -119,6 +119,12 @@ def test_the_loss_is_explained_when_it_has_an_instance_loss(tmp_path):
     clam = loss_terms(CLAM(in_dim=8, num_classes=2, bag_weight=0.6))
     assert clam == "loss = 0.6 × bag cross-entropy\n+ 0.4 × CLAM instance loss"
     assert loss_terms(CLAM(in_dim=8, num_classes=2, bag_weight=1.0)) is None
+    dense = loss_terms(CLAM(in_dim=8, num_classes=2, bag_weight=0.6, instance_weight=0.5))
+    assert dense == (
+        "loss = 0.6 × bag cross-entropy\n+ 0.4 × CLAM instance loss\n+ 0.5 × every-instance loss"
+    )
+    only_dense = loss_terms(CLAM(in_dim=8, num_classes=2, bag_weight=1.0, instance_weight=2))
+    assert only_dense == "loss = bag cross-entropy\n+ 2 × every-instance loss"
     assert "top-k instance loss" in loss_terms(TopKMIL(8, 2, instance_weight=0.5))
     assert loss_terms(TopKMIL(8, 2, instance_weight=0.0)) is None
     fig = training_curve_figure(_epochs(), loss=clam)

@@ -31,6 +31,9 @@ class MILOutput:
         instance_logits: ``(N, num_classes)`` per-instance scores whose mean is ``logits``
             (mean pooling), or ``None``: what a regression's instance loss trains
             (:class:`~gigastream.train.config.TargetConfig`).
+        dense_loss: the loss of every instance trained to predict its bag's class, of heads
+            that have one besides ``instance_loss`` (CLAM with ``instance_weight > 0``), or
+            ``None``.
     """
 
     logits: Tensor
@@ -38,6 +41,7 @@ class MILOutput:
     embedding: Tensor
     instance_loss: Tensor | None = None
     instance_logits: Tensor | None = None
+    dense_loss: Tensor | None = None
 
 
 def check_bag(features: Tensor, in_dim: int) -> None:

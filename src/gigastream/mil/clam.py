@@ -7,6 +7,13 @@ the ``B`` most attended instances (pseudo-label 1, "in class") from the ``B`` le
 the other classes' branches are also pseudo-labelled 0. The training loss is
 ``bag_weight * bag_ce + (1 - bag_weight) * instance_loss``.
 
+``instance_weight > 0`` adds a second, dense instance loss (not in the CLAM paper): a linear
+classifier on every instance is trained to predict its bag's class, the loss of the
+``topk`` recipe (:class:`~gigastream.mil.topk.TopKMIL`). The clustering loss trains only the
+instances attention already picks, which from random initialisation are not yet the
+lesion; the dense loss teaches the shared projection (and, in an end-to-end model, the
+trunk) what differs between the classes' slides from the first step.
+
 Bags smaller than ``2B`` use ``B = N // 2`` so top and bottom never overlap; a bag of one
 instance has no instance loss (it is 0).
 """
@@ -38,6 +45,9 @@ class CLAM(MILHead):
             get pseudo-labels.
         bag_weight: weight of the bag loss; the instance loss gets ``1 - bag_weight``.
         subtyping: also pseudo-label the top instances of the other classes as negatives.
+        instance_weight: weight of the dense instance loss (every instance trained to predict
+            its bag's class; cross-entropy, mean over the bag), added to the loss above
+            (0: off, CLAM as published; the classifier is then not built).
         preset: ``"paper"`` sets CLAM's published sizes (Lu et al. 2021, ``size_arg="small"``:
             projection to 512, attention width 256, dropout 0.25), overriding
             ``hidden_dim``, ``attn_dim`` and ``dropout``; ``None`` keeps the arguments.
@@ -62,6 +72,7 @@ class CLAM(MILHead):
         bag_weight: float = 0.7,
         subtyping: bool = False,
         preset: str | None = None,
+        instance_weight: float = 0.0,
     ) -> None:
         super().__init__(in_dim, num_classes)
         if preset is not None:
@@ -72,10 +83,13 @@ class CLAM(MILHead):
             raise ValueError(f"instance_samples must be >= 1, got {instance_samples}")
         if not 0.0 <= bag_weight <= 1.0:
             raise ValueError(f"bag_weight must be in [0, 1], got {bag_weight}")
+        if instance_weight < 0:
+            raise ValueError(f"instance_weight must be >= 0, got {instance_weight}")
         self.multi_branch = multi_branch
         self.instance_samples = instance_samples
         self.bag_weight = bag_weight
         self.subtyping = subtyping
+        self.instance_weight = instance_weight
         self.fc, dim = projection(in_dim, hidden_dim, dropout)
         branches = num_classes if multi_branch else 1
         self.attention = AttentionNet(dim, attn_dim, branches=branches, gated=True, dropout=dropout)
@@ -84,6 +98,8 @@ class CLAM(MILHead):
         else:
             self.classifiers = nn.ModuleList([nn.Linear(dim, num_classes)])
         self.instance_classifiers = nn.ModuleList(nn.Linear(dim, 2) for _ in range(num_classes))
+        if instance_weight > 0:  # only then: checkpoints without it keep loading
+            self.dense_classifier = nn.Linear(dim, num_classes)
 
     def pool(self, features: Tensor, label: Tensor | None) -> MILOutput:
         hidden = self.fc(features)  # (N, dim)
@@ -94,8 +110,13 @@ class CLAM(MILHead):
         else:
             logits = self.classifiers[0](embedding[0])  # (num_classes,)
             attention, embedding = attention[0], embedding[0]  # (N,), (dim,)
-        instance_loss = None if label is None else self._instance_loss(hidden, attention, label)
-        return MILOutput(logits, attention, embedding, instance_loss)
+        instance_loss = dense_loss = None
+        if label is not None:
+            instance_loss = self._instance_loss(hidden, attention, label)
+            if self.instance_weight > 0:
+                targets = label.long().expand(hidden.shape[0])  # (N,) the bag's class
+                dense_loss = F.cross_entropy(self.dense_classifier(hidden), targets)
+        return MILOutput(logits, attention, embedding, instance_loss, dense_loss=dense_loss)
 
     def _instance_loss(self, hidden: Tensor, attention: Tensor, label: Tensor) -> Tensor:
         n = hidden.shape[0]
@@ -121,7 +142,8 @@ class CLAM(MILHead):
         return torch.stack(losses).mean()
 
     def loss(self, out: MILOutput, label: Tensor | int) -> Tensor:
-        """``bag_weight * bag cross-entropy + (1 - bag_weight) * instance loss``.
+        """``bag_weight * bag cross-entropy + (1 - bag_weight) * instance loss``, plus
+        ``instance_weight * dense instance loss`` when that is on.
 
         Args:
             out: the head's output, computed with ``label`` so it has an instance loss.
@@ -133,4 +155,7 @@ class CLAM(MILHead):
         bag = super().loss(out, label)
         if out.instance_loss is None:
             return bag
-        return self.bag_weight * bag + (1.0 - self.bag_weight) * out.instance_loss
+        loss = self.bag_weight * bag + (1.0 - self.bag_weight) * out.instance_loss
+        if out.dense_loss is not None:
+            loss = loss + self.instance_weight * out.dense_loss
+        return loss

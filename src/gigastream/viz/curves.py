@@ -66,7 +66,8 @@ def _primary(record: dict[str, Any]) -> str:
 def loss_terms(head: Any) -> str | None:
     """What a MIL head's training loss is, when it is more than the bag cross-entropy.
 
-    CLAM heads (``bag_weight < 1``) add their instance clustering loss, top-k heads with
+    CLAM heads (``bag_weight < 1``) add their instance clustering loss and, with
+    ``instance_weight > 0``, their every-instance loss; top-k heads with
     ``instance_weight > 0`` their instance loss; other heads return ``None`` (the loss is
     the bag cross-entropy).
 
@@ -77,13 +78,17 @@ def loss_terms(head: Any) -> str | None:
         + 0.3 × CLAM instance loss
     """
     bag_weight = getattr(head, "bag_weight", None)
-    if bag_weight is not None and float(bag_weight) < 1.0:
-        bag_weight = float(bag_weight)
-        return f"loss = {bag_weight:g} × bag cross-entropy\n+ {1.0 - bag_weight:g} × CLAM instance loss"
     instance_weight = getattr(head, "instance_weight", None)
+    terms = []
+    if bag_weight is not None and float(bag_weight) < 1.0:  # CLAM's clustering loss
+        terms = [
+            f"{float(bag_weight):g} × bag cross-entropy",
+            f"{1.0 - float(bag_weight):g} × CLAM instance loss",
+        ]
     if instance_weight is not None and float(instance_weight) > 0.0:
-        return f"loss = bag cross-entropy\n+ {float(instance_weight):g} × top-k instance loss"
-    return None
+        kind = "every-instance loss" if bag_weight is not None else "top-k instance loss"
+        terms = (terms or ["bag cross-entropy"]) + [f"{float(instance_weight):g} × {kind}"]
+    return "loss = " + "\n+ ".join(terms) if terms else None
 
 
 def _ranges(numbers: Sequence[int]) -> str:
