@@ -175,7 +175,8 @@ def summary_table(results: list[dict]) -> str:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    """Predicted against true lesion burden of the test slides, one panel per regression run."""
+    """Predicted against true lesion burden of the test slides: a row per regression run, a
+    column per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,14 +185,24 @@ def plot(results: list[dict], path: Path) -> None:
     runs = [r for r in results if "spearman" in r["test"]]
     if not runs:
         return
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4), squeeze=False)
-    for ax, r in zip(axes[0], runs, strict=True):
+    names = list(dict.fromkeys(r["run"] for r in runs))
+    seeds = sorted({r["seed"] for r in runs})
+    fig, axes = plt.subplots(
+        len(names), len(seeds), figsize=(4.2 * len(seeds), 3.8 * len(names)), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for r in runs:
+        ax = axes[names.index(r["run"])][seeds.index(r["seed"])]
+        ax.set_visible(True)
         true = [p["label"] for p in r["predictions"]]
         predicted = [p["prediction"] for p in r["predictions"]]
         ax.scatter(true, predicted, s=18)
         top = max(true + predicted)
         ax.plot([0, top], [0, top], color="0.6", lw=0.8, ls=":")
-        ax.set_title(f"{r['run']} seed {r['seed']}: Spearman {_f(r['test']['spearman'])}")
+        ax.set_title(
+            f"{r['run']}, seed {r['seed']}\nSpearman {_f(r['test']['spearman'])}", fontsize=10
+        )
         ax.set_xlabel("true lesion area (% of tissue)")
         ax.set_ylabel("predicted")
     fig.tight_layout()
