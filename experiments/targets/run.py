@@ -47,7 +47,12 @@ DATASETS = {
         **SYNTH,
     ),
     "multiclass": SynthConfig(target="subtype", positive_fraction=2 / 3, **SYNTH),
+    # other slides (seed 1) with lesions of subtype_a only, labelled negative/positive: a
+    # trunk trained on it has never been told that there are subtypes
+    "binary": SynthConfig(target="class", positive_fraction=0.5, seed=1, **SYNTH),
 }
+#: A flag value ``BEST + run`` stands for the best checkpoint of that run (same seed).
+BEST = "best-checkpoint-of:"
 #: run name -> (dataset, extra flags of gigastream train)
 HERE = Path(__file__).resolve().parent
 REGRESSION = ["--config", str(HERE / "regression.yaml")]
@@ -62,7 +67,28 @@ RUNS = {
         "multiclass",
         ["--config", str(HERE / "clam_mb_dense.yaml"), "--mpp", "1"],
     ),
+    "binary_topk": ("binary", ["--mpp", "1"]),
+    "multiclass_clam_mb_warm": (
+        "multiclass",
+        ["--head", "clam_mb", "--mpp", "1", "--weights", BEST + "binary_topk"],
+    ),
 }
+
+
+def resolved(flags: list[str], out: Path, seed: int) -> list[str]:
+    """``flags`` with each ``BEST + run`` replaced by that run's best checkpoint (the run of
+    the same seed; it must have finished: put it before in ``--runs``)."""
+    paths = []
+    for flag in flags:
+        if flag.startswith(BEST):
+            run = out / "runs" / f"{flag[len(BEST) :]}_seed{seed}"
+            if not _finished(run):
+                raise SystemExit(
+                    f"{run}: not finished; run it first (--runs ... {flag[len(BEST) :]} ...)"
+                )
+            flag = str(run / json.loads((run / "metrics.json").read_text())["best_checkpoint"])
+        paths.append(flag)
+    return paths
 
 
 def gigastream(*args: object) -> list[str]:
@@ -80,7 +106,7 @@ def dataset(name: str, out: Path, slides: int) -> Path:
     config.slides = slides
     manifest = synthesize_dataset(out / name, config, find_shared_data("images", "slides"))
     rows = read_manifest(manifest).rows
-    strata = target_strata(rows) if name == "regression" else rows
+    strata = target_strata(rows) if DATASETS[name].target == "lesion_area" else rows
     fold_of = stratified_folds(Manifest(strata, []), folds=6, seed=0)
     parts = {0: "train", 1: "train", 2: "train", 3: "val", 4: "test", 5: "test"}
     rows = [replace(row, split=parts[fold_of[row.slide_id]]) for row in rows]
@@ -240,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             data, flags = RUNS[name]
             if args.finished_only and not _finished(args.out / "runs" / f"{name}_seed{seed}"):
                 continue
+            flags = resolved(flags, args.out, seed)
             flags = flags + (["--epochs", str(args.epochs)] if args.epochs else [])
             manifest = dataset(data, args.out, args.slides)
             results.append(train_and_test(name, manifest, flags, args.out, seed))

@@ -176,7 +176,8 @@ def add_recipe(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--weights",
-        help="trunk (patch models: encoder) weights: imagenet (torchvision) or a local file "
+        help="trunk (patch models: encoder) weights: imagenet (torchvision), a local file, "
+        "or a gigastream train checkpoint (.ckpt: start from its trained trunk) "
         "(default: none, random initialisation)",
     )
     parser.add_argument(

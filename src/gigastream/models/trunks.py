@@ -43,6 +43,8 @@ TrunkFactory = Callable[[str | None], tuple[nn.Sequential, int, int]]
 _RESNET_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 #: Output stride of a torchvision ResNet trunk (conv1 2x, max-pool 2x, layer2-4 2x each).
 RESNET_STRIDE = 32
+#: Where a streamed trunk's weights are in a ``gigastream train`` checkpoint's state_dict.
+CHECKPOINT_TRUNK_PREFIX = "model.trunk.trunk."
 
 
 def _load_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -188,8 +190,10 @@ def build_trunk(arch: str, weights: str | None = None) -> tuple[nn.Sequential, i
 
     Args:
         arch: one of :func:`list_trunks`.
-        weights: ``None`` (random initialisation), a local ``state_dict`` path, or for
-            torchvision ResNets ``"imagenet"`` (torchvision's weights API).
+        weights: ``None`` (random initialisation), a local ``state_dict`` path, a
+            ``gigastream train`` checkpoint (``.ckpt``: its trained trunk, to start a new
+            run from it), or for torchvision ResNets ``"imagenet"`` (torchvision's
+            weights API).
 
     Returns:
         ``(trunk, out_channels, output_stride)``: ``trunk`` maps ``(B, 3, H, W)`` to
@@ -205,4 +209,55 @@ def build_trunk(arch: str, weights: str | None = None) -> tuple[nn.Sequential, i
         >>> channels, stride
         (512, 32)
     """
+    if weights is not None and weights != "imagenet":
+        state = checkpoint_trunk_state(weights, arch)
+        if state is not None:
+            trunk, channels, stride = _TRUNKS.get(arch)(None)
+            try:
+                trunk.load_state_dict(state)
+            except RuntimeError as exc:  # missing/unexpected keys, shapes
+                raise ValueError(
+                    f"{weights}: its trunk does not fit {arch}: {exc}".splitlines()[0]
+                ) from None
+            logger.info("loaded the trunk of the gigastream checkpoint %s into %s", weights, arch)
+            return trunk, channels, stride
     return _TRUNKS.get(arch)(None if weights is None else str(weights))
+
+
+def checkpoint_trunk_state(path: str | Path, arch: str) -> dict[str, Tensor] | None:
+    """The trunk weights of a ``gigastream train`` checkpoint (``best.ckpt``, ``last.ckpt``),
+    to start a new run from a trained one's trunk; ``None`` for any other file.
+
+    Raises:
+        ValueError: the checkpoint's trunk is another architecture than ``arch``, or it is
+            a patch or feature model's checkpoint (no streamed trunk).
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".ckpt" or not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, IndexError):
+        return None  # _load_state_dict names the problem
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("gigastream"), dict)):
+        return None
+    model = checkpoint["gigastream"].get("config", {}).get("model", {})
+    trained = model.get("arch")
+    kind = model.get("kind", "streaming")
+    if kind != "streaming" or trained is None:
+        raise ValueError(
+            f"{path}: a {kind} model's checkpoint has no streamed trunk; give a streaming "
+            "run's checkpoint (or a state_dict file) with --weights"
+        )
+    if trained != arch:
+        raise ValueError(
+            f"{path}: its trunk is {trained}, not {arch}; pass --arch {trained} to start from it"
+        )
+    state = {
+        key[len(CHECKPOINT_TRUNK_PREFIX) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(CHECKPOINT_TRUNK_PREFIX)
+    }
+    if not state:
+        raise ValueError(f"{path}: a gigastream checkpoint without trunk weights")
+    return state
