@@ -13,8 +13,9 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/float32_floor.py --arch resnet34 --size 3072 --tile 1024 \\
         --plans default 1.5GiB --out benchmarks/results/float32-floor-resnet34-3072.json
 
-``--plans``: ``default`` (the tile size's default plan) and/or memory budgets (``1.5GiB``);
-each is one streamed float32 mode.
+``--plans``: ``default`` (the tile size's default plan) and/or memory budgets (``1.5GiB``),
+each one streamed float32 mode; ``folded:default``, ``folded:1.5GiB``: the same with the
+trunk's BatchNorm folded into its convolutions (``streaming-folded``).
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("float32-floor.json"))
     args = parser.parse_args(argv)
     runs = [("conventional", "64", None), ("conventional", "32", None)]
-    runs += [("streaming", "32", None if p == "default" else p) for p in args.plans]
+    for plan in args.plans:
+        mode, _, budget = plan.rpartition(":") if ":" in plan else ("streaming", "", plan)
+        mode = {"streaming": "streaming", "folded": "streaming-folded"}[mode]
+        runs.append((mode, "32", None if budget == "default" else budget))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         grads = []
