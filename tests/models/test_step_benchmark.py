@@ -159,6 +159,19 @@ def test_without_the_cache_every_tile_is_read_twice(work, jpeg_run):
     assert result["modes"]["jpeg/file/1"]["input_stats"]["cached_pieces"] == 0
 
 
+def test_with_no_memory_for_the_cache_a_spill_file_keeps_decoding_once(work, tmp_path, jpeg_run):
+    """``--input-cache 0 --input-spill DIR``: the decoded tiles go to disk, not decoded again;
+    the loss is the in-memory cache's and nothing is left in DIR."""
+    result = in_process_run(work, input_cache="0", input_spill=tmp_path / "spill")
+    (row,) = result["rows"]
+    stats = result["modes"]["jpeg/file/1"]["input_stats"]
+    assert row["decoded_per_slide_pixel"] < 1.05 and stats["pixels_backward"] == 0
+    assert stats["cached_bytes"] == 0 and stats["spilled_pieces"] == stats["pieces"] > 1
+    assert row["loss_file"] == pytest.approx(jpeg_run["rows"][0]["loss_file"], rel=LOSS_RTOL)
+    assert result["config"]["input_spill"] == str(tmp_path / "spill")
+    assert list((tmp_path / "spill").iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

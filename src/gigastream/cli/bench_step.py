@@ -76,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"2GiB; 0 decodes every tile again (default: {d.input_cache}, a quarter of free memory)",
     )
     parser.add_argument(
+        "--input-spill",
+        type=Path,
+        metavar="DIR",
+        help="keep what does not fit --input-cache in a memory-mapped file in DIR (unlinked "
+        "at creation) instead of decoding it again in backward (default: decode again)",
+    )
+    parser.add_argument(
         "--fold-batchnorm",
         action="store_true",
         help="fold the frozen BatchNorms into the convolutions (default: off)",
@@ -128,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         input_cache=str(args.input_cache),
         fold_batchnorm=args.fold_batchnorm,
+        input_spill=args.input_spill,
         backend=args.backend,
         work_dir=args.work_dir,
         sources=tuple(args.sources),

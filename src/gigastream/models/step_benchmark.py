@@ -98,6 +98,8 @@ class StepBenchConfig:
         input_cache: the streamed module's ``input_cache`` (bytes, e.g. ``"2GiB"``;
             ``"0"``: decode every tile again in backward; ``"auto"``).
         fold_batchnorm: fold the frozen BatchNorms into the convolutions.
+        input_spill: folder of the spill file for what does not fit ``input_cache``
+            (memory-mapped, read back in backward instead of decoded again); ``None``: none.
         backend: slide reader (:data:`BACKENDS`).
         work_dir: where the slides are written and kept (``None``: a temporary folder,
             removed at the end); a slide already there (same size, format, seed) is reused.
@@ -115,6 +117,7 @@ class StepBenchConfig:
     threads: int | None = None
     input_cache: str = "auto"
     fold_batchnorm: bool = False
+    input_spill: Path | None = None
     backend: str = "auto"
     work_dir: Path | None = None
     sources: tuple[Path, ...] = field(default_factory=lambda: (DEFAULT_SOURCES,))
@@ -227,10 +230,17 @@ class TrainingStep:
         input_cache: :class:`~gigastream.streaming.StreamingModule`'s ``input_cache``.
         fold_batchnorm: fold the frozen BatchNorms into the convolutions.
         seed: seed of the initialisation (the same seed gives the same weights).
+        input_spill: :class:`~gigastream.streaming.StreamingModule`'s ``input_spill``.
     """
 
     def __init__(
-        self, arch: str, tile_size: int, input_cache: str, fold_batchnorm: bool, seed: int
+        self,
+        arch: str,
+        tile_size: int,
+        input_cache: str,
+        fold_batchnorm: bool,
+        seed: int,
+        input_spill: str | None = None,
     ) -> None:
         from gigastream.models.trunks import build_trunk
 
@@ -243,6 +253,7 @@ class TrainingStep:
             freeze_batchnorm=True,
             fold_batchnorm=fold_batchnorm,
             input_cache=cache,
+            input_spill=input_spill,
         )
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 2))
         params = list(self.streamed.parameters()) + list(self.head.parameters())
@@ -287,6 +298,7 @@ def run_worker(
     input_cache: str,
     fold_batchnorm: bool,
     seed: int,
+    input_spill: str | None = None,
 ) -> dict:
     """Run one mode (:data:`MODES`) on one slide file in this process: its result.
 
@@ -301,7 +313,7 @@ def run_worker(
 
     if threads:
         torch.set_num_threads(threads)
-    step = TrainingStep(arch, tile_size, input_cache, fold_batchnorm, seed)
+    step = TrainingStep(arch, tile_size, input_cache, fold_batchnorm, seed, input_spill)
     result: dict = {"mode": mode, "read_workers": read_workers}
     seconds: list[float] = []
     with SlideReader.open(path, backend=backend) as reader:
@@ -421,13 +433,16 @@ def run_step_benchmark(
                 "input_cache": config.input_cache,
                 "fold_batchnorm": config.fold_batchnorm,
                 "seed": config.seed,
+                "input_spill": str(config.input_spill) if config.input_spill else None,
             }
             runs = [("memory", 1)] + [(m, n) for n in config.read_workers for m in ("read", "file")]
             for mode, workers in runs:
                 key = mode_key(compression, mode, workers)
                 logger.warning("running %s ...", key)
                 modes[key] = launch({**common, "mode": mode, "read_workers": workers})
-    config_record = {k: v for k, v in asdict(config).items() if k not in ("work_dir", "sources")}
+    skip = ("work_dir", "sources", "input_spill")
+    config_record = {k: v for k, v in asdict(config).items() if k not in skip}
+    config_record["input_spill"] = str(config.input_spill) if config.input_spill else None
     config_record["work_dir"] = str(config.work_dir) if config.work_dir is not None else None
     config_record["sources"] = [str(s) for s in config.sources]
     machine = machine_info(torch.device("cpu"))

@@ -40,6 +40,7 @@ from gigastream.mil.base import MILOutput
 from gigastream.mil.heads import create_mil_head
 from gigastream.models.trunks import build_trunk, list_trunks
 from gigastream.streaming.module import StreamingModule
+from gigastream.streaming.planner import parse_bytes
 from gigastream.streaming.recompute import InputSource
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,13 @@ class StreamingMILConfig:
             them (:mod:`gigastream.streaming.folding`): the same model and gradients (to
             rounding), without the BatchNorms' own forward and backward cost; checkpoints
             are the same either way.
+        input_cache: a slide is decoded once per step: what the forward pass read is kept
+            in host memory for the backward recompute, up to this many bytes (``"auto"``: a
+            quarter of the available memory; ``0``: none; e.g. ``"2GiB"``).
+        input_spill: where what does not fit ``input_cache`` goes: ``"run"`` (a training
+            run's ``cache/`` folder; without a run, nowhere), a folder, or ``None``/``"off"``
+            (decoded again in backward). A memory-mapped file, unlinked at creation
+            (:class:`~gigastream.streaming.spill.SpillFile`).
         kind: ``streaming`` (this model) or ``patches``: a
             :class:`~gigastream.models.patch_mil.PatchMIL` on the slide's tissue patches,
             which uses ``num_classes``, ``head`` and ``head_options`` from here and its
@@ -98,6 +106,8 @@ class StreamingMILConfig:
     tissue_instances: bool = True
     progress: bool = False
     fold_batchnorm: bool = False
+    input_cache: int | str = "auto"
+    input_spill: str | None = "run"
     kind: str = "streaming"
 
     def validate(self) -> None:
@@ -117,11 +127,26 @@ class StreamingMILConfig:
             raise ValueError("StreamingMILConfig needs tile_size or memory_budget")
         if self.pool < 1:
             raise ValueError(f"pool must be >= 1, got {self.pool}")
+        if self.input_cache != "auto":
+            try:
+                parse_bytes(self.input_cache)
+            except ValueError as exc:
+                raise ValueError(f"input_cache: {exc} (or 'auto')") from None
         if self.weights not in (None, "imagenet") and not Path(self.weights).is_file():
             raise FileNotFoundError(
                 f"{self.weights}: trunk weights file not found (give a local state_dict file "
                 "or 'imagenet')"
             )
+
+
+def spill_folder(setting: str | None, run_dir: Path | None = None) -> Path | None:
+    """The folder of :attr:`StreamingMILConfig.input_spill`: ``"run"`` is ``run_dir/cache``
+    (``None`` without a run), ``None`` or ``"off"`` is none, anything else a folder."""
+    if setting is None or setting == "off":
+        return None
+    if setting == "run":
+        return run_dir / "cache" if run_dir is not None else None
+    return Path(setting)
 
 
 def streaming_clam(**overrides: Any) -> StreamingMILConfig:
@@ -193,6 +218,8 @@ class StreamingMIL(nn.Module):
             freeze_batchnorm=True,
             fold_batchnorm=config.fold_batchnorm,
             progress=config.progress,
+            input_cache=config.input_cache,
+            input_spill=spill_folder(config.input_spill),
         )
         self.pool = nn.MaxPool2d(config.pool, config.pool, ceil_mode=True)
         self.head = create_mil_head(

@@ -69,6 +69,8 @@ class InputStats:
         cached_pieces: pieces kept from the forward pass for the backward one.
         cached_bytes: the most bytes the kept pieces held at once.
         budget_bytes: the cache budget of the step.
+        spilled_pieces: pieces beyond the budget kept in the spill file (``input_spill``).
+        spilled_bytes: bytes written to the spill file.
         compact: whether pieces were kept in the source's compact form (e.g. uint8).
     """
 
@@ -78,6 +80,8 @@ class InputStats:
     cached_pieces: int = 0
     cached_bytes: int = 0
     budget_bytes: int = 0
+    spilled_pieces: int = 0
+    spilled_bytes: int = 0
     compact: bool = False
 
     @property

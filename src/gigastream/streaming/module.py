@@ -21,6 +21,7 @@ chosen by :func:`gigastream.streaming.planner.plan_trunk` from ``tile_size`` and
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -41,6 +42,7 @@ from gigastream.streaming.planner import (
     split_segments,
 )
 from gigastream.streaming.recompute import InputSource, InputStats, piecewise_recompute
+from gigastream.streaming.spill import spill_capacity
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,11 @@ class StreamingModule(nn.Module):
             ``"2GiB"``; ``0``: read every tile again in backward); ``"auto"``: a quarter of
             the host memory available at each step. A ``SlideSource`` keeps uint8 pixels
             (3 bytes per position); :attr:`last_input_stats` says what was read.
+        input_spill: a folder (e.g. a run folder's ``cache/``) where what a lazy input's
+            forward read beyond ``input_cache`` goes: an unlinked temporary file,
+            memory-mapped back in backward (:class:`~gigastream.streaming.spill.SpillFile`),
+            so the input is still decoded once per step; ``None``: it is decoded again.
+            The plan says which.
 
     Example:
         >>> import torchvision
@@ -127,6 +134,7 @@ class StreamingModule(nn.Module):
         host_memory_budget: int | str | None = None,
         release_memory: bool | str = "auto",
         input_cache: int | str = "auto",
+        input_spill: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if tile_size is None and memory_budget is None:
@@ -159,6 +167,7 @@ class StreamingModule(nn.Module):
         if input_cache != "auto":
             parse_bytes(input_cache)  # validate early
         self.input_cache = input_cache
+        self.input_spill = input_spill
         #: what the last forward read from a lazy input (InputStats; None: a tensor input)
         self.last_input_stats: InputStats | None = None
         # units: the trunk's top-level children (a non-Sequential trunk is one unit); the
@@ -271,6 +280,10 @@ class StreamingModule(nn.Module):
             plan.input_cache_budget = self._input_cache_bytes()
         except ValueError:  # a bad budget is refused when the step runs
             plan.input_cache_budget = None
+        over = plan.input_cache_bytes - (plan.input_cache_budget or 0)
+        if self.input_spill is not None and plan.input_cache_budget is not None and over > 0:
+            plan.input_spill_dir = os.fspath(self.input_spill)
+            plan.input_spill_bytes = min(over, spill_capacity(self.input_spill))
 
     def _check_modes(self) -> None:
         names = training_batchnorms(self.trunk)
@@ -358,6 +371,7 @@ class StreamingModule(nn.Module):
                     input_cache_bytes=self._input_cache_bytes() if source else 0,
                     stats=self.last_input_stats if source else None,
                     label=label,
+                    input_spill=self.input_spill if source else None,
                 )
         finally:
             if bar is not None:

@@ -22,12 +22,15 @@ A lazy input (an :class:`InputSource`, e.g. a slide decoded tile by tile) is rea
 step when ``input_cache_bytes`` allows: the forward pass keeps what it read for the backward
 recompute (the source's compact form, e.g. uint8 pixels, when it has
 ``read_compact``/``expand``; else the tensors), up to that many bytes; pieces beyond the
-budget are read again. :class:`InputStats` counts the pixels read in both passes.
+budget are written to a memory-mapped spill file when ``input_spill`` names a folder
+(:class:`~gigastream.streaming.spill.SpillFile`), else read again. :class:`InputStats`
+counts the pixels read in both passes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +50,7 @@ from gigastream.streaming.input import (
     _reads_ahead,
 )
 from gigastream.streaming.memory import release_free_memory
+from gigastream.streaming.spill import SpillFile
 
 __all__ = ["Index", "InputSource", "InputStats", "Piece", "piecewise_recompute"]
 
@@ -233,8 +237,12 @@ class _Runner:
         input_cache_bytes: int = 0,
         stats: InputStats | None = None,
         label: str | None = None,
+        input_spill: str | os.PathLike | None = None,
     ) -> None:
         self.fn = fn
+        self.input_spill = input_spill  # folder of the spill file (None: re-read instead)
+        self.spill: SpillFile | None = None
+        self.spilled: dict[int, Any] = {}  # piece -> its key in the spill file
         self.label = label  # profiler scope name of its passes (None: none)
         self.release_memory = release_memory
         self.input_cache_bytes = max(0, int(input_cache_bytes))
@@ -253,6 +261,13 @@ class _Runner:
         self.kept: dict[int, tuple[Tensor | None, Tensor]] = {}
         self.autocast: _AutocastState | None = None
         self.transfer: _Transfer | None = None
+
+    def close_spill(self) -> None:
+        """Free the spill file of the step (nothing is left on disk)."""
+        self.spilled.clear()
+        if self.spill is not None:
+            self.spill.close()
+            self.spill = None
 
 
 def _scope(label: str | None, phase: str) -> contextlib.AbstractContextManager:
@@ -289,6 +304,7 @@ class _PiecewiseFunction(torch.autograd.Function):
         compact = _compact_reader(source) if lazy else None
         stats = runner.stats
         budget = runner.input_cache_bytes if lazy and _cacheable(source) else 0
+        budget_spill = lazy and _cacheable(source) and runner.input_spill is not None
         if lazy:
             stats.pieces = len(runner.pieces)
             stats.budget_bytes = budget
@@ -321,6 +337,13 @@ class _PiecewiseFunction(torch.autograd.Function):
                 # a tensor is kept in host memory, as a copy (fn may change its input)
                 runner.cache[i] = keep if item is not None else xin.to("cpu", copy=True)
                 cached_bytes += size
+            elif not piece.keep_graph and budget_spill:
+                if runner.spill is None:
+                    runner.spill = SpillFile(runner.input_spill)
+                if runner.spill.fits(size):
+                    key = runner.spill.put(keep)
+                    if key is not None:
+                        runner.spilled[i] = key
             return xfer.start_load(xin) if runner.offload_input else xin
 
         out: Tensor | None = None
@@ -365,6 +388,8 @@ class _PiecewiseFunction(torch.autograd.Function):
         assert out is not None, "piecewise_recompute needs at least one piece"
         if lazy:
             stats.cached_pieces, stats.cached_bytes = len(runner.cache), cached_bytes
+            stats.spilled_pieces = len(runner.spilled)
+            stats.spilled_bytes = runner.spill.bytes if runner.spill is not None else 0
         if xfer is not None:
             xfer.drain()
         if runner.release_memory:
@@ -385,6 +410,7 @@ class _PiecewiseFunction(torch.autograd.Function):
         if not want_x and not params:
             runner.kept.clear()
             runner.cache.clear()
+            runner.close_spill()
             return (None, None, *([None] * len(want_p)))
         device = runner.device if runner.device is not None else source.device
         xfer = runner.transfer
@@ -400,7 +426,7 @@ class _PiecewiseFunction(torch.autograd.Function):
         reread = [
             p.in_index
             for i, p in enumerate(runner.pieces)
-            if i not in runner.kept and i not in cache
+            if i not in runner.kept and i not in cache and i not in runner.spilled
         ]
         reads = _reads_ahead(source, reread)
         if lazy:
@@ -414,6 +440,10 @@ class _PiecewiseFunction(torch.autograd.Function):
                 return g, None
             if i in cache:  # decoded in the forward pass: expanded, not read again
                 kept = cache.pop(i)
+                xin = compact[1](kept) if compact is not None else kept
+            elif i in runner.spilled:  # decoded in the forward pass, kept on disk
+                assert runner.spill is not None
+                kept = runner.spill.get(runner.spilled.pop(i))
                 xin = compact[1](kept) if compact is not None else kept
             else:
                 xin = next(reads)
@@ -456,6 +486,7 @@ class _PiecewiseFunction(torch.autograd.Function):
             xfer.drain()
         runner.kept.clear()
         runner.cache.clear()
+        runner.close_spill()
         if runner.release_memory:
             release_free_memory()
         it = iter(grad_p)
@@ -479,6 +510,7 @@ def piecewise_recompute(
     input_cache_bytes: int = 0,
     stats: InputStats | None = None,
     label: str | None = None,
+    input_spill: str | os.PathLike | None = None,
 ) -> Tensor:
     """Apply ``fn`` piece by piece, exactly and in bounded memory (see the module docstring).
 
@@ -507,6 +539,10 @@ def piecewise_recompute(
             source with ``cache_reads = True``, copies of the read tensors in host memory;
             other sources are read again); 0: every piece is read again in backward.
         stats: filled with what a lazy ``x`` cost to read (:class:`InputStats`).
+        input_spill: a lazy ``x`` only: a folder where what the forward read beyond
+            ``input_cache_bytes`` is written (an unlinked, memory-mapped temporary file, up
+            to the disk's free space less 1 GiB) and read back in backward instead of being
+            decoded again; ``None``: those pieces are read again.
         label: name of the ``torch.profiler`` scopes of the forward and the backward pass
             (``"<label> forward"``, ``"<label> backward"``); ``None``: no scope.
 
@@ -539,5 +575,6 @@ def piecewise_recompute(
         input_cache_bytes,
         stats,
         label,
+        input_spill,
     )
     return _PiecewiseFunction.apply(runner, x if isinstance(x, Tensor) else None, *params)

@@ -41,7 +41,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from gigastream.models.streaming_mil import StreamingMIL
+from gigastream.models.streaming_mil import StreamingMIL, spill_folder
 from gigastream.streaming.memory import peak_rss_mib
 from gigastream.train.calibration import calibrate_model
 from gigastream.train.config import DataConfig, RunConfig
@@ -417,6 +417,8 @@ def _build_parts(
     data = replace(config.data, mask_dir=config.data.mask_dir or str(out / "masks"))
     torch.manual_seed(train.seed)
     model = build_model(config, len(prepared.class_names))
+    if isinstance(model, StreamingMIL):  # beyond the input cache: the run folder's cache/
+        model.trunk.input_spill = spill_folder(config.model.input_spill, out)
     if isinstance(model, StreamingMIL) and prepared.plan is None and _launched_rank() == 0:
         check_compute(model, prepared, config)  # not planned by prepare: before any slide is read
     module = MILClassifier(

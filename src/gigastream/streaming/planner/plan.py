@@ -88,12 +88,16 @@ class StreamingPlan:
     #: planned (:class:`~gigastream.streaming.module.StreamingModule`'s ``input_cache``)
     input_cache_bytes: int = 0
     input_cache_budget: int | None = None
+    #: the folder of the spill file that holds what does not fit the cache budget
+    #: (``input_spill``; ``None``: it is decoded again), and the bytes it will hold
+    input_spill_dir: str | None = None
+    input_spill_bytes: int = 0
 
     @property
     def input_decoded_once(self) -> bool:
         """A lazy input is decoded once per step: its kept pixels fit the cache budget."""
         return self.input_cache_budget is not None and (
-            self.input_cache_bytes <= self.input_cache_budget
+            self.input_cache_bytes <= self.input_cache_budget + self.input_spill_bytes
         )
 
     def to_dict(self) -> dict:
@@ -117,11 +121,28 @@ class StreamingPlan:
         if self.lazy_input and self.input_cache_budget is not None:
             kept = format_bytes(self.input_cache_bytes)
             budget = format_bytes(self.input_cache_budget)
-            lines.append(
-                f"  input: decoded once per step, {kept} of pixels kept for backward "
-                f"(input cache {budget})"
-                if self.input_decoded_once
-                else f"  input: {kept} of pixels would be kept for backward, over the input "
-                f"cache ({budget}): what does not fit is decoded again in backward"
-            )
+            if self.input_decoded_once and self.input_spill_bytes:
+                in_memory = format_bytes(self.input_cache_bytes - self.input_spill_bytes)
+                lines.append(
+                    f"  input: decoded once per step, {kept} of pixels kept for backward: "
+                    f"{in_memory} in memory (input cache {budget}), "
+                    f"{format_bytes(self.input_spill_bytes)} in a memory-mapped file in "
+                    f"{self.input_spill_dir}"
+                )
+            elif self.input_decoded_once:
+                lines.append(
+                    f"  input: decoded once per step, {kept} of pixels kept for backward "
+                    f"(input cache {budget})"
+                )
+            else:
+                spill = (
+                    f" (the spill folder {self.input_spill_dir} has room for "
+                    f"{format_bytes(self.input_spill_bytes)})"
+                    if self.input_spill_dir
+                    else " (input_spill: a folder to keep it on disk instead)"
+                )
+                lines.append(
+                    f"  input: {kept} of pixels would be kept for backward, over the input "
+                    f"cache ({budget}): what does not fit is decoded again in backward{spill}"
+                )
         return "\n".join(lines)
