@@ -11,6 +11,8 @@ the resident set:
 - after the backward pass;
 - after ``malloc_trim`` hands the heap's free memory back (what live tensors hold).
 
+``--trim-each-chunk`` also trims before every recomputed chunk (is the growth free heap?).
+
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/mil_memory_trace.py --encoder resnet18 --patch-size 64 \\
@@ -26,7 +28,9 @@ import sys
 from pathlib import Path
 
 
-def trace(encoder: str, patch_size: int, bag_size: int, chunk_size: int, threads: int) -> dict:
+def trace(
+    encoder: str, patch_size: int, bag_size: int, chunk_size: int, threads: int, trim: bool
+) -> dict:
     """One ``accumulate`` step in this process; resident-set figures in MiB above the RSS
     just before the bag was made."""
     import torch
@@ -63,6 +67,8 @@ def trace(encoder: str, patch_size: int, bag_size: int, chunk_size: int, threads
 
     def hook(module, inputs, output) -> None:
         if torch.is_grad_enabled():  # a recompute in backward (the forward runs without a graph)
+            if trim:
+                release_free_memory()
             chunks.append(now())
 
     out = model(bag, label=1)
@@ -85,11 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bag-sizes", type=int, nargs="+", default=[100, 2000])
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trim-each-chunk", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("mil-memory-trace.json"))
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one bag size, this process
     args = parser.parse_args(argv)
     if args.worker is not None:
-        row = trace(args.encoder, args.patch_size, args.worker, args.chunk_size, args.threads)
+        row = trace(
+            args.encoder,
+            args.patch_size,
+            args.worker,
+            args.chunk_size,
+            args.threads,
+            args.trim_each_chunk,
+        )
         print(json.dumps(row))
         return 0
     rows = []
@@ -97,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, __file__, "--worker", str(n)]
         command += ["--encoder", args.encoder, "--patch-size", str(args.patch_size)]
         command += ["--chunk-size", str(args.chunk_size), "--threads", str(args.threads)]
+        command += ["--trim-each-chunk"] if args.trim_each_chunk else []
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
