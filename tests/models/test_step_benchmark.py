@@ -196,3 +196,15 @@ def test_config_raises_value_error():
         StepBenchConfig(read_workers=(0,)).validate()
     with pytest.raises(ValueError, match="cannot read JPEG 2000"):
         StepBenchConfig(backend="openslide").validate()
+
+
+def test_a_random_resnet34_step_has_a_loss_that_can_differ():
+    """The head normalises the pooled features: a random-init ResNet-34 does not saturate
+    the logits (a loss of exactly 0 would make the file-vs-memory loss check vacuous)."""
+    import torch
+
+    from gigastream.models.step_benchmark import TrainingStep
+
+    step = TrainingStep("resnet34", 256, "auto", False, 0)
+    loss = step(torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)))
+    assert 1e-3 < loss < 10

@@ -222,7 +222,8 @@ def ensure_slide(
 
 # ----------------------------------------------------------------------------- the step
 class TrainingStep:
-    """A streamed trunk, a pooled linear head and SGD: one training step per call.
+    """A streamed trunk, a pooled, layer-normalised linear head and SGD: one training step
+    per call.
 
     Args:
         arch: trunk name (:func:`~gigastream.models.trunks.build_trunk`).
@@ -255,7 +256,11 @@ class TrainingStep:
             input_cache=cache,
             input_spill=input_spill,
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 2))
+        # LayerNorm: a random-init trunk's pooled features can be huge (ResNet-34's saturate
+        # the logits, a loss of exactly 0), which would make the file-vs-memory loss check vacuous
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(channels), nn.Linear(channels, 2)
+        )
         params = list(self.streamed.parameters()) + list(self.head.parameters())
         self.optimizer = torch.optim.SGD(params, lr=1e-3)
         self.label = torch.tensor([1])
