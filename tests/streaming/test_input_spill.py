@@ -148,3 +148,16 @@ def test_the_plan_says_where_the_input_goes(tmp_path):
     reread = StreamingModule(net, tile_size=40, input_cache=held // 2)
     text = str(reread.plan(shape, torch.float64, lazy_input=True))
     assert "decoded again in backward" in text and "input_spill" in text
+
+
+def test_without_a_backward_pass_nothing_is_kept_or_spilled(tmp_path):
+    """Evaluation (no_grad): no backward will read the pixels, so none are kept or written."""
+    src = _Uint8Source(_image())
+    streamed = StreamingModule(
+        residual_net().double(), tile_size=40, input_cache=0, input_spill=tmp_path
+    )
+    with torch.no_grad():
+        streamed(src)
+    stats = streamed.last_input_stats
+    assert stats.spilled_pieces == 0 and stats.cached_pieces == 0 and stats.pieces > 4
+    assert not any(tmp_path.iterdir())

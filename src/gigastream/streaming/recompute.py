@@ -560,6 +560,11 @@ def piecewise_recompute(
         True
     """
     params = [p for p in params if p.requires_grad]
+    backward = torch.is_grad_enabled() and (
+        bool(params) or (isinstance(x, Tensor) and x.requires_grad)
+    )
+    if not backward:  # no backward pass will read them: keep nothing (evaluation, no_grad)
+        input_cache_bytes, input_spill = 0, None
     runner = _Runner(
         fn,
         pieces,
