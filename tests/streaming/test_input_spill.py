@@ -161,3 +161,42 @@ def test_without_a_backward_pass_nothing_is_kept_or_spilled(tmp_path):
     stats = streamed.last_input_stats
     assert stats.spilled_pieces == 0 and stats.cached_pieces == 0 and stats.pieces > 4
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("fault", ["file-in-the-way", "cannot-open"])
+def test_an_unusable_spill_folder_warns_once_and_rereads_exactly(
+    tmp_path, monkeypatch, caplog, fault
+):
+    """A folder that cannot be made (a file stands there) or a spill file that cannot be
+    opened (permissions): one warning naming the folder, the tiles decoded again, exact."""
+    if fault == "file-in-the-way":
+        (tmp_path / "run").write_text("not a folder")
+        folder = tmp_path / "run" / "cache"
+    else:
+        folder = tmp_path / "cache"
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr("gigastream.streaming.spill.tempfile.TemporaryFile", refuse)
+    src = _Uint8Source(_image())
+    x = src.tensor()
+    net = residual_net().double()
+    src.decoded = 0
+    streamed = StreamingModule(net, tile_size=40, input_cache=0, input_spill=folder)
+    with caplog.at_level("WARNING"):
+        assert_same_gradients(net, lambda _: streamed(src), x, net, input_grad=False)
+        streamed(src).sum().backward()  # a second step: no second warning
+    stats = streamed.last_input_stats
+    assert stats.spilled_pieces == 0 and stats.pixels_backward == stats.pixels_forward
+    warnings = [r.getMessage() for r in caplog.records if "input spill" in r.getMessage()]
+    assert len(warnings) == 1 and str(folder) in warnings[0]
+
+
+def test_planning_creates_no_folder(tmp_path):
+    src = _Uint8Source(_image())
+    net = residual_net().double()
+    streamed = StreamingModule(net, tile_size=40, input_cache=0, input_spill=tmp_path / "a" / "b")
+    plan = streamed.plan(tuple(src.shape), torch.float64, lazy_input=True)
+    assert plan.input_decoded_once and plan.input_spill_bytes > 0
+    assert not (tmp_path / "a").exists()

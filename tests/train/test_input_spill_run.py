@@ -15,22 +15,45 @@ def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_a_run_spilled_to_the_run_folder_trains_as_in_memory(manifest, tmp_path):
+def test_a_run_spilled_to_the_run_folder_trains_as_in_memory_after_mv_and_resume(
+    manifest, tmp_path
+):
+    """With the default DataLoader workers: one epoch spilled to ``RUN/cache``, the run
+    folder moved (``mv``), resumed there for a second epoch (the same folder, reused): the
+    weights equal those of two epochs with the pixels in memory, bit for bit; the moved
+    run spills into its new folder and leaves nothing, the old path is not recreated."""
+    from gigastream.train.config import DataConfig
     from gigastream.train.fitting import fit
 
-    lazy = {"preload_pixels": 0}  # every slide read tile by tile from its file
-    train = {"epochs": 1, "heatmaps": 0}
-    in_memory = tiny_config(manifest, data=lazy, train=train)
-    spilled = tiny_config(manifest, data=lazy, train=train, model={"input_cache": 0})
-    assert fit(in_memory, tmp_path / "memory")["status"] == "completed"
-    assert fit(spilled, tmp_path / "spill")["status"] == "completed"
+    # every slide read tile by tile from its file, in the default worker processes
+    data = {"preload_pixels": 0, "num_workers": DataConfig().num_workers}
+    assert data["num_workers"] > 0
+
+    def config(epochs: int, **model):
+        train = {"epochs": epochs, "heatmaps": 0}
+        return tiny_config(manifest, data=data, train=train, model=model)
+
+    # the reference: the same one epoch + resumed second epoch, with the pixels in memory
+    assert fit(config(1), tmp_path / "memory")["status"] == "completed"
+    assert fit(config(2), tmp_path / "memory", resume=True)["status"] == "completed"
+    first = tmp_path / "spill"
+    assert fit(config(1, input_cache=0), first)["status"] == "completed"
+    assert (first / "cache").is_dir() and list((first / "cache").iterdir()) == []
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    first.rename(moved)  # mv spill elsewhere/moved
+    (moved / "cache").rmdir()  # so that the resumed run's own spill shows
+    metrics = fit(config(2, input_cache=0), moved, resume=True)
+    assert metrics["status"] == "completed"
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]  # the first from before the mv
     a = _weights(tmp_path / "memory" / "checkpoints" / "last.ckpt")
-    b = _weights(tmp_path / "spill" / "checkpoints" / "last.ckpt")
+    b = _weights(moved / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    cache = tmp_path / "spill" / "cache"
-    assert cache.is_dir() and list(cache.iterdir()) == []  # used, and nothing left behind
+    assert (moved / "cache").is_dir()  # the resumed run spilled into its new folder
+    assert list((moved / "cache").iterdir()) == []  # and left nothing behind
+    assert not first.exists()  # the old path is not recreated by the resumed run
     assert not (tmp_path / "memory" / "cache").exists()  # everything fitted in memory
 
 

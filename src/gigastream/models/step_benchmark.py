@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -395,6 +396,15 @@ def in_process_launcher(args: dict) -> dict:
         torch.set_num_threads(threads)
 
 
+def _json_value(value: Any) -> Any:
+    """A config value as JSON holds it: paths as strings (also in tuples), else as is."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
 def run_step_benchmark(
     config: StepBenchConfig, launch: Launcher | None = None, out: Path | None = None
 ) -> dict:
@@ -438,18 +448,14 @@ def run_step_benchmark(
                 "input_cache": config.input_cache,
                 "fold_batchnorm": config.fold_batchnorm,
                 "seed": config.seed,
-                "input_spill": str(config.input_spill) if config.input_spill else None,
+                "input_spill": _json_value(config.input_spill),
             }
             runs = [("memory", 1)] + [(m, n) for n in config.read_workers for m in ("read", "file")]
             for mode, workers in runs:
                 key = mode_key(compression, mode, workers)
                 logger.warning("running %s ...", key)
                 modes[key] = launch({**common, "mode": mode, "read_workers": workers})
-    skip = ("work_dir", "sources", "input_spill")
-    config_record = {k: v for k, v in asdict(config).items() if k not in skip}
-    config_record["input_spill"] = str(config.input_spill) if config.input_spill else None
-    config_record["work_dir"] = str(config.work_dir) if config.work_dir is not None else None
-    config_record["sources"] = [str(s) for s in config.sources]
+    config_record = {k: _json_value(v) for k, v in asdict(config).items()}
     machine = machine_info(torch.device("cpu"))
     machine.update(
         threads=config.threads or torch.get_num_threads(), load_average_before=load_before

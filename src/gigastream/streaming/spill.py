@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 #: disk space a spill leaves free on its file system
 DISK_RESERVE_BYTES = 1 << 30
 
+_warned: set[tuple[str, str]] = set()  # (folder, reason) already warned about: once each
+
 
 @dataclasses.dataclass(frozen=True)
 class _Stored:
@@ -44,11 +46,16 @@ class _Stored:
 
 
 def spill_capacity(directory: str | Path) -> int:
-    """Bytes a spill in ``directory`` may write: its file system's free space less
-    :data:`DISK_RESERVE_BYTES` (0 when the folder cannot be created or read)."""
+    """Bytes a spill in ``directory`` may write: the free space of the file system it is (or
+    will be created) on, less :data:`DISK_RESERVE_BYTES`; 0 when that cannot be read.
+    Creates nothing."""
+    path = Path(directory).absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    if not path.is_dir():
+        return 0  # a file stands where a folder should be
     try:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(directory).free
+        free = shutil.disk_usage(path).free
     except OSError:
         return 0
     return max(0, free - DISK_RESERVE_BYTES)
@@ -58,8 +65,13 @@ class SpillFile:
     """Items written once in the forward pass and read back (memory-mapped) in backward.
 
     Args:
-        directory: where the temporary file lies (created if missing).
+        directory: where the temporary file lies (created, with the file, at the first
+            write).
         limit_bytes: the most bytes to write; ``None``: :func:`spill_capacity`.
+
+    Nothing here raises for the disk: a folder that cannot be created, a file that cannot be
+    opened or a write that fails (a full disk) stops the spill with one warning
+    (:attr:`failed` says why) and later items are refused, to be decoded again.
 
     Example:
         >>> import tempfile
@@ -72,12 +84,27 @@ class SpillFile:
 
     def __init__(self, directory: str | Path, limit_bytes: int | None = None) -> None:
         self.directory = Path(directory)
-        self.limit_bytes = spill_capacity(directory) if limit_bytes is None else limit_bytes
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._file = tempfile.TemporaryFile(dir=self.directory, prefix="gigastream-input-")
+        self._file: Any = None  # opened at the first write
         self._map: mmap.mmap | None = None
         self.bytes = 0  # written so far
         self.failed: str | None = None  # why writing stopped (a full disk), if it did
+        if limit_bytes is None:
+            limit_bytes = spill_capacity(directory)
+            if limit_bytes == 0:
+                self._stop("not a folder, or less than 1 GiB free")
+        self.limit_bytes = limit_bytes
+
+    def _stop(self, reason: str) -> None:
+        """Refuse every later item; warn once per folder and reason."""
+        self.failed = reason
+        if (str(self.directory), reason) not in _warned:
+            _warned.add((str(self.directory), reason))
+            logger.warning(
+                "input spill in %s stopped (%s): tiles beyond the input cache are decoded "
+                "again in backward",
+                self.directory,
+                reason,
+            )
 
     def fits(self, nbytes: int) -> bool:
         """Whether ``nbytes`` more may be written."""
@@ -90,20 +117,17 @@ class SpillFile:
             return None
         start = self.bytes
         try:
-            key = self._store(item)
+            if self._file is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._file = tempfile.TemporaryFile(dir=self.directory, prefix="gigastream-input-")
+            return self._store(item)
         except OSError as exc:
-            self.failed = f"{type(exc).__name__}: {exc}"
-            logger.warning(
-                "input spill in %s stopped (%s): the rest of this step's tiles are decoded "
-                "again in backward",
-                self.directory,
-                self.failed,
-            )
-            self._file.truncate(start)
-            self._file.seek(start)
+            self._stop(f"{type(exc).__name__}: {exc}")
+            if self._file is not None:
+                self._file.truncate(start)
+                self._file.seek(start)
             self.bytes = start
             return None
-        return key
 
     def _store(self, item: Any) -> Any:
         if isinstance(item, Tensor):
@@ -153,7 +177,9 @@ class SpillFile:
         if self._map is not None:
             self._map.close()
             self._map = None
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __repr__(self) -> str:
         return f"SpillFile({os.fspath(self.directory)!r}, {self.bytes} bytes)"
