@@ -12,6 +12,11 @@ the resident set:
 - after ``malloc_trim`` hands the heap's free memory back (what live tensors hold).
 
 ``--trim-each-chunk`` also trims before every recomputed chunk (is the growth free heap?).
+``--allocator tuned`` fixes glibc's mmap threshold first
+(:func:`~gigastream.streaming.memory.tune_cpu_allocator`, as ``gigastream bench mil
+--allocator tuned``), so freed buffers leave the resident set at once. Each chunk's entry also
+says how many MiB of parameter gradients existed when its recompute ended (``grads_mib``:
+0 for the first chunk of the backward pass, whose gradients are created during it).
 
 Usage (from the repository root)::
 
@@ -25,11 +30,18 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
 def trace(
-    encoder: str, patch_size: int, bag_size: int, chunk_size: int, threads: int, trim: bool
+    encoder: str,
+    patch_size: int,
+    bag_size: int,
+    chunk_size: int,
+    threads: int,
+    trim: bool,
+    allocator: str = "default",
 ) -> dict:
     """One ``accumulate`` step in this process; resident-set figures in MiB above the RSS
     just before the bag was made."""
@@ -43,8 +55,10 @@ def trace(
         high_water_rss_mib,
         release_free_memory,
         reset_peak_rss,
+        tune_cpu_allocator,
     )
 
+    tuned = allocator == "tuned" and tune_cpu_allocator()
     torch.set_num_threads(threads)
     enc = build_bench_encoder(encoder, patch_size, 0)
     head = create_mil_head(HEAD, enc.out_dim, 2)
@@ -62,6 +76,7 @@ def trace(
     shape = (bag_size, 3, patch_size, patch_size)
     bag = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
     result: dict = {"bag_size": bag_size, "bag_mib": round(bag.numel() / 2**20, 1)}
+    result["allocator_tuned"] = tuned
     result["after_bag"] = now()
     chunks: list[dict] = []
 
@@ -71,6 +86,7 @@ def trace(
                 release_free_memory()
             chunks.append(now())
 
+    start = time.perf_counter()
     out = model(bag, label=1)
     loss = model.loss(out, 1)
     result["after_forward"] = now()
@@ -79,6 +95,7 @@ def trace(
     handle.remove()
     result["backward_chunks"] = chunks
     result["after_backward"] = now()
+    result["seconds"] = round(time.perf_counter() - start, 2)
     release_free_memory()
     result["after_trim"] = now()
     return result
@@ -92,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--trim-each-chunk", action="store_true")
+    parser.add_argument("--allocator", choices=("default", "tuned"), default="default")
     parser.add_argument("--out", type=Path, default=Path("mil-memory-trace.json"))
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one bag size, this process
     args = parser.parse_args(argv)
@@ -103,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             args.chunk_size,
             args.threads,
             args.trim_each_chunk,
+            args.allocator,
         )
         print(json.dumps(row))
         return 0
@@ -112,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         command += ["--encoder", args.encoder, "--patch-size", str(args.patch_size)]
         command += ["--chunk-size", str(args.chunk_size), "--threads", str(args.threads)]
         command += ["--trim-each-chunk"] if args.trim_each_chunk else []
+        command += ["--allocator", args.allocator]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
@@ -120,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{n} patches ({len(peaks)} chunks): peak after forward {row['after_forward']['peak']}"
             f" MiB; backward peak at chunks 1, 5, last: {peaks[0]}, "
             f"{peaks[min(4, len(peaks) - 1)]}, {peaks[-1]} MiB; after trim "
-            f"{row['after_trim']['current']} MiB (bag {row['bag_mib']} MiB)"
+            f"{row['after_trim']['current']} MiB (bag {row['bag_mib']} MiB); "
+            f"{row['seconds']} s"
         )
     from gigastream.host_counters import cpu_model
 

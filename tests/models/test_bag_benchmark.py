@@ -115,6 +115,7 @@ def test_estimate_grows_with_the_graph_and_extrapolates_measurements():
         ({"encoders": ("no_such_net",)}, "encoder no_such_net: unknown encoder"),
         ({"precision": "16-mixed"}, "needs --device cuda"),
         ({"memory_limit": "lots"}, "cannot read memory size"),
+        ({"allocator": "jemalloc"}, "allocator must be one of default, tuned"),
     ],
 )
 def test_bad_settings_are_refused_before_any_run(change, match):
@@ -135,3 +136,20 @@ def test_bf16_mixed_runs_on_the_cpu():
     result = run_mil_benchmark(config, launch=in_process)
     assert result["settings"]["precision"] == "bf16-mixed"
     assert result["rows"][0]["status"] == "ok"
+
+
+def test_tuned_allocator_reaches_the_worker_process():
+    """``--allocator tuned`` fixes glibc's mmap threshold in each fresh worker process (not in
+    the driver), and the row says so; the default leaves glibc as it is."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the allocator setting is glibc's")
+    config = MILBenchConfig(**TINY, strategies=("accumulate",), bag_sizes=(8,))
+    default = run_mil_benchmark(config)["rows"][0]
+    config.allocator = "tuned"
+    result = run_mil_benchmark(config)
+    tuned = result["rows"][0]
+    assert (default["status"], tuned["status"]) == ("ok", "ok"), (default, tuned)
+    assert (default["allocator_tuned"], tuned["allocator_tuned"]) == (False, True)
+    assert result["settings"]["allocator"] == "tuned"

@@ -89,6 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=None, help="seconds a worker may run (default: no limit)"
     )
+    parser.add_argument(
+        "--allocator",
+        choices=("default", "tuned"),
+        default="default",
+        help="CPU workers' glibc allocator: default, or tuned (a fixed 128 KiB mmap threshold: "
+        "freed buffers go back to the OS at once, so the peak RSS is that of live memory, not "
+        "of what the heap kept; costs page faults) (default: default)",
+    )
     parser.add_argument("--out", default="bench-mil.json", help="JSON file to write")
     parser.add_argument("--markdown", default=None, help="also write the markdown table here")
 
@@ -112,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         memory_limit=args.memory_limit,
         skip_unfit=not args.no_skip,
         timeout_s=args.timeout,
+        allocator=args.allocator,
         command=_command_line(),
     )
     result = run_mil_benchmark(config, out=args.out, markdown=args.markdown)

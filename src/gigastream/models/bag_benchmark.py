@@ -60,6 +60,7 @@ DEFAULT_ENCODERS = ("resnet18", "timm:vit_tiny_patch16_224")
 DEFAULT_BAG_SIZES = (100, 300, 1000, 3000, 10000)
 MEMORY_TARGET = 1.1  # accumulate: working memory at the largest bag / at the smallest
 TIME_TARGET = 1.3  # accumulate / baseline, seconds per patch
+ALLOCATORS = ("default", "tuned")  # the CPU workers' glibc allocator (MILBenchConfig.allocator)
 _MIB = 2**20
 _GIB = 2**30
 
@@ -90,6 +91,10 @@ class MILBenchConfig:
         skip_unfit: skip runs whose estimate exceeds ``memory_limit`` (``False``: run them;
             an out-of-memory is then a row with status ``oom``).
         timeout_s: seconds a worker may run before it is stopped (``None``: no limit).
+        allocator: the CPU workers' glibc allocator: ``default`` (glibc as it is) or
+            ``tuned`` (:func:`~gigastream.streaming.memory.tune_cpu_allocator`: a fixed mmap
+            threshold, so freed buffers go back to the OS at once and the peak RSS is what
+            live memory needed, not what the heap kept; fresh page faults cost time).
         command: the command line that ran it, recorded with the settings.
     """
 
@@ -108,6 +113,7 @@ class MILBenchConfig:
     memory_limit: int | str | None = None
     skip_unfit: bool = True
     timeout_s: float | None = None
+    allocator: str = "default"
     command: str | None = None  # the command line, recorded with the settings
 
     def validate(self) -> None:
@@ -126,6 +132,10 @@ class MILBenchConfig:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.allocator not in ALLOCATORS:
+            raise ValueError(
+                f"allocator must be one of {', '.join(ALLOCATORS)}, got {self.allocator!r}"
+            )
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         dev = torch.device(self.device)
@@ -319,6 +329,7 @@ def _run_one(
         "warmup": config.warmup,
         "seed": config.seed,
         "threads": config.threads,
+        "allocator": config.allocator,
     }
     logger.warning("running %s %s N=%d (estimated %.0f MiB) ...", encoder, strategy, n, est / _MIB)
     row.update(launch(args))
@@ -500,7 +511,8 @@ def markdown_table(result: dict) -> str:
         f"{m['load_average_1min']} at the start, {m['load_average_1min_end']} at the end; "
         f"{result['wall_seconds']:.0f} s in all). Patches {s['patch_size']} px, chunk "
         f"{s['chunk_size']}, sample {s['sample_size']}, precision {s['precision']}, "
-        f"{s['warmup']} warm-up + {s['repeats']} timed step(s), threads {s['threads'] or 'default'}.",
+        f"{s['warmup']} warm-up + {s['repeats']} timed step(s), threads {s['threads'] or 'default'}, "
+        f"glibc allocator {s.get('allocator', 'default')}.",
         "",
     ]
     if s.get("command"):
