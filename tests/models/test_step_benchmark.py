@@ -178,8 +178,11 @@ def test_with_no_memory_for_the_cache_a_spill_file_keeps_decoding_once(work, tmp
         (["--formats", "jpeg", "png"], "--formats png: not a slide compression; choose from"),
         (["--read-workers", "1", "0"], "--read-workers must be 1 or more threads each"),
         (["--input-cache", "lots"], "cannot read memory size 'lots'"),
+        (["--precision", "16-mixed"], "--precision 16-mixed needs --device cuda"),
+        (["--device", "tpu"], "--device 'tpu': use cpu or cuda[:N]"),
+        (["--memory-budget", "lots"], "cannot read memory size 'lots'"),
     ],
-    ids=["format", "workers", "cache"],
+    ids=["format", "workers", "cache", "half-on-cpu", "device", "budget"],
 )
 def test_bad_flags_are_one_clear_error(flags, message, capsys, tmp_path):
     code = main(["bench", "step", "--work-dir", str(tmp_path / "never"), *flags])
@@ -196,6 +199,36 @@ def test_config_raises_value_error():
         StepBenchConfig(read_workers=(0,)).validate()
     with pytest.raises(ValueError, match="cannot read JPEG 2000"):
         StepBenchConfig(backend="openslide").validate()
+    with pytest.raises(ValueError, match="--modes fast: choose from read file memory"):
+        StepBenchConfig(modes=("file", "fast")).validate()
+
+
+def test_bf16_mixed_step_runs_under_autocast(work, jpeg_run):
+    """``--precision bf16-mixed``: the trunk and head run under bfloat16 autocast (the loss
+    is not the float32 one), and the file and memory steps still agree."""
+    result = in_process_run(work, precision="bf16-mixed")
+    (row,) = result["rows"]
+    assert row["status"] == "ok" and result["config"]["precision"] == "bf16-mixed"
+    assert row["loss_file"] == pytest.approx(row["loss_memory"], rel=1e-2)
+    assert row["loss_file"] != jpeg_run["rows"][0]["loss_file"]  # float32's, exactly
+    assert row["loss_file"] == pytest.approx(jpeg_run["rows"][0]["loss_file"], rel=0.1)
+    assert 1.0 <= row["decoded_per_slide_pixel"] <= 1.05
+
+
+def test_modes_run_only_what_is_asked(work, jpeg_run):
+    """``--modes read file`` leaves out the memory step (which needs the whole slide as a
+    tensor): its figures are None and the table shows ``-``."""
+    from gigastream.models.step_benchmark import format_table
+
+    result = in_process_run(work, modes=("read", "file"))
+    assert set(result["modes"]) == {"jpeg/read/1", "jpeg/file/1"}
+    (row,) = result["rows"]
+    assert row["status"] == "ok" and row["file_seconds"] > 0 and row["read_seconds"] > 0
+    assert row["compute_seconds"] is None and row["file_vs_memory"] is None
+    assert row["hidden_fraction"] is None and row["loss_memory"] is None
+    assert row["loss_file"] == jpeg_run["rows"][0]["loss_file"]
+    assert set(row["peak_rss_mib"]) == {"read", "file"}
+    assert " - " in format_table(result).splitlines()[1]
 
 
 def test_a_random_resnet34_step_has_a_loss_that_can_differ():

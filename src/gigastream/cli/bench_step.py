@@ -20,7 +20,8 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from gigastream.models.step_benchmark import BACKENDS, DEFAULT_SOURCES, StepBenchConfig
+    from gigastream.models.step_benchmark import BACKENDS, DEFAULT_SOURCES, MODES, StepBenchConfig
+    from gigastream.precision import PRECISIONS
     from gigastream.wsi.pyramid import COMPRESSIONS
 
     d = StepBenchConfig()
@@ -110,6 +111,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: ../shared/data/images beside the repository)",
     )
     parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(d.modes),
+        help="what to run: read (the first segment's decode alone), file (the step from the "
+        "slide file), memory (the step from the slide's pixels in a tensor on the device; leave "
+        f"it out where those do not fit, e.g. 65536^2 on a GPU) (default: {' '.join(d.modes)})",
+    )
+    parser.add_argument("--device", default=d.device, help="cpu (default) or cuda[:N]")
+    parser.add_argument(
+        "--precision",
+        default=d.precision,
+        help=f"Lightning precision of the step: {', '.join(PRECISIONS)} (default: {d.precision}; "
+        "16-mixed needs CUDA)",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        default=None,
+        help="the streamed trunk's memory budget, e.g. 40GiB: the planner picks the tiles within "
+        "it, --tile the largest (default: the plan of --tile alone)",
+    )
+    parser.add_argument(
+        "--host-memory-budget",
+        default=None,
+        help="host memory the offloaded feature maps may take on CUDA, e.g. 100GiB (default: "
+        "the machine's available memory)",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="run the tiles in channels_last"
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cuDNN autotuning on CUDA (default: on for mixed/half precision, off for fp32)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=d.seed,
@@ -140,13 +178,21 @@ def run(args: argparse.Namespace) -> int:
         work_dir=args.work_dir,
         sources=tuple(args.sources),
         seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        memory_budget=args.memory_budget,
+        host_memory_budget=args.host_memory_budget,
+        channels_last=args.channels_last,
+        cudnn_benchmark=args.cudnn_benchmark,
+        modes=tuple(args.modes),
     )
     config.validate()  # every argument, before any work
     result = run_step_benchmark(config, out=args.out)
     print(format_table(result))
     machine = result["machine"]
     print(
-        f"{config.arch}, {config.size}^2 px, tile {config.tile_size}, {machine['threads']} "
+        f"{config.arch}, {config.size}^2 px, tile {config.tile_size}, {config.precision} on "
+        f"{machine['device_name']}, {machine['threads']} "
         f"thread(s); load {machine['load_average_before']:.2f} -> "
         f"{machine['load_average_after']:.2f}"
     )

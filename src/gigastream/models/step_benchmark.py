@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gigastream import precision as precisions
 from gigastream.streaming import StreamingModule
 from gigastream.streaming.geometry import Geometry, describe
 from gigastream.streaming.input import _reads_ahead
@@ -106,6 +107,20 @@ class StepBenchConfig:
             removed at the end); a slide already there (same size, format, seed) is reused.
         sources: H&E images the slide's texture is cut from.
         seed: seed of the slide and of the model's initialisation.
+        device: ``cpu`` or ``cuda[:N]``: where the trunk and head run (tiles are decoded
+            on the CPU and copied there).
+        precision: Lightning's name (``32``, ``bf16-mixed``, ``16-mixed`` on CUDA, ...;
+            :mod:`gigastream.precision`).
+        memory_budget: the streamed module's ``memory_budget`` (e.g. ``"40GiB"``; the planner
+            picks the tiles within it, ``tile_size`` the largest); ``None``: the plan of
+            ``tile_size`` alone.
+        host_memory_budget: the streamed module's ``host_memory_budget`` (maps offloaded
+            to host memory on CUDA); ``None``: the machine's available memory.
+        channels_last: run the tiles in ``torch.channels_last``.
+        cudnn_benchmark: cuDNN autotuning on CUDA (``None``: on for the mixed and half
+            precisions, off for float32, whose autotuning at 8192² took minutes).
+        modes: the modes to run, of :data:`MODES` (``memory`` needs the whole slide as a
+            tensor on the device: leave it out where that does not fit, e.g. 65536²).
     """
 
     size: int = 4096
@@ -123,10 +138,18 @@ class StepBenchConfig:
     work_dir: Path | None = None
     sources: tuple[Path, ...] = field(default_factory=lambda: (DEFAULT_SOURCES,))
     seed: int = 0
+    device: str = "cpu"
+    precision: str = "32"
+    memory_budget: str | None = None
+    host_memory_budget: str | None = None
+    channels_last: bool = False
+    cudnn_benchmark: bool | None = None
+    modes: tuple[str, ...] = MODES
 
     def validate(self) -> None:
         """Raise ValueError naming the bad setting and the fix (before any work)."""
         from gigastream.models.trunks import list_trunks
+        from gigastream.streaming.bench_worker import check_precision
 
         if self.size < 512:
             raise ValueError(f"--size must be at least 512 px, got {self.size}")
@@ -153,6 +176,21 @@ class StepBenchConfig:
             raise ValueError(f"--threads must be at least 1, got {self.threads}")
         if self.input_cache != "auto":
             parse_bytes(self.input_cache)  # its ValueError names the value and the form
+        for budget in (self.memory_budget, self.host_memory_budget):
+            if budget is not None:
+                parse_bytes(budget)
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise ValueError(f"--modes {' '.join(bad) or '(none)'}: choose from {' '.join(MODES)}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"--device {self.device!r}: use cpu or cuda[:N]") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"--device {self.device!r}: use cpu or cuda[:N]")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+        check_precision(self.precision, False, device)  # names the precision and the fix
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend {self.backend!r}: choose one of {' '.join(BACKENDS)}")
         if self.backend == "openslide" and any(f in NOT_OPENSLIDE for f in self.formats):
@@ -233,6 +271,9 @@ class TrainingStep:
         fold_batchnorm: fold the frozen BatchNorms into the convolutions.
         seed: seed of the initialisation (the same seed gives the same weights).
         input_spill: :class:`~gigastream.streaming.StreamingModule`'s ``input_spill``.
+        device: where the trunk and the head run.
+        precision: Lightning's precision name (parameters' dtype and autocast).
+        memory_budget, host_memory_budget, channels_last: the streamed module's.
     """
 
     def __init__(
@@ -243,41 +284,68 @@ class TrainingStep:
         fold_batchnorm: bool,
         seed: int,
         input_spill: str | None = None,
+        *,
+        device: str = "cpu",
+        precision: str = "32",
+        memory_budget: str | None = None,
+        host_memory_budget: str | None = None,
+        channels_last: bool = False,
     ) -> None:
         from gigastream.models.trunks import build_trunk
 
+        self.device = torch.device(device)
+        self.precision = precisions.check(precision, "--precision")
+        self.dtype = precisions.param_dtype(self.precision)
+        self.autocast = precisions.autocast_dtype(self.precision)
         torch.manual_seed(seed)
         trunk, channels, _ = build_trunk(arch)
         cache: int | str = input_cache if input_cache == "auto" else parse_bytes(input_cache)
         self.streamed = StreamingModule(
-            trunk.eval(),
+            trunk.eval().to(self.device, self.dtype),
             tile_size=tile_size,
+            memory_budget=memory_budget,
             freeze_batchnorm=True,
             fold_batchnorm=fold_batchnorm,
             input_cache=cache,
             input_spill=input_spill,
+            host_memory_budget=host_memory_budget,
+            channels_last=channels_last,
         )
         # LayerNorm: a random-init trunk's pooled features can be huge (ResNet-34's saturate
         # the logits, a loss of exactly 0), which would make the file-vs-memory loss check vacuous
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(channels), nn.Linear(channels, 2)
-        )
+        ).to(self.device, self.dtype)
         params = list(self.streamed.parameters()) + list(self.head.parameters())
         self.optimizer = torch.optim.SGD(params, lr=1e-3)
-        self.label = torch.tensor([1])
+        self.label = torch.tensor([1], device=self.device)
 
     def __call__(self, x) -> float:
-        """One step on ``x`` (a ``(1, 3, H, W)`` tensor or a lazy source); the loss."""
+        """One step on ``x`` (a ``(1, 3, H, W)`` tensor or a lazy source); the loss (read back
+        from the device, so on CUDA the step's work has finished when it returns)."""
         self.optimizer.zero_grad(set_to_none=True)
-        fmap = self.streamed(x)  # (1, C, H / stride, W / stride)
-        loss = nn.functional.cross_entropy(self.head(fmap), self.label)
+        with torch.autocast(
+            self.device.type, dtype=self.autocast or torch.float32, enabled=bool(self.autocast)
+        ):
+            fmap = self.streamed(x)  # (1, C, H / stride, W / stride)
+            logits = self.head(fmap)
+        loss = nn.functional.cross_entropy(logits.float(), self.label)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
 
+    def plan(self, shape: Sequence[int]):
+        """The streamed module's plan for a lazy input of ``shape`` on this step's device."""
+        return self.streamed.plan(
+            tuple(shape),
+            precisions.compute_dtype(self.precision),
+            lazy_input=True,
+            device=self.device,
+        )
+
     def first_segment_reads(self, shape: Sequence[int]) -> list[tuple[slice, ...]]:
         """The input regions the first streamed segment reads from a lazy input of ``shape``."""
-        plan = self.streamed.plan(tuple(shape), lazy_input=True)
+        plan = self.plan(shape)
         first = plan.segments[0]
         assert first.mode == "stream", "a lazy input is always streamed"
         units = list(self.streamed.trunk.named_children())[first.span[0] : first.span[1]]
@@ -305,6 +373,12 @@ def run_worker(
     fold_batchnorm: bool,
     seed: int,
     input_spill: str | None = None,
+    device: str = "cpu",
+    precision: str = "32",
+    memory_budget: str | None = None,
+    host_memory_budget: str | None = None,
+    channels_last: bool = False,
+    cudnn_benchmark: bool | None = None,
 ) -> dict:
     """Run one mode (:data:`MODES`) on one slide file in this process: its result.
 
@@ -312,18 +386,38 @@ def run_worker(
         ``seconds`` (each timed run), ``seconds_median``, ``peak_rss_mib`` and, for the
         steps, ``losses`` (warm-up steps included) and ``plan``; ``read`` adds
         ``pixels_read`` and ``megapixels_per_s``; ``file`` the ``input_stats`` of its last
-        step (:class:`~gigastream.streaming.input.InputStats`, ``pixels_read`` added).
+        step (:class:`~gigastream.streaming.input.InputStats`, ``pixels_read`` added); on
+        CUDA ``peak_cuda_mib`` (``max_memory_allocated`` over the timed steps, after the
+        warm-up) and ``cuda_device``.
     """
     from gigastream.wsi.reader import SlideReader
     from gigastream.wsi.source import SlideSource
 
     if threads:
         torch.set_num_threads(threads)
-    step = TrainingStep(arch, tile_size, input_cache, fold_batchnorm, seed, input_spill)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        mixed = precisions.autocast_dtype(precision) is not None or precision.startswith("16")
+        torch.backends.cudnn.benchmark = mixed if cudnn_benchmark is None else cudnn_benchmark
+    step = TrainingStep(
+        arch,
+        tile_size,
+        input_cache,
+        fold_batchnorm,
+        seed,
+        input_spill,
+        device=device,
+        precision=precision,
+        memory_budget=memory_budget,
+        host_memory_budget=host_memory_budget,
+        channels_last=channels_last,
+    )
     result: dict = {"mode": mode, "read_workers": read_workers}
     seconds: list[float] = []
     with SlideReader.open(path, backend=backend) as reader:
-        source = SlideSource(reader, mpp=SLIDE_MPP, read_workers=read_workers)
+        source = SlideSource(
+            reader, mpp=SLIDE_MPP, read_workers=read_workers, dtype=step.dtype, device=dev
+        )
         if mode == "read":
             indices = step.first_segment_reads(source.shape)
             for k in range(warmup + repeats):
@@ -340,10 +434,16 @@ def run_worker(
                 x = source.read((slice(None),) * 4)  # (1, 3, H, W), before timing
             losses = []
             for k in range(warmup + repeats):
+                if k == warmup and dev.type == "cuda":  # the peak of the timed steps
+                    torch.cuda.synchronize(dev)
+                    torch.cuda.reset_peak_memory_stats(dev)
                 t0 = time.perf_counter()
-                losses.append(step(x))
+                losses.append(step(x))  # reads the loss back: the step's work is done
                 if k >= warmup:
                     seconds.append(time.perf_counter() - t0)
+            if dev.type == "cuda":
+                result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
+                result["cuda_device"] = torch.cuda.get_device_name(dev)
             result["losses"] = losses
             result["plan"] = str(step.streamed.last_plan)
             stats = step.streamed.last_input_stats
@@ -449,14 +549,23 @@ def run_step_benchmark(
                 "fold_batchnorm": config.fold_batchnorm,
                 "seed": config.seed,
                 "input_spill": _json_value(config.input_spill),
+                "device": config.device,
+                "precision": config.precision,
+                "memory_budget": config.memory_budget,
+                "host_memory_budget": config.host_memory_budget,
+                "channels_last": config.channels_last,
+                "cudnn_benchmark": config.cudnn_benchmark,
             }
-            runs = [("memory", 1)] + [(m, n) for n in config.read_workers for m in ("read", "file")]
+            runs = [("memory", 1)] if "memory" in config.modes else []
+            runs += [
+                (m, n) for n in config.read_workers for m in ("read", "file") if m in config.modes
+            ]
             for mode, workers in runs:
                 key = mode_key(compression, mode, workers)
                 logger.warning("running %s ...", key)
                 modes[key] = launch({**common, "mode": mode, "read_workers": workers})
     config_record = {k: _json_value(v) for k, v in asdict(config).items()}
-    machine = machine_info(torch.device("cpu"))
+    machine = machine_info(torch.device(config.device))
     machine.update(
         threads=config.threads or torch.get_num_threads(), load_average_before=load_before
     )
@@ -487,71 +596,102 @@ def summarise(config: StepBenchConfig, modes: dict[str, dict], files: dict[str, 
     A row holds ``read_seconds``, ``read_megapixels_per_s``, ``compute_seconds`` (the memory
     step), ``file_seconds``, ``file_vs_memory``, ``hidden_fraction``,
     ``decoded_per_slide_pixel`` (pixels decoded per file step / H*W), the first losses of
-    the file and memory steps and their relative difference, and the peak RSS per mode;
-    ``status`` is ``ok`` or names the worker that failed (its numbers are then ``None``).
+    the file and memory steps and their relative difference, the peak RSS per mode and, on
+    CUDA, ``peak_cuda_mib`` per step mode; a figure whose mode was not run
+    (``config.modes``) is ``None``. ``status`` is ``ok`` or names the worker that failed.
     """
     rows = []
     slide_pixels = config.size**2
     for compression in config.formats:
-        memory = modes[mode_key(compression, "memory", 1)]
+        memory = modes.get(mode_key(compression, "memory", 1))
         for workers in config.read_workers:
-            read = modes[mode_key(compression, "read", workers)]
-            file = modes[mode_key(compression, "file", workers)]
+            read = modes.get(mode_key(compression, "read", workers))
+            file = modes.get(mode_key(compression, "file", workers))
             row: dict = {
                 "format": compression,
                 "backend": files[compression]["backend"],
                 "file_bytes": files[compression]["bytes"],
                 "read_workers": workers,
             }
-            failed = [(m, r) for m, r in (("memory", memory), ("read", read), ("file", file))]
-            failed = [(m, r) for m, r in failed if r.get("status", "ok") != "ok"]
+            ran = {m: r for m, r in (("memory", memory), ("read", read), ("file", file)) if r}
+            failed = [(m, r) for m, r in ran.items() if r.get("status", "ok") != "ok"]
             if failed:
                 mode, bad = failed[0]
                 row["status"] = f"{mode} failed: {bad.get('error')}"
                 rows.append(row)
                 continue
-            read_s, compute_s, file_s = (r["seconds_median"] for r in (read, memory, file))
-            loss_file, loss_memory = file["losses"][0], memory["losses"][0]
+
+            def median(r: dict | None) -> float | None:
+                return None if r is None else r["seconds_median"]
+
+            read_s, compute_s, file_s = median(read), median(memory), median(file)
+            loss_file = file["losses"][0] if file else None
+            loss_memory = memory["losses"][0] if memory else None
+            both = file_s is not None and compute_s is not None
             row.update(
                 status="ok",
                 read_seconds=read_s,
-                read_megapixels_per_s=read["megapixels_per_s"],
+                read_megapixels_per_s=read["megapixels_per_s"] if read else None,
                 compute_seconds=compute_s,
                 file_seconds=file_s,
-                file_vs_memory=file_s / compute_s,
-                hidden_fraction=min(1.0, max(0.0, 1.0 - (file_s - compute_s) / read_s)),
-                decoded_per_slide_pixel=file["input_stats"]["pixels_read"] / slide_pixels,
+                file_vs_memory=file_s / compute_s if both else None,
+                hidden_fraction=(
+                    min(1.0, max(0.0, 1.0 - (file_s - compute_s) / read_s))
+                    if both and read_s
+                    else None
+                ),
+                decoded_per_slide_pixel=(
+                    file["input_stats"]["pixels_read"] / slide_pixels if file else None
+                ),
                 loss_file=loss_file,
                 loss_memory=loss_memory,
-                loss_rel_diff=abs(loss_file - loss_memory) / max(abs(loss_memory), 1e-30),
-                peak_rss_mib={
-                    "read": read["peak_rss_mib"],
-                    "file": file["peak_rss_mib"],
-                    "memory": memory["peak_rss_mib"],
-                },
+                loss_rel_diff=(
+                    abs(loss_file - loss_memory) / max(abs(loss_memory), 1e-30)
+                    if loss_file is not None and loss_memory is not None
+                    else None
+                ),
+                peak_rss_mib={m: r["peak_rss_mib"] for m, r in ran.items()},
             )
+            cuda = {m: r["peak_cuda_mib"] for m, r in ran.items() if "peak_cuda_mib" in r}
+            if cuda:
+                row["peak_cuda_mib"] = cuda
             rows.append(row)
     return rows
 
 
+def _cell(value: float | None, width: int, digits: int, suffix: str = "") -> str:
+    text = "-" if value is None else f"{value:.{digits}f}{suffix}"
+    return f"{text:>{width}}"
+
+
 def format_table(result: dict) -> str:
-    """The rows as a short text table."""
+    """The rows as a short text table (``-`` where a mode was not run); on CUDA the peak
+    device memory of the file and memory steps as well."""
     head = (
         f"{'format':<9}{'workers':>8}{'read s':>9}{'MP/s':>8}{'compute s':>11}{'file s':>9}"
         f"{'file/mem':>10}{'hidden':>8}{'decoded':>9}{'RSS file/mem MiB':>18}"
     )
-    lines = [head]
+    cuda = any("peak_cuda_mib" in r for r in result["rows"])
+    lines = [head + (f"{'CUDA file/mem MiB':>19}" if cuda else "")]
     for r in result["rows"]:
         if r["status"] != "ok":
             lines.append(f"{r['format']:<9}{r['read_workers']:>8}  {r['status']}")
             continue
-        rss = f"{r['peak_rss_mib']['file']:.0f}/{r['peak_rss_mib']['memory']:.0f}"
-        lines.append(
-            f"{r['format']:<9}{r['read_workers']:>8}{r['read_seconds']:>9.2f}"
-            f"{r['read_megapixels_per_s']:>8.1f}{r['compute_seconds']:>11.2f}"
-            f"{r['file_seconds']:>9.2f}{r['file_vs_memory']:>9.3f}x{r['hidden_fraction']:>8.2f}"
-            f"{r['decoded_per_slide_pixel']:>9.3f}{rss:>18}"
+        rss = "/".join(
+            "-" if r["peak_rss_mib"].get(m) is None else f"{r['peak_rss_mib'][m]:.0f}"
+            for m in ("file", "memory")
         )
+        line = (
+            f"{r['format']:<9}{r['read_workers']:>8}{_cell(r['read_seconds'], 9, 2)}"
+            f"{_cell(r['read_megapixels_per_s'], 8, 1)}{_cell(r['compute_seconds'], 11, 2)}"
+            f"{_cell(r['file_seconds'], 9, 2)}{_cell(r['file_vs_memory'], 10, 3, 'x')}"
+            f"{_cell(r['hidden_fraction'], 8, 2)}{_cell(r['decoded_per_slide_pixel'], 9, 3)}"
+            f"{rss:>18}"
+        )
+        if cuda:
+            peaks = r.get("peak_cuda_mib", {})
+            line += f"{'/'.join(f'{peaks[m]:.0f}' if m in peaks else '-' for m in ('file', 'memory')):>19}"
+        lines.append(line)
     return "\n".join(lines)
 
 
