@@ -87,6 +87,17 @@ class ArrayReader(SlideReader):
         return out
 
 
+def _tile_size(props, prefix: str, level: int) -> tuple[int, int] | None:
+    """``(width, height)`` of a level's file tiles from OpenSlide-style properties
+    (``<prefix>.level[N].tile-width``); ``None`` where missing or 0 (a stripped image)."""
+    try:
+        width = int(props.get(f"{prefix}.level[{level}].tile-width", 0) or 0)
+        height = int(props.get(f"{prefix}.level[{level}].tile-height", 0) or 0)
+    except (TypeError, ValueError):
+        return None
+    return (width, height) if width > 0 and height > 0 else None
+
+
 class _OpenSlideLike(SlideReader):
     """Shared code of the OpenSlide and tiffslide backends (they share an API)."""
 
@@ -110,12 +121,15 @@ class _OpenSlideLike(SlideReader):
         if mpp is None and file_mpp is None:
             logger.info("%s: no mpp metadata", path)
         levels = tuple(
-            Level((int(w), int(h)), float(ds))
-            for (w, h), ds in zip(handle.level_dimensions, handle.level_downsamples, strict=True)
+            Level((int(w), int(h)), float(ds), _tile_size(props, self.prefix, k))
+            for k, ((w, h), ds) in enumerate(
+                zip(handle.level_dimensions, handle.level_downsamples, strict=True)
+            )
         )
         objective = _positive_float(props.get(f"{self.prefix}.objective-power"))
         super().__init__(path, levels, mpp if mpp is not None else file_mpp, objective)
         self._handle = handle
+        self._retired: list = []  # handles replaced after a failed read (OpenSlide)
 
     def _location0(self, level: int, x: int, y: int) -> tuple[int, int]:
         # level-0 coordinates whose division by the level's downsample lands nearest (x, y);
@@ -165,8 +179,16 @@ class OpenSlideReader(_OpenSlideLike):
         except Exception:  # the file went away: keep the failed handle, reads keep failing
             logger.debug("%s: cannot reopen after a failed read", self.path, exc_info=True)
             return
-        self._handle.close()
+        # other threads may still be reading the failed handle (read-ahead, bands): closing
+        # it under them aborts the process, so it is closed with the reader
+        self._retired.append(self._handle)
         self._handle = handle
+
+    def close(self) -> None:
+        for handle in self._retired:
+            handle.close()
+        self._retired.clear()
+        super().close()
 
 
 def white_canvas(

@@ -97,9 +97,17 @@ class CuCIMReader(SlideReader):
             res = image.resolutions
         except Exception as exc:  # cuCIM raises RuntimeError and others
             raise SlideError(f"{path}: cuCIM cannot open it: {exc}") from exc
+        tiles = list(res.get("level_tile_sizes") or ())
+        tiles += [None] * (len(res["level_dimensions"]) - len(tiles))
         levels = tuple(
-            Level((int(w), int(h)), float(ds))
-            for (w, h), ds in zip(res["level_dimensions"], res["level_downsamples"], strict=True)
+            Level(
+                (int(w), int(h)),
+                float(ds),
+                (int(t[0]), int(t[1])) if t is not None and min(t) > 0 else None,
+            )
+            for (w, h), ds, t in zip(
+                res["level_dimensions"], res["level_downsamples"], tiles, strict=True
+            )
         )
         file_mpp = cucim_mpp(image)
         if mpp is None and file_mpp is None:

@@ -35,7 +35,8 @@ PROCESS_BACKENDS = ("tiffslide",)
 #: slides each worker process keeps open (least recently read closed first)
 OPEN_PER_WORKER = 4
 
-_POOLS: dict[int, ProcessPoolExecutor] = {}
+#: per (process id, worker count): a forked child (a DataLoader worker) starts its own
+_POOLS: dict[tuple[int, int], ProcessPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 _OPEN: OrderedDict[tuple, SlideReader] = OrderedDict()  # in a worker process
 
@@ -84,11 +85,11 @@ def region_in_worker(
 def shared_pool(workers: int) -> ProcessPoolExecutor:
     """This process's pool of ``workers`` read processes (started on first use)."""
     with _POOLS_LOCK:
-        pool = _POOLS.get(workers)
+        pool = _POOLS.get((os.getpid(), workers))
         if pool is None:
             context = multiprocessing.get_context("forkserver")
             pool = ProcessPoolExecutor(workers, mp_context=context)
-            _POOLS[workers] = pool
+            _POOLS[(os.getpid(), workers)] = pool
         return pool
 
 
@@ -115,8 +116,60 @@ def read_in_pool(
         return future.result()
     except BrokenProcessPool as exc:
         with _POOLS_LOCK:
-            if _POOLS.get(workers) is pool:
-                del _POOLS[workers]
+            if _POOLS.get((os.getpid(), workers)) is pool:
+                del _POOLS[(os.getpid(), workers)]
+        raise SlideError(
+            f"{reader.path}: a slide-reading process died (out of memory?): {exc}; lower "
+            "data.read_workers to 1 to read in this process"
+        ) from exc
+
+
+def read_bands_in_pool(
+    reader: SlideReader,
+    workers: int,
+    resolution: Resolution,
+    x0: int,
+    w: int,
+    bands: list[tuple[int, int]],
+) -> np.ndarray:
+    """A region of ``reader``'s slide, ``w`` wide, read as ``bands`` (``(top, rows)``, from
+    :func:`~gigastream.wsi.bands.region_bands`) by ``workers`` read processes at once, put
+    together in order (one band: :func:`read_in_pool`).
+
+    Raises:
+        SlideReadError, SlideError: as :func:`read_in_pool`.
+    """
+    from gigastream.wsi.bands import read_in_bands
+
+    if len(bands) == 1:
+        ((top, rows),) = bands
+        return read_in_pool(reader, workers, resolution, x0, top, w, rows)
+    assert reader.path is not None
+    try:
+        stamp = file_stamp(reader.path)
+    except OSError as exc:
+        raise SlideError(f"{reader.path}: cannot read the slide file any more: {exc}") from exc
+    pool = shared_pool(workers)
+    try:
+        return read_in_bands(
+            bands,
+            w,
+            lambda top, rows: pool.submit(
+                read_scaled_in_worker,
+                stamp,
+                reader.backend,
+                reader.mpp,
+                resolution,
+                x0,
+                top,
+                w,
+                rows,
+            ),
+        )
+    except BrokenProcessPool as exc:
+        with _POOLS_LOCK:
+            if _POOLS.get((os.getpid(), workers)) is pool:
+                del _POOLS[(os.getpid(), workers)]
         raise SlideError(
             f"{reader.path}: a slide-reading process died (out of memory?): {exc}; lower "
             "data.read_workers to 1 to read in this process"
@@ -126,7 +179,7 @@ def read_in_pool(
 def shutdown_pools() -> None:
     """Stop every read process of this process (at exit)."""
     with _POOLS_LOCK:
-        pools = list(_POOLS.values())
+        pools = [p for (pid, _), p in _POOLS.items() if pid == os.getpid()]
         _POOLS.clear()
     for pool in pools:
         pool.shutdown(wait=True, cancel_futures=True)

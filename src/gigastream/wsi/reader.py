@@ -98,10 +98,14 @@ class Level:
     Attributes:
         dimensions: ``(width, height)`` in pixels.
         downsample: level-0 pixels per pixel of this level.
+        tile_size: ``(width, height)`` of the file's own tiles on this level, where the
+            backend says (``None``: not tiled, or not known); region reads in parallel are
+            cut on this grid.
     """
 
     dimensions: tuple[int, int]
     downsample: float
+    tile_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gigastream.wsi.bands import band_threads, read_in_bands, region_bands
 from gigastream.wsi.reader import SlideError, SlideReader, SlideReadError
 from gigastream.wsi.tissue import TissueMask
 
@@ -245,6 +246,9 @@ class SlideSource:
         shape: ``(1, 3, H, W)`` of the whole virtual image.
         reads: number of regions read from the file so far.
         skipped: number of regions answered from the mask without reading.
+        band_reads: bands decoded by several readers at once (threads, or read processes)
+            for those regions (:mod:`gigastream.wsi.bands`; a region of at least a megapixel with
+            ``read_workers > 1`` is cut into bands on the file's tile rows).
     """
 
     #: backends whose one handle may be read from several threads at once (OpenSlide
@@ -288,6 +292,7 @@ class SlideSource:
         self._background_normalized = background_pixels * self._scale + self._shift
         self.reads = 0
         self.skipped = 0
+        self.band_reads = 0  # bands decoded in parallel (regions cut by :meth:`bands`)
         if read_workers < 1:
             raise SlideError(f"{reader.name}: read_workers must be >= 1, got {read_workers}")
         self.read_workers = int(read_workers)
@@ -330,14 +335,38 @@ class SlideSource:
         )
         return mask.mask[rows[:, None], cols[None, :]]
 
+    def bands(self, y0: int, width: int, height: int) -> list[tuple[int, int]]:
+        """``(top, rows)`` of the bands a region is decoded in by :attr:`read_workers`
+        readers at once (:func:`~gigastream.wsi.bands.region_bands`: edges on the file's
+        tile rows; one band with one reader or for a small region)."""
+        if self.read_workers <= 1:
+            return [(y0, height)]
+        tile = self.reader.levels[self.resolution.level].tile_size
+        rows = tile[1] / self.resolution.scale if tile else None
+        return region_bands(y0, height, width, self.read_workers, rows)
+
     def _read_rgb(self, x0: int, y0: int, width: int, height: int) -> np.ndarray:
-        """Target-pixel region of the slide; any failure of the reader is a SlideError."""
+        """Target-pixel region of the slide, in bands by several readers where
+        :meth:`bands` cuts it; any failure of the reader is a SlideError."""
+        bands = self.bands(y0, width, height)
+        if len(bands) > 1:
+            with self._lock:
+                self.band_reads += len(bands)
         try:
             if self.reads_in_processes:
-                from gigastream.wsi.read_pool import read_in_pool
+                from gigastream.wsi.read_pool import read_bands_in_pool
 
-                return read_in_pool(
-                    self.reader, self.read_workers, self.resolution, x0, y0, width, height
+                return read_bands_in_pool(
+                    self.reader, self.read_workers, self.resolution, x0, width, bands
+                )
+            if len(bands) > 1:
+                pool = band_threads(self.read_workers)
+                return read_in_bands(
+                    bands,
+                    width,
+                    lambda top, rows: pool.submit(
+                        self.reader.read_scaled, self.resolution, x0, top, width, rows
+                    ),
                 )
             return self.reader.read_scaled(self.resolution, x0, y0, width, height)
         except (SlideError, MemoryError):
