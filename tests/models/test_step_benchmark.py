@@ -32,6 +32,7 @@ ROW_FIELDS = {
     "status",
     "read_seconds",
     "read_megapixels_per_s",
+    "first_piece_seconds",
     "compute_seconds",
     "file_seconds",
     "file_vs_memory",
@@ -119,6 +120,7 @@ def test_rows_have_every_field(results):
         assert row["status"] == "ok"
         assert 0.0 <= row["hidden_fraction"] <= 1.0
         assert row["read_seconds"] > 0 and row["read_megapixels_per_s"] > 0
+        assert 0 < row["first_piece_seconds"] <= row["read_seconds"]
         assert set(row["peak_rss_mib"]) == {"read", "file", "memory"}
         assert all(v > 0 for v in row["peak_rss_mib"].values())
         expected = 1 - (row["file_seconds"] - row["compute_seconds"]) / row["read_seconds"]

@@ -110,3 +110,25 @@ def test_a_band_pool_per_process():
     assert bands_module.band_threads(2) is pool
     assert (os.getpid(), 2) in bands_module._THREADS
     assert isinstance(nn.Module(), nn.Module)  # torch imported alongside, as in training
+
+
+def test_band_threads_serve_the_lowest_ticket_first():
+    """Bands of the piece a stream needs first are decoded first, whatever order the
+    read-ahead threads submitted them in."""
+    import threading
+
+    from gigastream.wsi.bands import BandThreads
+
+    pool = BandThreads(1)
+    gate, order = threading.Event(), []
+    blocker = pool.submit(0, gate.wait)  # the one thread is busy until the gate opens
+    futures = [pool.submit(ticket, order.append, ticket) for ticket in (7, 2, 5, 2)]
+    cancelled = pool.submit(1, order.append, "cancelled")
+    assert cancelled.cancel()
+    gate.set()
+    for future in [blocker, *futures]:
+        future.result(timeout=10)
+    assert order == [2, 2, 5, 7]
+    failing = pool.submit(0, lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=10)

@@ -148,6 +148,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cuDNN autotuning on CUDA (default: on for mixed/half precision, off for fp32)",
     )
     parser.add_argument(
+        "--read-bands",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with several --read-workers, decode a region of a megapixel or more in bands on "
+        "the file's tile rows by every reader at once (default: on; --no-read-bands: one "
+        "reader per region)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=d.seed,
@@ -185,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         cudnn_benchmark=args.cudnn_benchmark,
         modes=tuple(args.modes),
+        read_bands=args.read_bands,
     )
     config.validate()  # every argument, before any work
     result = run_step_benchmark(config, out=args.out)

@@ -119,6 +119,9 @@ class StepBenchConfig:
         channels_last: run the tiles in ``torch.channels_last``.
         cudnn_benchmark: cuDNN autotuning on CUDA (``None``: on for the mixed and half
             precisions, off for float32, whose autotuning at 8192² took minutes).
+        read_bands: decode a large region in bands by every reader at once
+            (:class:`~gigastream.wsi.source.SlideSource`'s ``bands``; ``False``: one reader
+            per region).
         modes: the modes to run, of :data:`MODES` (``memory`` needs the whole slide as a
             tensor on the device: leave it out where that does not fit, e.g. 65536²).
     """
@@ -145,6 +148,7 @@ class StepBenchConfig:
     channels_last: bool = False
     cudnn_benchmark: bool | None = None
     modes: tuple[str, ...] = MODES
+    read_bands: bool = True
 
     def validate(self) -> None:
         """Raise ValueError naming the bad setting and the fix (before any work)."""
@@ -379,13 +383,16 @@ def run_worker(
     host_memory_budget: str | None = None,
     channels_last: bool = False,
     cudnn_benchmark: bool | None = None,
+    read_bands: bool = True,
 ) -> dict:
     """Run one mode (:data:`MODES`) on one slide file in this process: its result.
 
     Returns:
         ``seconds`` (each timed run), ``seconds_median``, ``peak_rss_mib`` and, for the
         steps, ``losses`` (warm-up steps included) and ``plan``; ``read`` adds
-        ``pixels_read`` and ``megapixels_per_s``; ``file`` the ``input_stats`` of its last
+        ``pixels_read``, ``megapixels_per_s``, ``first_piece_seconds`` (until the first
+        tile was decoded: what a step waits before any compute), ``first_piece_pixels`` and
+        ``bands_per_step``; ``file`` the ``input_stats`` of its last
         step (:class:`~gigastream.streaming.input.InputStats`, ``pixels_read`` added); on
         CUDA ``peak_cuda_mib`` (``max_memory_allocated`` over the timed steps, after the
         warm-up) and ``cuda_device``.
@@ -416,16 +423,30 @@ def run_worker(
     seconds: list[float] = []
     with SlideReader.open(path, backend=backend) as reader:
         source = SlideSource(
-            reader, mpp=SLIDE_MPP, read_workers=read_workers, dtype=step.dtype, device=dev
+            reader,
+            mpp=SLIDE_MPP,
+            read_workers=read_workers,
+            dtype=step.dtype,
+            device=dev,
+            bands=read_bands,
         )
         if mode == "read":
             indices = step.first_segment_reads(source.shape)
+            first: list[float] = []
             for k in range(warmup + repeats):
                 t0 = time.perf_counter()
-                decoded = sum(1 for _ in _reads_ahead(source, indices))  # every tile
+                decoded, t_first = 0, 0.0
+                for _ in _reads_ahead(source, indices):  # every tile, in the stream's order
+                    decoded += 1
+                    if decoded == 1:
+                        t_first = time.perf_counter() - t0
                 assert decoded == len(indices)
                 if k >= warmup:
                     seconds.append(time.perf_counter() - t0)
+                    first.append(t_first)
+            result["first_piece_seconds"] = statistics.median(first)
+            result["first_piece_pixels"] = _pixels(indices[0])
+            result["bands_per_step"] = source.band_reads // (warmup + repeats)
             result["pixels_read"] = sum(map(_pixels, indices))
             result["tiles"] = len(indices)
         elif mode in ("file", "memory"):
@@ -555,6 +576,7 @@ def run_step_benchmark(
                 "host_memory_budget": config.host_memory_budget,
                 "channels_last": config.channels_last,
                 "cudnn_benchmark": config.cudnn_benchmark,
+                "read_bands": config.read_bands,
             }
             runs = [("memory", 1)] if "memory" in config.modes else []
             runs += [
@@ -632,6 +654,7 @@ def summarise(config: StepBenchConfig, modes: dict[str, dict], files: dict[str, 
                 status="ok",
                 read_seconds=read_s,
                 read_megapixels_per_s=read["megapixels_per_s"] if read else None,
+                first_piece_seconds=read["first_piece_seconds"] if read else None,
                 compute_seconds=compute_s,
                 file_seconds=file_s,
                 file_vs_memory=file_s / compute_s if both else None,
@@ -668,7 +691,8 @@ def format_table(result: dict) -> str:
     """The rows as a short text table (``-`` where a mode was not run); on CUDA the peak
     device memory of the file and memory steps as well."""
     head = (
-        f"{'format':<9}{'workers':>8}{'read s':>9}{'MP/s':>8}{'compute s':>11}{'file s':>9}"
+        f"{'format':<9}{'workers':>8}{'read s':>9}{'MP/s':>8}{'first s':>9}{'compute s':>11}"
+        f"{'file s':>9}"
         f"{'file/mem':>10}{'hidden':>8}{'decoded':>9}{'RSS file/mem MiB':>18}"
     )
     cuda = any("peak_cuda_mib" in r for r in result["rows"])
@@ -683,7 +707,8 @@ def format_table(result: dict) -> str:
         )
         line = (
             f"{r['format']:<9}{r['read_workers']:>8}{_cell(r['read_seconds'], 9, 2)}"
-            f"{_cell(r['read_megapixels_per_s'], 8, 1)}{_cell(r['compute_seconds'], 11, 2)}"
+            f"{_cell(r['read_megapixels_per_s'], 8, 1)}{_cell(r.get('first_piece_seconds'), 9, 3)}"
+            f"{_cell(r['compute_seconds'], 11, 2)}"
             f"{_cell(r['file_seconds'], 9, 2)}{_cell(r['file_vs_memory'], 10, 3, 'x')}"
             f"{_cell(r['hidden_fraction'], 8, 2)}{_cell(r['decoded_per_slide_pixel'], 9, 3)}"
             f"{rss:>18}"

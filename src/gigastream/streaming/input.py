@@ -18,6 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from gigastream.read_order import next_ticket, run_with_ticket
+
 Index = tuple[slice, ...]
 
 
@@ -150,13 +152,19 @@ def _reads_ahead(
         return
     workers = min(read_workers(source), len(indices))
     with ThreadPoolExecutor(workers, thread_name_prefix="gigastream-read") as pool:
-        pending = deque(pool.submit(read, indices[k]) for k in range(workers))
+        # each piece's ticket, drawn in the stream's order: a source that cuts a piece into
+        # bands for a shared pool of readers decodes the earlier piece's bands first
+        pending = deque(
+            pool.submit(run_with_ticket, next_ticket(), read, indices[k]) for k in range(workers)
+        )
         submitted = workers
         try:
             while pending:
                 current = pending.popleft().result()
                 if submitted < len(indices):
-                    pending.append(pool.submit(read, indices[submitted]))
+                    pending.append(
+                        pool.submit(run_with_ticket, next_ticket(), read, indices[submitted])
+                    )
                     submitted += 1
                 yield current
         finally:  # an error or an abandoned stream: reads not started are not made

@@ -10,11 +10,13 @@ region into horizontal bands whose edges fall on the file's own tile rows
 (:attr:`~gigastream.wsi.reader.Level.tile_size`; no file tile is decoded for two bands of
 one region) lets every reader decode part of it.
 
-The bands of all regions in flight go to one first-in-first-out pool per process and
-reader count (:func:`band_threads` for backends that read one handle from many threads;
-:mod:`gigastream.wsi.read_pool`'s processes for the others), so the bands of the region
-needed first are decoded first, by every reader, and the regions read ahead queue behind
-them: the same throughput, and the first region ready about ``read_workers`` times sooner.
+The bands of all regions in flight go to one pool per process and reader count: for
+backends that read one handle from many threads, :func:`band_threads`, which serves bands
+by the ticket of their region (:mod:`gigastream.read_order`: the stream's order), so the
+bands of the region needed first are decoded first, by every reader, and the regions read
+ahead queue behind them - the same throughput, and the first region ready about
+``read_workers`` times sooner; for the others, :mod:`gigastream.wsi.read_pool`'s
+processes, first in first out.
 
 Banding is exact: a read at a target mpp gives every pixel from its global position
 (:meth:`~gigastream.wsi.reader.SlideReader.read_scaled`), so the bands put together equal
@@ -23,11 +25,13 @@ the region read whole, bit for bit (tested for both backends, native and resampl
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -37,11 +41,45 @@ MIN_BAND_PIXELS = 1 << 20
 #: band height, in target pixels, where the level's file tiles are not known
 DEFAULT_BAND_ROWS = 256
 
-_THREADS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+class BandThreads:
+    """``workers`` daemon threads that run submitted calls lowest priority first (then in
+    submission order): the bands of the piece a stream needs first go first
+    (:mod:`gigastream.read_order`).
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._sequence = itertools.count()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"gigastream-band-{k}", daemon=True)
+            for k in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, priority: int, fn: Callable, *args) -> Future:
+        """A future of ``fn(*args)``, run when no call of lower ``priority`` waits."""
+        future: Future = Future()
+        self._queue.put((priority, next(self._sequence), future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            _, _, future, fn, args = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while waiting
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001  (handed to the waiting reader)
+                future.set_exception(exc)
+
+
+_THREADS: dict[tuple[int, int], BandThreads] = {}
 _THREADS_LOCK = threading.Lock()
 
 
-def band_threads(workers: int) -> ThreadPoolExecutor:
+def band_threads(workers: int) -> BandThreads:
     """This process's pool of ``workers`` band-reading threads (started on first use).
 
     Keyed by the process id as well: a DataLoader worker forked from a process that had
@@ -51,7 +89,7 @@ def band_threads(workers: int) -> ThreadPoolExecutor:
     with _THREADS_LOCK:
         pool = _THREADS.get(key)
         if pool is None:
-            pool = ThreadPoolExecutor(workers, thread_name_prefix="gigastream-band")
+            pool = BandThreads(workers)
             _THREADS[key] = pool
         return pool
 
@@ -130,4 +168,4 @@ def read_in_bands(
     return out
 
 
-__all__ = ["band_threads", "read_in_bands", "region_bands"]
+__all__ = ["BandThreads", "band_threads", "read_in_bands", "region_bands"]

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gigastream.read_order import current_ticket
 from gigastream.wsi.bands import band_threads, read_in_bands, region_bands
 from gigastream.wsi.reader import SlideError, SlideReader, SlideReadError
 from gigastream.wsi.tissue import TissueMask
@@ -241,6 +242,9 @@ class SlideSource:
             read one handle from many threads in parallel; a backend whose reads hold the
             GIL (tiffslide) decodes in ``read_workers`` processes instead
             (:mod:`gigastream.wsi.read_pool`).
+        bands: with ``read_workers > 1``, cut a region of a megapixel or more into bands on
+            the file's tile rows, decoded by all readers at once (:mod:`gigastream.wsi.bands`);
+            ``False``: each region by one reader (for comparison).
 
     Attributes:
         shape: ``(1, 3, H, W)`` of the whole virtual image.
@@ -266,6 +270,7 @@ class SlideSource:
         device: str | torch.device = "cpu",
         background: tuple[int, int, int] = (255, 255, 255),
         read_workers: int = 1,
+        bands: bool = True,
     ) -> None:
         if not dtype.is_floating_point:
             raise SlideError(
@@ -296,6 +301,7 @@ class SlideSource:
         if read_workers < 1:
             raise SlideError(f"{reader.name}: read_workers must be >= 1, got {read_workers}")
         self.read_workers = int(read_workers)
+        self.use_bands = bool(bands)
         self._lock = threading.Lock()  # the counters, updated by the reading threads
         #: regions are decoded in read processes (several readers, a backend holding the GIL)
         self.reads_in_processes = (
@@ -339,7 +345,7 @@ class SlideSource:
         """``(top, rows)`` of the bands a region is decoded in by :attr:`read_workers`
         readers at once (:func:`~gigastream.wsi.bands.region_bands`: edges on the file's
         tile rows; one band with one reader or for a small region)."""
-        if self.read_workers <= 1:
+        if self.read_workers <= 1 or not self.use_bands:
             return [(y0, height)]
         tile = self.reader.levels[self.resolution.level].tile_size
         rows = tile[1] / self.resolution.scale if tile else None
@@ -361,11 +367,12 @@ class SlideSource:
                 )
             if len(bands) > 1:
                 pool = band_threads(self.read_workers)
+                ticket = current_ticket()  # the stream's order of this region
                 return read_in_bands(
                     bands,
                     width,
                     lambda top, rows: pool.submit(
-                        self.reader.read_scaled, self.resolution, x0, top, width, rows
+                        ticket, self.reader.read_scaled, self.resolution, x0, top, width, rows
                     ),
                 )
             return self.reader.read_scaled(self.resolution, x0, y0, width, height)
