@@ -103,25 +103,7 @@ def read_in_pool(
         SlideError: the file changed or vanished, or a read process died (its pool is
             started again at the next read).
     """
-    assert reader.path is not None
-    try:
-        stamp = file_stamp(reader.path)
-    except OSError as exc:
-        raise SlideError(f"{reader.path}: cannot read the slide file any more: {exc}") from exc
-    pool = shared_pool(workers)
-    try:
-        future = pool.submit(
-            read_scaled_in_worker, stamp, reader.backend, reader.mpp, resolution, x0, y0, w, h
-        )
-        return future.result()
-    except BrokenProcessPool as exc:
-        with _POOLS_LOCK:
-            if _POOLS.get((os.getpid(), workers)) is pool:
-                del _POOLS[(os.getpid(), workers)]
-        raise SlideError(
-            f"{reader.path}: a slide-reading process died (out of memory?): {exc}; lower "
-            "data.read_workers to 1 to read in this process"
-        ) from exc
+    return read_bands_in_pool(reader, workers, resolution, x0, w, [(y0, h)])
 
 
 def read_bands_in_pool(
@@ -134,38 +116,28 @@ def read_bands_in_pool(
 ) -> np.ndarray:
     """A region of ``reader``'s slide, ``w`` wide, read as ``bands`` (``(top, rows)``, from
     :func:`~gigastream.wsi.bands.region_bands`) by ``workers`` read processes at once, put
-    together in order (one band: :func:`read_in_pool`).
+    together in order.
 
     Raises:
         SlideReadError, SlideError: as :func:`read_in_pool`.
     """
     from gigastream.wsi.bands import read_in_bands
 
-    if len(bands) == 1:
-        ((top, rows),) = bands
-        return read_in_pool(reader, workers, resolution, x0, top, w, rows)
     assert reader.path is not None
     try:
         stamp = file_stamp(reader.path)
     except OSError as exc:
         raise SlideError(f"{reader.path}: cannot read the slide file any more: {exc}") from exc
     pool = shared_pool(workers)
+
+    def submit(top: int, rows: int):
+        args = (stamp, reader.backend, reader.mpp, resolution, x0, top, w, rows)
+        return pool.submit(read_scaled_in_worker, *args)
+
     try:
-        return read_in_bands(
-            bands,
-            w,
-            lambda top, rows: pool.submit(
-                read_scaled_in_worker,
-                stamp,
-                reader.backend,
-                reader.mpp,
-                resolution,
-                x0,
-                top,
-                w,
-                rows,
-            ),
-        )
+        if len(bands) == 1:
+            return submit(*bands[0]).result()
+        return read_in_bands(bands, w, submit)
     except BrokenProcessPool as exc:
         with _POOLS_LOCK:
             if _POOLS.get((os.getpid(), workers)) is pool:
