@@ -132,3 +132,31 @@ def test_band_threads_serve_the_lowest_ticket_first():
     failing = pool.submit(0, lambda: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         failing.result(timeout=10)
+
+
+def _read_in_child(path, queue):
+    """In a forked child: the banded read of the whole slide, as bytes."""
+    bands_module.MIN_BAND_PIXELS = 0  # set in the parent too; the fork keeps it
+    with SlideReader.open(path, backend="openslide") as slide:
+        source = SlideSource(slide, mpp=0.25, read_workers=2)
+        queue.put((source.read((slice(None),) * 4).numpy().tobytes(), source.band_reads))
+
+
+def test_a_forked_child_reads_in_bands_with_a_pool_of_its_own(tiff_slide, small_bands):
+    """As a DataLoader worker (forked) does: the parent's band pool has threads only in the
+    parent; the child starts its own pool and reads the same pixels, without hanging."""
+    import multiprocessing
+
+    path, _ = tiff_slide
+    with SlideReader.open(path, backend="openslide") as slide:
+        source = SlideSource(slide, mpp=0.25, read_workers=2)
+        expected = source.read((slice(None),) * 4)  # the parent's pool now exists
+        assert source.band_reads > 0
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_read_in_child, args=(path, queue))
+    child.start()
+    pixels, band_reads = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0 and band_reads > 0
+    assert pixels == expected.numpy().tobytes()

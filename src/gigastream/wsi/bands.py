@@ -31,7 +31,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 
 import numpy as np
 
@@ -146,25 +146,16 @@ def read_in_bands(
     other bands are cancelled or done (no reader is left writing into a freed buffer)."""
     futures = [submit(top, rows) for top, rows in bands]
     out = np.empty((sum(rows for _, rows in bands), width, 3), np.uint8)
-    error: BaseException | None = None
     offset = 0
-    for (_, rows), future in zip(bands, futures, strict=True):
-        if error is not None:
-            future.cancel()
-            continue
-        try:
+    try:
+        for (_, rows), future in zip(bands, futures, strict=True):
             out[offset : offset + rows] = future.result()
-        except BaseException as exc:  # noqa: BLE001  (re-raised below, once)
-            error = exc
-        offset += rows
-    if error is not None:
+            offset += rows
+    except BaseException:
         for future in futures:
-            if not future.cancelled():
-                try:
-                    future.exception()  # wait: the band's reader is done with the file
-                except BaseException:  # noqa: BLE001, S110  (cancelled meanwhile)
-                    pass
-        raise error
+            future.cancel()  # bands not started are not read
+        wait(futures)  # the started ones finish: no reader is left reading for this call
+        raise
     return out
 
 
