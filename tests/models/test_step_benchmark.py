@@ -238,7 +238,7 @@ def test_a_random_resnet34_step_has_a_loss_that_can_differ():
     the logits (a loss of exactly 0 would make the file-vs-memory loss check vacuous)."""
     import torch
 
-    from gigastream.models.step_benchmark import TrainingStep
+    from gigastream.models.step_bench_worker import TrainingStep
 
     step = TrainingStep("resnet34", 256, "auto", False, 0)
     loss = step(torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)))
